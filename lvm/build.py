@@ -1,0 +1,206 @@
+"""corpus -> chunks -> vectors -> dataset folder -> index, with caching and resume.
+
+Re-running with the same inputs reuses the finished dataset without loading the encoder (the
+cache key is computed from the corpus bytes, the chunker and split settings, the encoder spec and
+a digest of its weight files). When only the splits or index settings change, the encoded vectors
+of the previous build are reused. An interrupted encode resumes from its last finished block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from lvm import __version__
+from lvm.chunking import ChunkerConfig, chunk_text
+from lvm.corpora import DEFAULT_CORPUS, Corpus, load_corpus
+from lvm.datasets import FORMAT_VERSION, atomic_dir, write_dataset, write_json_atomic
+from lvm.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
+from lvm.errors import LvmError
+from lvm.index import DEFAULT_NPROBE, build_index, save_index
+from lvm.splits import SplitPolicy, assign_splits
+
+ENCODE_BLOCK = 2048  # texts per resumable encode step (~8 s of MiniLM on 2 cores)
+
+
+@dataclass
+class BuildConfig:
+    corpus: str = DEFAULT_CORPUS
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    split: SplitPolicy = field(default_factory=SplitPolicy)
+    index_kind: str = "auto"
+    nlist: int | None = None
+    nprobe: int = DEFAULT_NPROBE
+    batch_size: int = 64
+
+
+@dataclass
+class ChunkTable:
+    texts: list[str]
+    article_id: np.ndarray
+    position: np.ndarray
+    articles: list[dict]  # dense article id -> {source_id, title, topic}
+
+
+def chunk_corpus(corpus: Corpus, cfg: ChunkerConfig) -> ChunkTable:
+    texts, aid, pos, articles = [], [], [], []
+    for art in corpus.articles:
+        chunks = art.chunks if art.chunks is not None else chunk_text(art.text or "", cfg)
+        if not chunks:
+            continue
+        a = len(articles)
+        articles.append({"source_id": art.source_id, "title": art.title, "topic": art.topic})
+        texts.extend(chunks)
+        aid.extend([a] * len(chunks))
+        pos.extend(range(len(chunks)))
+    if not texts:
+        raise LvmError(f"corpus {corpus.name!r} produced no chunks")
+    return ChunkTable(texts, np.asarray(aid, dtype=np.int64), np.asarray(pos, dtype=np.int32), articles)
+
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True).encode() if not isinstance(p, bytes) else p)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _package_versions() -> dict:
+    out = {}
+    for pkg in ("sentence-transformers", "transformers", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def encoder_key(spec: EncoderSpec) -> str:
+    """What determines the encoder's outputs, computed without importing torch (fast)."""
+    model_dir, model_id = resolve_model_dir(spec.name)
+    return _sha(spec.to_dict(), model_id, weights_digest(model_dir), _package_versions())
+
+
+def chunks_digest(table: ChunkTable) -> str:
+    h = hashlib.sha256()
+    for t, a in zip(table.texts, table.article_id.tolist()):
+        h.update(f"{a}\0{t}\n".encode())
+    return h.hexdigest()
+
+
+def _encode_resumable(encoder, texts: list[str], partial: Path, batch_size: int, progress: bool) -> Path:
+    """Encode into ``partial/vectors.npy`` block by block; a rerun continues where it stopped."""
+    from tqdm.auto import tqdm
+
+    partial.mkdir(parents=True, exist_ok=True)
+    vec_path, done_path = partial / "vectors.npy", partial / "done.json"
+    n, d = len(texts), encoder.dim
+    done = 0
+    if vec_path.is_file() and done_path.is_file():
+        done = int(json.loads(done_path.read_text()).get("rows", 0))
+        out = np.load(vec_path, mmap_mode="r+")
+        if out.shape != (n, d):
+            done, out = 0, None
+    else:
+        out = None
+    if out is None:
+        out = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n, d))
+        write_json_atomic(done_path, {"rows": 0})
+    with tqdm(total=n, initial=done, desc="encode", unit="chunk", disable=not progress, smoothing=0.1) as bar:
+        for start in range(done, n, ENCODE_BLOCK):
+            block = texts[start : start + ENCODE_BLOCK]
+            out[start : start + len(block)] = encoder.encode(block, batch_size=batch_size)
+            out.flush()
+            write_json_atomic(done_path, {"rows": start + len(block)})
+            bar.update(len(block))
+    del out
+    return vec_path
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    meta: dict
+    reused: str  # "dataset", "vectors" or "" (built from scratch)
+    seconds: dict
+
+
+def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, progress: bool = True, log=print) -> BuildResult:
+    """Build (or reuse) the dataset folder ``out`` described by ``cfg``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    seconds: dict[str, float] = {}
+    corpus = load_corpus(cfg.corpus)
+    table = chunk_corpus(corpus, cfg.chunker)
+    seconds["chunk"] = time.perf_counter() - t0
+    vectors_key = _sha("vectors", encoder_key(cfg.encoder), chunks_digest(table))
+    build_key = _sha(
+        "dataset", FORMAT_VERSION, vectors_key, corpus.source_hash, cfg.split.to_dict(),
+        cfg.index_kind, cfg.nlist, cfg.nprobe,
+    )
+    old_meta = None
+    if (out / "meta.json").is_file():
+        try:
+            old_meta = json.loads((out / "meta.json").read_text())
+        except ValueError:
+            old_meta = None
+    if old_meta and old_meta.get("build_key") == build_key and not force and (out / "index.faiss").is_file():
+        seconds["total"] = time.perf_counter() - t0
+        log(f"{out}: up to date ({old_meta['counts']['chunks']} chunks), reused")
+        return BuildResult(out, old_meta, "dataset", seconds)
+
+    split = assign_splits(len(table.articles), [a["topic"] for a in table.articles], cfg.split)
+    reuse_vectors = bool(old_meta and old_meta.get("vectors_key") == vectors_key and not force)
+    partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
+    with atomic_dir(out) as tmp:
+        if reuse_vectors:
+            log(f"{out}: corpus and encoder unchanged, reusing encoded vectors")
+            shutil.copyfile(out / "vectors.npy", tmp / "vectors.npy")
+            encoder_identity = old_meta["encoder"]
+            probe = np.load(out / "probe_vectors.npy") if (out / "probe_vectors.npy").is_file() else None
+        else:
+            t = time.perf_counter()
+            encoder = load_encoder(cfg.encoder)
+            encoder_identity = encoder.identity()
+            probe = encoder.probe_vectors
+            seconds["load_encoder"] = time.perf_counter() - t
+            log(f"encoding {len(table.texts)} chunks of {len(table.articles)} articles with {encoder.model_id} ({encoder.dim}-D)")
+            t = time.perf_counter()
+            vec_path = _encode_resumable(encoder, table.texts, partial, cfg.batch_size, progress)
+            seconds["encode"] = time.perf_counter() - t
+            seconds["encode_chunks_per_s"] = len(table.texts) / max(seconds["encode"], 1e-9)
+            os.replace(vec_path, tmp / "vectors.npy")
+        meta = {
+            "lvm_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "encoder": encoder_identity,
+            "corpus": {"name": corpus.name, "source_hash": corpus.source_hash, **corpus.info},
+            "chunker": cfg.chunker.to_dict(),
+            "split_policy": cfg.split.to_dict(),
+            "build_key": build_key,
+            "vectors_key": vectors_key,
+        }
+        t = time.perf_counter()
+        meta = write_dataset(
+            tmp, article_id=table.article_id, position=table.position, texts=table.texts,
+            articles=table.articles, article_split=split, meta=meta, probe_vectors=probe,
+        )
+        vectors = np.load(tmp / "vectors.npy", mmap_mode="r")
+        index, params = build_index(vectors, kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe, progress=progress)
+        params.dataset_hash = meta["content_hash"]
+        save_index(tmp, index, params)
+        del vectors
+        seconds["write_and_index"] = time.perf_counter() - t
+    shutil.rmtree(partial, ignore_errors=True)
+    seconds["total"] = time.perf_counter() - t0
+    return BuildResult(out, meta, "vectors" if reuse_vectors else "", seconds)

@@ -1,0 +1,245 @@
+"""The ``lvm`` command line: build-data, inspect, import-npz, build-index, fingerprint.
+
+Every subcommand turns bad input into one line on stderr and a non-zero exit (2), never a
+traceback; outputs appear atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from lvm.errors import LvmError
+
+DEFAULT_DATASET = "data/wiki-minilm"
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    from lvm.encoders import DEFAULT_ENCODER, POOLING_MODES
+
+    g = p.add_argument_group("encoder")
+    g.add_argument("--encoder", default=DEFAULT_ENCODER, help="sentence-transformers model name or local folder (default: the packaged %(default)s)")
+    g.add_argument("--pooling", choices=POOLING_MODES, default=None, help="override the model's pooling (changes the vector space)")
+    g.add_argument("--no-normalize", action="store_true", help="keep raw (non-unit) vectors; the normalization gate will flag them")
+    g.add_argument("--max-length", type=int, default=None, help="override the model's max sequence length (tokens)")
+
+
+def _encoder_spec(args):
+    from lvm.encoders import EncoderSpec
+
+    return EncoderSpec(name=args.encoder, pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length)
+
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("splits (article-disjoint)")
+    g.add_argument("--ood", choices=("id-range", "topics", "none"), default="id-range", help="OOD policy: last articles by id (the seeds' way), held-out topics, or none")
+    g.add_argument("--ood-fraction", type=float, default=0.1, help="share of articles in OOD for id-range (default %(default)s)")
+    g.add_argument("--ood-topics", default="", help="comma-separated topics held out as OOD (with --ood topics)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of the remaining articles in val (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
+
+
+def _split_policy(args):
+    from lvm.splits import SplitPolicy
+
+    topics = tuple(t.strip() for t in args.ood_topics.split(",") if t.strip())
+    return SplitPolicy(ood=args.ood, ood_fraction=args.ood_fraction, ood_topics=topics, val_fraction=args.val_fraction, seed=args.seed)
+
+
+def cmd_build_data(args) -> int:
+    from lvm.build import BuildConfig, build_dataset
+    from lvm.chunking import ChunkerConfig
+
+    cfg = BuildConfig(
+        corpus=args.corpus,
+        encoder=_encoder_spec(args),
+        chunker=ChunkerConfig(min_chars=args.min_chars, target_chars=args.target_chars),
+        split=_split_policy(args),
+        index_kind=args.index,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        batch_size=args.batch_size,
+    )
+    res = build_dataset(cfg, args.out, force=args.force, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    c = res.meta["counts"]
+    print(
+        f"{res.path}: {c['chunks']} chunks, {c['articles']} articles, dim {res.meta['dim']}, "
+        f"train/val/ood articles {c['train_articles']}/{c['val_articles']}/{c['ood_articles']} "
+        f"({res.seconds['total']:.1f} s{', reused' if res.reused == 'dataset' else ''})"
+    )
+    if "encode" in res.seconds:
+        print(f"encoded at {res.seconds['encode_chunks_per_s']:.0f} chunks/s")
+    return 0
+
+
+def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
+    from lvm.datasets import open_dataset
+    from lvm.metrics import adjacency_coherence, coherence_summary, norm_summary
+    from lvm.splits import SPLIT_NAMES
+
+    ds = open_dataset(path)
+    coh = adjacency_coherence(ds.vectors, ds.article_id)
+    size = sum(f.stat().st_size for f in ds.path.iterdir() if f.is_file())
+    index = json.loads((ds.path / "index.json").read_text()) if (ds.path / "index.json").is_file() else None
+    return {
+        "path": str(ds.path),
+        "format_version": ds.meta["format_version"],
+        "dim": ds.dim,
+        "counts": ds.meta["counts"],
+        "sequences": {s: len(ds.sequences(s, ctx, min_ctx)) for s in SPLIT_NAMES} | {"ctx": ctx, "min_ctx": min_ctx},
+        "norms": norm_summary(ds.vectors),
+        "coherence": coherence_summary(coh),
+        "encoder": {k: ds.meta.get("encoder", {}).get("pipeline", {}).get(k) for k in ("model_id", "pooling", "normalize", "max_length")}
+        | {"fingerprint": ds.encoder_fingerprint},
+        "corpus": ds.meta.get("corpus", {}),
+        "split_policy": ds.meta.get("split_policy"),
+        "index": index,
+        "content_hash": ds.content_hash,
+        "size_bytes": size,
+    }
+
+
+def cmd_inspect(args) -> int:
+    info = inspect_dataset(args.dataset, args.ctx, args.min_ctx)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c, s, n, h = info["counts"], info["sequences"], info["norms"], info["coherence"]
+    enc = info["encoder"]
+    lines = [
+        f"dataset      {info['path']}  ({info['size_bytes'] / 1e6:.1f} MB, format v{info['format_version']})",
+        f"encoder      {enc['model_id']}  pooling={enc['pooling']} normalize={enc['normalize']} max_len={enc['max_length']}",
+        f"fingerprint  {enc['fingerprint']}",
+        f"corpus       {info['corpus'].get('name')}  split policy {info['split_policy']}",
+        f"chunks       {c['chunks']} in {c['articles']} articles, dim {info['dim']}",
+        f"splits       train {c['train_articles']} art / {c['train_chunks']} chunks,  val {c['val_articles']} / {c['val_chunks']},  ood {c['ood_articles']} / {c['ood_chunks']}",
+        f"sequences    ctx={s['ctx']} min_ctx={s['min_ctx']}: train {s['train']}, val {s['val']}, ood {s['ood']}",
+        f"norms        mean {n['mean']:.6f}  std {n['std']:.2e}  min {n['min']:.6f}  max {n['max']:.6f}  nonfinite {n['nonfinite']}  zero {n['zero']}",
+    ]
+    if h.get("n_pairs"):
+        lines.append(
+            f"coherence    {h['n_pairs']} adjacent pairs: mean {h['mean']:.4f}  std {h['std']:.4f}  p10/p50/p90 "
+            f"{h['p10']:.3f}/{h['p50']:.3f}/{h['p90']:.3f}  low(<{h['low_threshold']:.2f}) {100 * h['low_share']:.1f}%"
+        )
+        lines.append("             " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in h["histogram"].items()))
+    idx = info["index"]
+    lines.append(
+        f"index        {idx['kind']} ntotal={idx['ntotal']} nlist={idx['nlist']} nprobe={idx['nprobe']}" if idx else "index        none (run `lvm build-index`)"
+    )
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_import_npz(args) -> int:
+    from lvm.interop import import_npz
+
+    res = import_npz(args.npz, args.out, split=_split_policy(args), encoder_name=args.encoder_name, index_kind=args.index, progress=not args.quiet)
+    c = res["counts"]
+    print(
+        f"{args.out}: {c['chunks']} unique chunks from {res['import']['rows']} rows ({res['import']['duplicates_removed']} duplicate vectors merged), "
+        f"{c['articles']} articles, dim {res['dim']}"
+    )
+    return 0
+
+
+def cmd_build_index(args) -> int:
+    from lvm.datasets import open_dataset
+    from lvm.index import build_index, save_index
+
+    ds = open_dataset(args.dataset)
+    t = time.perf_counter()
+    index, params = build_index(ds.vectors, kind=args.index, nlist=args.nlist, nprobe=args.nprobe, progress=not args.quiet)
+    params.dataset_hash = ds.content_hash
+    save_index(ds.path, index, params)
+    print(f"{ds.path}/index.faiss: {params.kind} ntotal={params.ntotal} nlist={params.nlist} nprobe={params.nprobe} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def cmd_fingerprint(args) -> int:
+    from lvm.encoders import load_encoder
+
+    enc = load_encoder(_encoder_spec(args))
+    if args.json:
+        print(json.dumps({"fingerprint": enc.fingerprint, "pipeline": enc.pipeline}, indent=2))
+    else:
+        print(enc.fingerprint)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lvm import __version__
+    from lvm.corpora import DEFAULT_CORPUS
+
+    parser = argparse.ArgumentParser(prog="lvm", description="lvm-gates: datasets, training and gates for latent vector models")
+    parser.add_argument("--version", action="version", version=f"lvm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-data", help="corpus -> chunks -> vectors -> dataset folder -> FAISS index (cached)")
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"{DEFAULT_CORPUS!r} (default), a .jsonl file or a folder of .txt files")
+    p.add_argument("--out", default=DEFAULT_DATASET, help="dataset folder to write (default %(default)s)")
+    _add_encoder_args(p)
+    g = p.add_argument_group("chunking")
+    g.add_argument("--min-chars", type=int, default=20, help="sentences shorter than this are merged into a neighbour (default %(default)s)")
+    g.add_argument("--target-chars", type=int, default=None, help="pack sentences into chunks of about this many characters")
+    _add_split_args(p)
+    g = p.add_argument_group("index")
+    g.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto", help="exact for small banks, IVF-flat for large (default %(default)s)")
+    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default ≈ 4·√N)")
+    g.add_argument("--nprobe", type=int, default=64, help="IVF lists searched per query (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_build_data)
+
+    p = sub.add_parser("inspect", help="counts, dims, norms, coherence summary and splits of a dataset")
+    p.add_argument("dataset")
+    p.add_argument("--ctx", type=int, default=5)
+    p.add_argument("--min-ctx", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("import-npz", help="import the seeds' .npz sequences into a dataset folder")
+    p.add_argument("npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--encoder-name", default=None, help="encoder the vectors came from (recorded; e.g. sentence-transformers/gtr-t5-base)")
+    p.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto")
+    p.add_argument("--quiet", action="store_true")
+    _add_split_args(p)
+    p.set_defaults(func=cmd_import_npz)
+
+    p = sub.add_parser("build-index", help="(re)build the FAISS index of a dataset")
+    p.add_argument("dataset")
+    p.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto")
+    p.add_argument("--nlist", type=int, default=None)
+    p.add_argument("--nprobe", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("fingerprint", help="print the encoder fingerprint (SHA-256 of probes + pipeline)")
+    _add_encoder_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fingerprint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LvmError as exc:
+        print(f"lvm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (OSError, MemoryError) as exc:
+        print(f"lvm: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lvm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

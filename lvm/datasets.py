@@ -1,0 +1,307 @@
+"""The dataset folder: chunk vectors stored once, memory-mapped, plus per-chunk columns.
+
+Layout (format version 1)::
+
+    DATASET/
+      meta.json          format version, encoder identity, dim, corpus, chunker, split policy,
+                         counts, content hash (written last: its presence marks a complete folder)
+      vectors.npy        float32 [N, D] chunk vectors, memory-mapped on open
+      article_id.npy     int64 [N]  dense article id (0..A-1) of each chunk
+      position.npy       int32 [N]  position of the chunk inside its article (0, 1, 2, ...)
+      split.npy          int8  [N]  0 train, 1 val, 2 ood (article-disjoint)
+      texts.jsonl        one JSON string per chunk (its text)
+      articles.jsonl     one object per article: article_id, source_id, title, topic, split,
+                         first_chunk, n_chunks
+      probe_vectors.npy  the encoder's probe vectors at build time (for the fingerprint gate)
+      index.faiss/.json  the FAISS index over the bank and its parameters (lvm.index)
+
+Chunks are stored sorted by (article, position) with contiguous positions, so the context of
+chunk ``t`` is simply chunks ``t-k .. t-1``: sequences are index arithmetic, never copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from lvm.errors import LvmError
+from lvm.splits import SPLIT_NAMES
+
+FORMAT_VERSION = 1
+_ARRAYS = ("vectors.npy", "article_id.npy", "position.npy", "split.npy")
+_HASHED_FILES = _ARRAYS + ("texts.jsonl", "articles.jsonl")
+
+
+def sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(out: Path):
+    """Yield a temporary folder beside ``out``; on success it replaces ``out`` in one rename.
+
+    On any error the temporary folder is removed and an existing ``out`` is left untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_vectors(vectors: np.ndarray, what: str = "vectors", block: int = 65536) -> None:
+    """Refuse non-2D or non-finite vectors with one clear line (checked blockwise: memmap-safe)."""
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise LvmError(f"{what}: expected a 2-D [N, D] array, got shape {tuple(vectors.shape)}")
+    for start in range(0, len(vectors), block):
+        part = vectors[start : start + block]
+        if not np.isfinite(part).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(part).all(axis=1))[0])
+            raise LvmError(f"{what}: row {bad} contains NaN or Inf")
+
+
+def check_chunk_order(article_id: np.ndarray, position: np.ndarray) -> None:
+    """Chunks must be grouped by article with positions 0, 1, 2, ... inside each article."""
+    if len(article_id) == 0:
+        raise LvmError("the dataset has no chunks")
+    new_article = np.ones(len(article_id), dtype=bool)
+    new_article[1:] = article_id[1:] != article_id[:-1]
+    starts = np.flatnonzero(new_article)
+    if len(np.unique(article_id[starts])) != len(starts):
+        raise LvmError("chunks of an article are not stored contiguously")
+    run_start = np.repeat(starts, np.diff(np.append(starts, len(article_id))))
+    expected = np.arange(len(article_id)) - run_start
+    if not np.array_equal(position, expected):
+        bad = int(np.flatnonzero(position != expected)[0])
+        raise LvmError(
+            f"chunk {bad}: position {int(position[bad])} but {int(expected[bad])} expected "
+            "(positions must run 0, 1, 2, ... within each article)"
+        )
+
+
+def write_dataset(
+    tmp_dir: Path,
+    *,
+    article_id: np.ndarray,
+    position: np.ndarray,
+    texts: list[str],
+    articles: list[dict],
+    article_split: np.ndarray,
+    meta: dict,
+    probe_vectors: np.ndarray | None = None,
+) -> dict:
+    """Write every file but the vectors (already at ``tmp_dir/vectors.npy``) and ``meta.json``.
+
+    ``articles[i]`` describes dense article id ``i`` (source_id, title, topic). Returns the full
+    meta (with counts and content hash) after writing it.
+    """
+    vectors = np.load(tmp_dir / "vectors.npy", mmap_mode="r")
+    n = len(article_id)
+    if not (len(vectors) == len(position) == len(texts) == n):
+        raise LvmError(
+            f"column lengths differ: vectors {len(vectors)}, positions {len(position)}, "
+            f"texts {len(texts)}, article ids {n}"
+        )
+    article_id = np.asarray(article_id, dtype=np.int64)
+    position = np.asarray(position, dtype=np.int32)
+    check_chunk_order(article_id, position)
+    if article_id.max() >= len(articles) or article_id.min() < 0:
+        raise LvmError("article ids must index the article table (0..A-1)")
+    chunk_split = np.asarray(article_split, dtype=np.int8)[article_id]
+    np.save(tmp_dir / "article_id.npy", article_id)
+    np.save(tmp_dir / "position.npy", position)
+    np.save(tmp_dir / "split.npy", chunk_split)
+    with open(tmp_dir / "texts.jsonl", "w", encoding="utf-8") as fh:
+        for t in texts:
+            fh.write(json.dumps(t, ensure_ascii=False) + "\n")
+    first = np.searchsorted(article_id, np.arange(len(articles)), side="left")
+    count = np.bincount(article_id, minlength=len(articles))
+    with open(tmp_dir / "articles.jsonl", "w", encoding="utf-8") as fh:
+        for i, a in enumerate(articles):
+            row = {
+                "article_id": i,
+                "source_id": a.get("source_id", str(i)),
+                "title": a.get("title", ""),
+                "topic": a.get("topic", ""),
+                "split": SPLIT_NAMES[int(article_split[i])],
+                "first_chunk": int(first[i]),
+                "n_chunks": int(count[i]),
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if probe_vectors is not None:
+        np.save(tmp_dir / "probe_vectors.npy", np.asarray(probe_vectors, dtype=np.float32))
+    counts = {"chunks": n, "articles": int((count > 0).sum())}
+    for code, name in enumerate(SPLIT_NAMES):
+        counts[f"{name}_chunks"] = int((chunk_split == code).sum())
+        counts[f"{name}_articles"] = int(((article_split == code) & (count > 0)).sum())
+    full = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "dim": int(vectors.shape[1]),
+        "counts": counts,
+        "content_hash": sha256_files([tmp_dir / f for f in _HASHED_FILES]),
+    }
+    write_json_atomic(tmp_dir / "meta.json", full)
+    return full
+
+
+class SequenceView:
+    """Sequences (up to ``ctx`` previous chunks -> next chunk) of one split, computed on the fly.
+
+    Sequence ``i`` has target chunk ``targets[i]`` and context chunks
+    ``targets[i]-n .. targets[i]-1`` with ``n = min(position, ctx) >= min_ctx``; shorter contexts
+    are left-padded (zeros, mask False) so the last context slot is always the last real chunk.
+    """
+
+    def __init__(self, dataset: "Dataset", split: str, ctx: int, min_ctx: int):
+        if not 1 <= min_ctx <= ctx:
+            raise LvmError(f"need 1 <= min_ctx <= ctx, got ctx={ctx}, min_ctx={min_ctx}")
+        if split not in SPLIT_NAMES:
+            raise LvmError(f"unknown split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+        self.dataset, self.split, self.ctx, self.min_ctx = dataset, split, ctx, min_ctx
+        code = SPLIT_NAMES.index(split)
+        ok = (dataset.position >= min_ctx) & (dataset.split == code)
+        self.targets = np.flatnonzero(ok).astype(np.int64)
+        self.n_context = np.minimum(dataset.position[self.targets], ctx).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def article_ids(self) -> np.ndarray:
+        return self.dataset.article_id[self.targets]
+
+    def context_indices(self, idx) -> np.ndarray:
+        """[B, ctx] chunk indices of the contexts of sequences ``idx``; -1 marks padding."""
+        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        t = self.targets[idx]
+        slots = np.arange(self.ctx)
+        ci = t[:, None] - self.ctx + slots[None, :]  # (B, ctx)
+        pad = slots[None, :] < (self.ctx - self.n_context[idx])[:, None]
+        ci[pad] = -1
+        return ci
+
+    def batch(self, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x [B, ctx, D] float32, mask [B, ctx] bool, y [B, D] float32) for sequences ``idx``."""
+        ci = self.context_indices(idx)
+        mask = ci >= 0
+        vecs = self.dataset.vectors
+        x = np.asarray(vecs[np.where(mask, ci, 0).ravel()], dtype=np.float32).reshape(*ci.shape, -1)
+        x[~mask] = 0.0
+        y = np.asarray(vecs[self.targets[np.atleast_1d(idx)]], dtype=np.float32)
+        return x, mask, y
+
+    def iter_batches(self, batch_size: int = 512, shuffle: bool = False, seed: int = 0):
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield (idx, *self.batch(idx))
+
+
+class Dataset:
+    """A dataset folder opened read-only; vectors are memory-mapped, never copied."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not self.path.is_dir():
+            raise LvmError(f"dataset {self.path} not found (build one with `lvm build-data --out {self.path}`)")
+        if not meta_path.is_file():
+            raise LvmError(f"{self.path} is not a dataset folder (no meta.json): incomplete or not built by lvm")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise LvmError(f"{meta_path}: corrupt JSON ({exc})") from None
+        version = self.meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise LvmError(f"{self.path}: dataset format version {version}, this lvm reads {FORMAT_VERSION}; rebuild it")
+        try:
+            self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+            self.article_id = np.load(self.path / "article_id.npy")
+            self.position = np.load(self.path / "position.npy")
+            self.split = np.load(self.path / "split.npy")
+        except (OSError, ValueError, EOFError) as exc:
+            raise LvmError(f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {exc})") from None
+        n = len(self.vectors)
+        if self.vectors.ndim != 2 or self.vectors.shape[1] != self.meta.get("dim"):
+            raise LvmError(f"{self.path}: vectors have shape {self.vectors.shape}, meta says dim {self.meta.get('dim')}")
+        if not (len(self.article_id) == len(self.position) == len(self.split) == n == self.meta["counts"]["chunks"]):
+            raise LvmError(f"{self.path}: per-chunk arrays disagree in length with the {n} vectors (truncated copy?)")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def content_hash(self) -> str:
+        return self.meta["content_hash"]
+
+    @property
+    def encoder_fingerprint(self) -> str | None:
+        return (self.meta.get("encoder") or {}).get("fingerprint")
+
+    @cached_property
+    def texts(self) -> list[str]:
+        path = self.path / "texts.jsonl"
+        if not path.is_file():
+            return [""] * self.n_chunks
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
+
+    @cached_property
+    def articles(self) -> list[dict]:
+        with open(self.path / "articles.jsonl", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
+
+    @cached_property
+    def probe_vectors(self) -> np.ndarray | None:
+        p = self.path / "probe_vectors.npy"
+        return np.load(p) if p.is_file() else None
+
+    def sequences(self, split: str = "train", ctx: int = 5, min_ctx: int = 1) -> SequenceView:
+        return SequenceView(self, split, ctx, min_ctx)
+
+    def verify(self) -> None:
+        """Recompute the content hash (reads every byte); raise if the folder was altered."""
+        actual = sha256_files([self.path / f for f in _HASHED_FILES])
+        if actual != self.content_hash:
+            raise LvmError(f"{self.path}: content hash mismatch (files changed since the build); rebuild it")
+
+
+def open_dataset(path: str | Path) -> Dataset:
+    return Dataset(path)

@@ -1,0 +1,119 @@
+"""The FAISS index over a dataset's chunk bank, saved beside it with its parameters.
+
+Small banks get an exact inner-product index (``IndexFlatIP``); large ones an IVF-flat
+inner-product index with ``nlist ≈ 4·√N`` lists (GATES.md, retrieval) trained on a seeded sample,
+searched with ``nprobe`` lists (64 by default, as in the seeds' evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lvm.datasets import Dataset, write_json_atomic
+from lvm.errors import LvmError
+
+EXACT_MAX = 100_000  # up to this many vectors an exact search is cheap enough (ms per query)
+DEFAULT_NPROBE = 64  # the seeds' evaluation setting
+TRAIN_POINTS_PER_LIST = 64  # sample size for k-means: enough for stable centroids, cheap to train
+ADD_BLOCK = 65536  # vectors added per call: keeps memory flat on memory-mapped banks
+
+
+@dataclass
+class IndexParams:
+    kind: str  # "flat-ip" (exact) or "ivf-flat-ip"
+    ntotal: int
+    dim: int
+    nlist: int | None = None
+    nprobe: int | None = None
+    train_size: int | None = None
+    seed: int = 0
+    dataset_hash: str = ""
+
+
+def default_nlist(n: int) -> int:
+    return max(1, int(round(4 * math.sqrt(n))))
+
+
+def build_index(
+    vectors: np.ndarray,
+    *,
+    kind: str = "auto",
+    nlist: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    seed: int = 0,
+    progress: bool = False,
+):
+    """Build an inner-product index over ``vectors`` ([N, D], may be a memmap). Returns (index, params)."""
+    import faiss
+
+    n, d = vectors.shape
+    if kind == "auto":
+        kind = "flat-ip" if n <= EXACT_MAX else "ivf-flat-ip"
+    if kind == "flat-ip":
+        index = faiss.IndexFlatIP(d)
+        params = IndexParams(kind, 0, d, seed=seed)
+    elif kind == "ivf-flat-ip":
+        nlist = nlist or default_nlist(n)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        train_size = min(n, nlist * TRAIN_POINTS_PER_LIST)
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
+        index.cp.seed = seed
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        index.nprobe = min(nprobe, nlist)
+        params = IndexParams(kind, 0, d, nlist=nlist, nprobe=index.nprobe, train_size=train_size, seed=seed)
+    else:
+        raise LvmError(f"unknown index kind {kind!r}: expected auto, flat-ip or ivf-flat-ip")
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, n, ADD_BLOCK), desc="index", unit="block", disable=not progress):
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=np.float32))
+    params.ntotal = int(index.ntotal)
+    return index, params
+
+
+def save_index(folder: Path, index, params: IndexParams) -> None:
+    import faiss
+
+    tmp = folder / f".index.faiss.tmp-{os.getpid()}"
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, folder / "index.faiss")
+    write_json_atomic(folder / "index.json", asdict(params))
+
+
+def load_index(dataset: Dataset, nprobe: int | None = None):
+    """Load the dataset's saved index; refuses one built for other vectors. Returns (index, params)."""
+    import json
+
+    import faiss
+
+    path, meta_path = dataset.path / "index.faiss", dataset.path / "index.json"
+    if not path.is_file() or not meta_path.is_file():
+        raise LvmError(f"{dataset.path} has no index (run `lvm build-index {dataset.path}`)")
+    params = IndexParams(**json.loads(meta_path.read_text()))
+    if params.dataset_hash != dataset.content_hash or params.ntotal != dataset.n_chunks:
+        raise LvmError(f"{path} was built for other vectors (stale index): rebuild it with `lvm build-index`")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise LvmError(f"{path}: corrupt FAISS index ({str(exc).splitlines()[0]})") from None
+    if nprobe is not None and params.kind == "ivf-flat-ip":
+        index.nprobe = min(nprobe, params.nlist)
+        params.nprobe = index.nprobe
+    return index, params
+
+
+def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress: bool = False, **kw):
+    """The cached index if it matches the dataset, else build and save one."""
+    try:
+        return load_index(dataset, nprobe=nprobe)
+    except LvmError:
+        index, params = build_index(dataset.vectors, nprobe=nprobe or DEFAULT_NPROBE, progress=progress, **kw)
+        params.dataset_hash = dataset.content_hash
+        save_index(dataset.path, index, params)
+        return index, params

@@ -1,0 +1,204 @@
+"""Import the seeds' legacy ``.npz`` sequences into a dataset folder.
+
+The legacy format stores every sequence whole: ``context_sequences`` [N, ctx, D] and
+``target_vectors`` [N, D] (so each chunk vector appears up to ctx+1 times), optionally with
+article ids, target positions, target texts and per-row metadata dicts. We rebuild the chunk
+bank — one vector per (article, position) — and the articles, so sequences become views again.
+
+Object arrays (texts, metadata dicts) are pickles inside the ``.npz``. They are read with an
+unpickler that only accepts plain data (numpy arrays, dtypes, scalars, str/int/float/dict/list);
+anything that could execute code is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from lvm.datasets import atomic_dir, check_vectors, write_dataset
+from lvm.errors import LvmError
+from lvm.index import build_index, save_index
+from lvm.splits import SplitPolicy, assign_splits
+
+CONTEXT_KEY, TARGET_KEY = "context_sequences", "target_vectors"
+ARTICLE_KEYS = ("article_ids", "article_indices", "article_id", "target_article_ids")
+POSITION_KEYS = ("target_positions", "positions", "chunk_positions", "target_chunk_indices")
+TEXT_KEYS = ("target_texts", "texts")
+META_ARTICLE_KEYS = ("article_index", "article_id", "article")
+META_POSITION_KEYS = ("target_chunk_index", "chunk_index", "position", "target_position")
+META_TEXT_KEYS = ("target_text", "text")
+_SAME_VECTOR_ATOL = 1e-6  # two copies of one chunk vector must agree to float32 precision
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise LvmError(f"refusing to unpickle {module}.{name}: the .npz holds objects that could run code")
+
+
+def _read_member(zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    with zf.open(name) as raw:
+        fh = io.BytesIO(raw.read())
+    version = np.lib.format.read_magic(fh)
+    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(fh)
+    if dtype.hasobject:
+        arr = _DataOnlyUnpickler(fh).load()
+        if not isinstance(arr, np.ndarray):
+            raise LvmError(f"{name}: expected a pickled numpy array")
+        return arr
+    fh.seek(0)
+    return np.load(fh, allow_pickle=False)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` without ``allow_pickle`` (object arrays via a data-only unpickler)."""
+    if not path.is_file():
+        raise LvmError(f"{path} not found")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {n[:-4]: _read_member(zf, n) for n in zf.namelist() if n.endswith(".npy")}
+    except (zipfile.BadZipFile, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise LvmError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _first(arrays: dict, keys) -> np.ndarray | None:
+    return next((arrays[k] for k in keys if k in arrays), None)
+
+
+def _from_metadata(meta: np.ndarray | None, keys) -> np.ndarray | None:
+    if meta is None or len(meta) == 0 or not isinstance(meta[0], dict):
+        return None
+    key = next((k for k in keys if k in meta[0]), None)
+    if key is None:
+        return None
+    try:
+        return np.array([m[key] for m in meta])
+    except (KeyError, TypeError):
+        raise LvmError(f"metadata: not every row has {key!r}") from None
+
+
+def _dense_ids(raw: np.ndarray) -> tuple[np.ndarray, list]:
+    """Map source article ids to 0..A-1 in sorted id order (so id-range OOD = highest source ids)."""
+    uniq, inverse = np.unique(raw, return_inverse=True)
+    return inverse.astype(np.int64), uniq.tolist()
+
+
+def _derive_positions(article: np.ndarray, contexts: np.ndarray, targets: np.ndarray, ctx: int) -> np.ndarray:
+    """Without positions, rows of one article must be consecutive sliding windows in file order."""
+    n = len(article)
+    order = np.argsort(article, kind="stable")
+    a = article[order]
+    start = np.ones(n, dtype=bool)
+    start[1:] = a[1:] != a[:-1]
+    run_start = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    rank = np.arange(n) - run_start
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = ctx + rank
+    follow = order[1:][~start[1:]]  # row that follows its predecessor in the same article
+    prev = order[:-1][~start[1:]]
+    if len(follow) and not np.allclose(contexts[follow, -1], targets[prev], atol=_SAME_VECTOR_ATOL):
+        raise LvmError(
+            "rows of an article are not consecutive sliding windows (a row's last context is not "
+            "the previous row's target): provide target positions (target_positions) in the .npz"
+        )
+    return pos
+
+
+def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = None, encoder_name: str | None = None,
+               index_kind: str = "auto", progress: bool = True) -> dict:
+    """Rebuild a dataset folder from a legacy ``.npz``; returns the written meta."""
+    npz, out = Path(npz), Path(out)
+    arrays = read_npz(npz)
+    missing = [k for k in (CONTEXT_KEY, TARGET_KEY) if k not in arrays]
+    if missing:
+        raise LvmError(f"{npz}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(arrays)) or 'none'}")
+    contexts = np.asarray(arrays[CONTEXT_KEY], dtype=np.float32)
+    targets = np.asarray(arrays[TARGET_KEY], dtype=np.float32)
+    if contexts.ndim != 3 or targets.ndim != 2 or len(contexts) != len(targets) or contexts.shape[2] != targets.shape[1]:
+        raise LvmError(f"{npz}: expected {CONTEXT_KEY} [N, ctx, D] and {TARGET_KEY} [N, D], got {contexts.shape} and {targets.shape}")
+    if len(targets) == 0:
+        raise LvmError(f"{npz}: no sequences")
+    check_vectors(targets, f"{npz}:{TARGET_KEY}")
+    check_vectors(contexts.reshape(-1, contexts.shape[2]), f"{npz}:{CONTEXT_KEY}")
+    n, ctx, d = contexts.shape
+    meta_rows = arrays.get("metadata")
+    article_raw = _first(arrays, ARTICLE_KEYS)
+    if article_raw is None:
+        article_raw = _from_metadata(meta_rows, META_ARTICLE_KEYS)
+    if article_raw is None:
+        raise LvmError(
+            f"{npz}: no article ids (keys {', '.join(ARTICLE_KEYS)} or metadata 'article_index'): "
+            "train/val/OOD splits cannot be made article-disjoint without them; re-export the sequences with article ids"
+        )
+    if len(article_raw) != n:
+        raise LvmError(f"{npz}: {len(article_raw)} article ids for {n} sequences")
+    article, source_ids = _dense_ids(np.asarray(article_raw))
+    pos_raw = _first(arrays, POSITION_KEYS)
+    if pos_raw is None:
+        pos_raw = _from_metadata(meta_rows, META_POSITION_KEYS)
+    pos = _derive_positions(article, contexts, targets, ctx) if pos_raw is None else np.asarray(pos_raw, dtype=np.int64)
+    texts_raw = _first(arrays, TEXT_KEYS)
+    if texts_raw is None:
+        texts_raw = _from_metadata(meta_rows, META_TEXT_KEYS)
+
+    # Every (article, position) a row mentions: the target at pos, context slot j at pos-ctx+j.
+    slot_pos = pos[:, None] - ctx + np.arange(ctx)[None, :]  # (N, ctx)
+    real = (slot_pos >= 0) & (np.abs(contexts).sum(axis=2) > 0)  # zero vectors are padding
+    rows_c, slots_c = np.nonzero(real)
+    occ_article = np.concatenate([article, article[rows_c]])
+    occ_pos = np.concatenate([pos, slot_pos[rows_c, slots_c]])
+    occ_row = np.concatenate([np.arange(n), rows_c])
+    occ_slot = np.concatenate([np.full(n, -1), slots_c])  # -1 = the target
+    key = occ_article * (int(occ_pos.max()) + 1) + occ_pos
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+
+    def occ_vectors(sel):
+        r, s = occ_row[sel], occ_slot[sel]
+        return np.where((s < 0)[:, None], targets[r], contexts[r, np.maximum(s, 0)])
+
+    bank = occ_vectors(first)
+    for start in range(0, len(key), 1 << 18):  # every copy of a chunk must be the same vector
+        sl = slice(start, start + (1 << 18))
+        if not np.allclose(occ_vectors(np.arange(len(key))[sl]), bank[inverse[sl]], atol=_SAME_VECTOR_ATOL):
+            raise LvmError(f"{npz}: the same (article, position) holds different vectors in different rows; positions are wrong")
+    chunk_article = occ_article[first]
+    chunk_pos = occ_pos[first].astype(np.int32)
+    starts = np.searchsorted(chunk_article, np.arange(len(source_ids)))
+    if not np.array_equal(chunk_pos, np.arange(len(uniq)) - np.repeat(starts, np.bincount(chunk_article, minlength=len(source_ids)))):
+        gap = int(chunk_article[np.flatnonzero(np.diff(chunk_pos) != 1)[0]]) if len(chunk_pos) > 1 else 0
+        raise LvmError(f"{npz}: article {source_ids[gap]!r} has gaps in its chunk positions; cannot rebuild its chunk order")
+    texts = [""] * len(uniq)
+    if texts_raw is not None:
+        for i, t in zip(inverse[:n].tolist(), np.asarray(texts_raw).tolist()):
+            texts[i] = str(t)
+    titles = {}
+    if meta_rows is not None and len(meta_rows) and isinstance(meta_rows[0], dict) and "title" in meta_rows[0]:
+        titles = {int(a): str(m.get("title", "")) for a, m in zip(article.tolist(), meta_rows)}
+    articles = [{"source_id": str(s), "title": titles.get(i, str(s)), "topic": ""} for i, s in enumerate(source_ids)]
+    article_split = assign_splits(len(articles), [""] * len(articles), split or SplitPolicy())
+    dup = len(uniq) - len(np.unique(bank.view(np.dtype((np.void, d * 4))).ravel()))
+    meta = {
+        "encoder": {"spec": {"name": encoder_name}, "pipeline": None, "fingerprint": None},
+        "corpus": {"name": f"npz:{npz.name}"},
+        "chunker": {"kind": "imported"},
+        "split_policy": (split or SplitPolicy()).to_dict(),
+        "import": {"rows": n, "ctx": ctx, "duplicates_removed": int(len(key) - len(uniq)), "duplicate_chunk_vectors": int(dup)},
+    }
+    with atomic_dir(out) as tmp:
+        np.save(tmp / "vectors.npy", bank.astype(np.float32))
+        full = write_dataset(tmp, article_id=chunk_article, position=chunk_pos, texts=texts, articles=articles,
+                             article_split=article_split, meta=meta)
+        index, params = build_index(bank, kind=index_kind, progress=progress)
+        params.dataset_hash = full["content_hash"]
+        save_index(tmp, index, params)
+    return full

@@ -1,0 +1,100 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_lvm, unit_rows
+from lvm.datasets import open_dataset
+from lvm.errors import LvmError
+from lvm.interop import import_npz, read_npz
+
+CTX = 5
+
+
+def legacy_rows(lengths, dim=16, seed=0):
+    """The seeds' format: one row per full-context window, each vector stored up to ctx+1 times."""
+    rng = np.random.default_rng(seed)
+    bank = {a: unit_rows(rng, n, dim) for a, n in enumerate(lengths)}
+    ctxs, tgts, arts, poss = [], [], [], []
+    for a, vecs in bank.items():
+        for p in range(CTX, len(vecs)):
+            ctxs.append(vecs[p - CTX : p])
+            tgts.append(vecs[p])
+            arts.append(100 + a)  # source ids need not start at 0
+            poss.append(p)
+    return bank, np.stack(ctxs), np.stack(tgts), np.array(arts), np.array(poss)
+
+
+LENGTHS = [8, 12, 6, 9, 15, 7, 10, 11, 6, 13]
+
+
+def check_round_trip(out: Path, bank):
+    ds = open_dataset(out)
+    assert ds.n_chunks == sum(len(v) for v in bank.values())  # every chunk stored once
+    for a, vecs in bank.items():
+        row = ds.articles[a]
+        assert row["source_id"] == str(100 + a) and row["n_chunks"] == len(vecs)
+        np.testing.assert_array_equal(ds.vectors[row["first_chunk"] : row["first_chunk"] + len(vecs)], vecs)
+    view = ds.sequences("train", ctx=CTX, min_ctx=CTX)
+    x, mask, y = view.batch(np.arange(len(view)))
+    assert mask.all()
+    np.testing.assert_array_equal(x[:, -1], ds.vectors[view.targets - 1])
+    return ds
+
+
+def test_import_rebuilds_the_bank_and_sequences(tmp_path):
+    bank, c, t, a, p = legacy_rows(LENGTHS)
+    np.savez(tmp_path / "seq.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=p)
+    meta = import_npz(tmp_path / "seq.npz", tmp_path / "ds", progress=False)
+    assert meta["import"]["rows"] == len(t) and meta["import"]["duplicates_removed"] == len(t) * (CTX + 1) - meta["counts"]["chunks"]
+    ds = check_round_trip(tmp_path / "ds", bank)
+    assert (ds.split[ds.article_id == len(LENGTHS) - 1] == 2).all()  # OOD = highest source ids
+
+
+def test_import_without_positions_derives_them_from_the_sliding_windows(tmp_path):
+    bank, c, t, a, _ = legacy_rows(LENGTHS, seed=1)
+    np.savez(tmp_path / "seq.npz", context_sequences=c, target_vectors=t, article_ids=a)
+    import_npz(tmp_path / "seq.npz", tmp_path / "ds", progress=False)
+    check_round_trip(tmp_path / "ds", bank)
+
+
+def test_metadata_dicts_are_read_without_unsafe_pickle(tmp_path):
+    bank, c, t, a, p = legacy_rows(LENGTHS, seed=2)
+    meta = np.array([{"article_index": int(ai), "chunk_index": int(pi), "text": f"s{ai}-{pi}", "title": f"T{ai}"} for ai, pi in zip(a, p)], dtype=object)
+    np.savez(tmp_path / "seq.npz", context_sequences=c, target_vectors=t, metadata=meta)
+    import_npz(tmp_path / "seq.npz", tmp_path / "ds", progress=False)
+    ds = check_round_trip(tmp_path / "ds", bank)
+    assert ds.texts[ds.articles[0]["first_chunk"] + CTX] == f"s100-{CTX}" and ds.articles[0]["title"] == "T100"
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    _, c, t, a, _ = legacy_rows(LENGTHS)
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Exploit(marker)
+    np.savez(tmp_path / "evil.npz", context_sequences=c, target_vectors=t, article_ids=a, metadata=evil)
+    with pytest.raises(LvmError, match="refusing to unpickle"):
+        read_npz(tmp_path / "evil.npz")
+    res = run_lvm("import-npz", str(tmp_path / "evil.npz"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "refusing to unpickle" in res.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_inconsistent_rows_and_missing_article_ids_are_refused(tmp_path):
+    _, c, t, a, p = legacy_rows(LENGTHS)
+    np.savez(tmp_path / "noart.npz", context_sequences=c, target_vectors=t)
+    with pytest.raises(LvmError, match="article-disjoint"):
+        import_npz(tmp_path / "noart.npz", tmp_path / "x", progress=False)
+    np.savez(tmp_path / "shifted.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=p + 1)
+    with pytest.raises(LvmError, match="different vectors"):
+        import_npz(tmp_path / "shifted.npz", tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
