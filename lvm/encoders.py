@@ -171,13 +171,13 @@ class Encoder:
         self.model = self._load(device)
 
     def _load(self, device: str):
-        import logging
-
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+        from transformers.utils import logging as hf_logging
 
-        # transformers logs a weights-loading progress bar per load; keep the CLI output ours.
-        logging.getLogger("transformers").setLevel(logging.ERROR)
+        # transformers draws a weights-loading bar and warnings on every load; keep the output ours.
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             model = SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
         except Exception as exc:

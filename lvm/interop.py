@@ -174,8 +174,9 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     chunk_article = occ_article[first]
     chunk_pos = occ_pos[first].astype(np.int32)
     starts = np.searchsorted(chunk_article, np.arange(len(source_ids)))
-    if not np.array_equal(chunk_pos, np.arange(len(uniq)) - np.repeat(starts, np.bincount(chunk_article, minlength=len(source_ids)))):
-        gap = int(chunk_article[np.flatnonzero(np.diff(chunk_pos) != 1)[0]]) if len(chunk_pos) > 1 else 0
+    expected = np.arange(len(uniq)) - np.repeat(starts, np.bincount(chunk_article, minlength=len(source_ids)))
+    if not np.array_equal(chunk_pos, expected):
+        gap = int(chunk_article[np.flatnonzero(chunk_pos != expected)[0]])
         raise LvmError(f"{npz}: article {source_ids[gap]!r} has gaps in its chunk positions; cannot rebuild its chunk order")
     texts = [""] * len(uniq)
     if texts_raw is not None:

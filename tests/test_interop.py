@@ -94,7 +94,12 @@ def test_inconsistent_rows_and_missing_article_ids_are_refused(tmp_path):
     np.savez(tmp_path / "noart.npz", context_sequences=c, target_vectors=t)
     with pytest.raises(LvmError, match="article-disjoint"):
         import_npz(tmp_path / "noart.npz", tmp_path / "x", progress=False)
-    np.savez(tmp_path / "shifted.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=p + 1)
+    np.savez(tmp_path / "gap.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=p + 1)
+    with pytest.raises(LvmError, match="article 100 has gaps"):
+        import_npz(tmp_path / "gap.npz", tmp_path / "x", progress=False)
+    off_by_one = p.copy()
+    off_by_one[3] += 1  # one row claims its target sits where the next row's target is
+    np.savez(tmp_path / "shifted.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=off_by_one)
     with pytest.raises(LvmError, match="different vectors"):
         import_npz(tmp_path / "shifted.npz", tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
