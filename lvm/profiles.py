@@ -1,0 +1,88 @@
+"""Gate profiles: TOML files of thresholds, one per encoder/corpus family. No threshold lives in code.
+
+A profile is chosen by name (a file shipped in ``lvm/profiles/``), by path, or from a dataset's
+metadata: the first shipped profile that lists the dataset's encoder model id.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvm.errors import LvmError
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+ACTIONS = ("abort", "warn")
+
+
+@dataclass(frozen=True)
+class EpochRule:
+    """``value < min`` at ``epoch`` triggers ``action`` (abort = RED kill switch, warn = AMBER)."""
+
+    epoch: int
+    min: float
+    action: str
+    why: str = ""
+
+
+@dataclass
+class Profile:
+    name: str
+    version: int
+    path: Path
+    data: dict = field(repr=False)
+    val_cosine: list[EpochRule] = field(default_factory=list)
+    ood_sentinel: list[EpochRule] = field(default_factory=list)
+
+    def rules_at(self, kind: str, epoch: int) -> list[EpochRule]:
+        return [r for r in getattr(self, kind) if r.epoch == epoch]
+
+
+def _rules(data: dict, key: str, path: Path) -> list[EpochRule]:
+    rules = []
+    for i, raw in enumerate(data.get("training", {}).get(key, [])):
+        try:
+            rule = EpochRule(int(raw["epoch"]), float(raw["min"]), str(raw["action"]), str(raw.get("why", "")))
+        except (KeyError, TypeError, ValueError):
+            raise LvmError(f"{path}: training.{key}[{i}] needs epoch (int), min (number) and action") from None
+        if rule.action not in ACTIONS:
+            raise LvmError(f"{path}: training.{key}[{i}].action must be one of {', '.join(ACTIONS)}")
+        rules.append(rule)
+    return rules
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = Path(name_or_path)
+    if not path.suffix == ".toml" or not path.is_file():
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise LvmError(f"gate profile {name_or_path!r} not found; shipped profiles: {', '.join(shipped_profiles())}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise LvmError(f"{path}: invalid TOML ({exc})") from None
+    head = data.get("profile", {})
+    return Profile(
+        name=str(head.get("name", path.stem)), version=int(head.get("version", 1)), path=path, data=data,
+        val_cosine=_rules(data, "val_cosine", path), ood_sentinel=_rules(data, "ood_sentinel", path),
+    )
+
+
+def profile_for_dataset(meta: dict, explicit: str | None = None) -> Profile:
+    """The explicit profile, else the first shipped one whose ``encoders`` lists the dataset's encoder."""
+    if explicit:
+        return load_profile(explicit)
+    model_id = ((meta.get("encoder") or {}).get("pipeline") or {}).get("model_id") or ((meta.get("encoder") or {}).get("spec") or {}).get("name")
+    for name in shipped_profiles():
+        prof = load_profile(name)
+        if model_id and model_id in prof.data.get("profile", {}).get("encoders", []):
+            return prof
+    raise LvmError(
+        f"no shipped gate profile matches encoder {model_id!r}; pass one with --gate-profile "
+        f"({', '.join(shipped_profiles())} or a .toml path)"
+    )
