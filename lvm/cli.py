@@ -1,4 +1,4 @@
-"""The ``lvm`` command line: build-data, inspect, import-npz, build-index, fingerprint, train.
+"""The ``lvm`` command line: build-data, inspect, import-npz, build-index, fingerprint, train, evaluate.
 
 Every subcommand turns bad input into one line on stderr and a non-zero exit (2), never a
 traceback; outputs appear atomically.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,13 @@ from pathlib import Path
 from lvm.errors import LvmError
 
 DEFAULT_DATASET = "data/wiki-minilm"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``lvm: error: ...``) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"lvm: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
@@ -203,7 +211,28 @@ def cmd_train(args) -> int:
     except KillSwitch as ks:
         print(f"lvm: {ks}; run kept in {out}", file=sys.stderr)
         return EXIT_KILL_SWITCH
-    print(out)
+    if os.environ.get("RANK", "0") == "0":
+        print(out)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from lvm.checkpoints import check_compatible, load_checkpoint, load_legacy_state_dict
+    from lvm.datasets import open_dataset
+    from lvm.training import evaluate
+
+    path = Path(args.checkpoint)
+    if path.suffix in (".pt", ".pth", ".pkl", ".bin") and path.is_file():
+        load_legacy_state_dict(path)  # refuses anything but plain tensors, without running code
+    model, meta = load_checkpoint(args.checkpoint)
+    ds = open_dataset(args.dataset)
+    check_compatible(meta, ds)
+    out = {"checkpoint": meta["_path"], "model_type": meta["model_type"], "dataset": str(ds.path)}
+    for split in ("val", "ood"):
+        view = ds.sequences(split, meta["ctx"], meta.get("min_ctx", 1))
+        out[f"{split}_cosine"] = evaluate(model, view)["cosine"] if len(view) else None
+        out[f"{split}_sequences"] = len(view)
+    print(json.dumps(out, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()))
     return 0
 
 
@@ -211,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lvm import __version__
     from lvm.corpora import DEFAULT_CORPUS
 
-    parser = argparse.ArgumentParser(prog="lvm", description="lvm-gates: datasets, training and gates for latent vector models")
+    parser = OneLineParser(prog="lvm", description="lvm-gates: datasets, training and gates for latent vector models")
     parser.add_argument("--version", action="version", version=f"lvm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("build-data", help="corpus -> chunks -> vectors -> dataset folder -> FAISS index (cached)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"{DEFAULT_CORPUS!r} (default), a .jsonl file or a folder of .txt files")
@@ -290,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mean val/OOD cosine of a checkpoint on a dataset (refuses mismatches)")
+    p.add_argument("checkpoint", help="run folder, NAME.json or NAME.safetensors")
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fingerprint", help="print the encoder fingerprint (SHA-256 of probes + pipeline)")
     _add_encoder_args(p)

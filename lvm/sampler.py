@@ -47,7 +47,9 @@ def article_capped_batches(article_ids: np.ndarray, batch_size: int, max_per_art
                 counts[article_ids[i]] += 1
             else:
                 waiting.append(i)
-        if not batch:  # cannot happen (a fresh batch accepts any item), but never loop forever
-            raise RuntimeError("batch sampler made no progress")
+        if not batch:
+            if exhausted and not waiting:  # the order ran out exactly at a batch boundary
+                break
+            raise RuntimeError("batch sampler made no progress")  # a fresh batch accepts any item
         batches.append(np.asarray(batch, dtype=np.int64))
     return batches

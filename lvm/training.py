@@ -302,6 +302,16 @@ class Trainer:
     def run(self) -> dict:
         if self.cfg.model in BASELINES:
             return self._run_baseline()
+        try:
+            return self._train()
+        finally:
+            if self.world > 1:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+
+    def _train(self) -> dict:
         cfg = self.cfg
         ddp = self.world > 1
         if ddp:
