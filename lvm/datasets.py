@@ -212,6 +212,10 @@ class SequenceView:
         ci[pad] = -1
         return ci
 
+    def target_indices(self, idx) -> np.ndarray:
+        """[B] chunk indices of the targets of sequences ``idx``."""
+        return self.targets[np.atleast_1d(np.asarray(idx, dtype=np.int64))]
+
     def batch(self, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x [B, ctx, D] float32, mask [B, ctx] bool, y [B, D] float32) for sequences ``idx``."""
         ci = self.context_indices(idx)
@@ -219,7 +223,7 @@ class SequenceView:
         vecs = self.dataset.vectors
         x = np.asarray(vecs[np.where(mask, ci, 0).ravel()], dtype=np.float32).reshape(*ci.shape, -1)
         x[~mask] = 0.0
-        y = np.asarray(vecs[self.targets[np.atleast_1d(idx)]], dtype=np.float32)
+        y = np.asarray(vecs[self.target_indices(idx)], dtype=np.float32)
         return x, mask, y
 
     def iter_batches(self, batch_size: int = 512, shuffle: bool = False, seed: int = 0):

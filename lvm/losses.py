@@ -31,6 +31,19 @@ def cosine_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(pred, target, dim=-1).mean()
 
 
+def masked_negatives(article_ids, batch_size: int, device=None) -> Tensor:
+    """(B, B) bool: the in-batch pairs InfoNCE removes from the negatives (i ≠ j, same article).
+
+    The ``batch_hygiene`` gate checks against this very mask that no same-article pair remains.
+    """
+    ids = torch.as_tensor(article_ids, device=device)
+    if ids.shape != (batch_size,):
+        raise ValueError(f"article_ids must have shape ({batch_size},); got {tuple(ids.shape)}")
+    same_article = ids[:, None] == ids[None, :]  # (B, B), diagonal True
+    same_article.fill_diagonal_(False)  # the positive pair stays
+    return same_article
+
+
 def info_nce_loss(
     pred: Tensor, target: Tensor, tau: float = 0.07, article_ids: Tensor | None = None
 ) -> Tensor:
@@ -46,12 +59,7 @@ def info_nce_loss(
     """
     logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / tau  # (B, B)
     if article_ids is not None:
-        ids = torch.as_tensor(article_ids, device=logits.device)
-        if ids.shape != (logits.shape[0],):
-            raise ValueError(f"article_ids must have shape ({logits.shape[0]},); got {tuple(ids.shape)}")
-        same_article = ids[:, None] == ids[None, :]  # (B, B), diagonal True
-        same_article.fill_diagonal_(False)  # the positive pair stays
-        logits = logits.masked_fill(same_article, float("-inf"))
+        logits = logits.masked_fill(masked_negatives(article_ids, logits.shape[0], logits.device), float("-inf"))
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 

@@ -77,3 +77,166 @@ def coherence_summary(cos: np.ndarray, low: float = LOW_COHERENCE) -> dict:
             for lo, hi, c in zip(HISTOGRAM_BINS[:-1], HISTOGRAM_BINS[1:], counts)
         },
     }
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean: resample items with replacement ``n_boot`` times."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(0, n_boot, 100):  # blocks of resamples: bounded memory for large N
+        k = min(100, n_boot - b)
+        idx = rng.integers(0, len(values), size=(k, len(values)))
+        means[b : b + k] = values[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (float(lo), float(hi))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Mean of d_i = a_i − b_i over the same items, with its bootstrap CI (paired bootstrap)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    lo, hi = bootstrap_ci(d, n_boot, alpha, seed)
+    return {"mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "n": int(len(d))}
+
+
+# ----------------------------------------------------------------------------- data alignment
+
+
+def neighbour_indices(anchor: np.ndarray, article_id: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk index ``anchor + k`` and whether it exists inside the anchor's article."""
+    j = anchor + k
+    ok = (j >= 0) & (j < len(article_id))
+    ok[ok] = article_id[j[ok]] == article_id[anchor[ok]]
+    return np.where(ok, j, 0), ok
+
+
+def similarity_profile(query: np.ndarray, anchor: np.ndarray, vectors: np.ndarray, article_id: np.ndarray, offsets=range(-3, 4)) -> dict:
+    """P(k) = mean over items of cos(query_i, c_{anchor_i + k}) for each offset k, same article only.
+
+    With ``query`` = the last context chunk and ``anchor`` its index this is the data's adjacency
+    profile; with ``query`` = a model's predictions and ``anchor`` the target index it is the
+    model's offset sweep (GATES.md ``offset_sweep``: k = 0 is the target, k = −1 the last context).
+    Offsets with no item are NaN.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    out = {}
+    for k in offsets:
+        j, ok = neighbour_indices(anchor, article_id, k)
+        if not ok.any():
+            out[k] = float("nan")
+            continue
+        v = np.asarray(vectors[j[ok]], dtype=np.float32)
+        out[k] = float((q[ok] * v).sum(axis=1).mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- model outputs
+
+
+def rowwise_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos(a_i, b_i) for unit rows: Σ_d a_id b_id."""
+    return (np.asarray(a, dtype=np.float64) * np.asarray(b, dtype=np.float64)).sum(axis=1)
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """exp(H(p)) with p_i = σ_i / Σσ over singular values of the centred rows (Roy & Vetterli)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def mean_pairwise_cos(x: np.ndarray) -> float:
+    """Mean cos(x_i, x_j) over i ≠ j = (‖Σx‖² − Σ‖x_i‖²) / (n(n−1)) for unit rows."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    s = x.sum(axis=0)
+    return float((s @ s - (x * x).sum()) / (n * (n - 1)))
+
+
+def other_article_cos(pred: np.ndarray, target: np.ndarray, article: np.ndarray, seed: int = 0) -> np.ndarray:
+    """cos(ŷ_i, y_π(i)) for a random pairing π with another article's target (same rows shuffled)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(pred))
+    clash = article[perm] == article
+    for _ in range(10):  # re-draw the few pairs that landed in the same article
+        if not clash.any():
+            break
+        perm[clash] = rng.permutation(perm[clash]) if clash.sum() > 1 else rng.integers(0, len(pred), 1)
+        clash = article[perm] == article
+    return rowwise_cos(pred, target[perm])[~clash]
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def retrieval_metrics(ranks: np.ndarray, k_max: int = 50) -> dict:
+    """From the 1-based rank of the true next chunk in the retrieved list (0 = not in top k_max).
+
+    R@k = P(1 ≤ rank ≤ k); Contain@50 = R@50; Eff@5 = hits@5 / hits@50 (how much of what is found
+    is found early); MRR@50 = mean of 1/rank (0 when not found).
+    """
+    r = np.asarray(ranks)
+    found = r > 0
+    hits = lambda k: float(((r > 0) & (r <= k)).mean())  # noqa: E731
+    contain = hits(k_max)
+    return {
+        "r_at_1": hits(1),
+        "r_at_5": hits(5),
+        "r_at_10": hits(10),
+        "contain_at_50": contain,
+        "eff_at_5": hits(5) / contain if contain > 0 else 0.0,
+        "mrr_at_50": float(np.where(found, 1.0 / np.maximum(r, 1), 0.0).mean()),
+    }
+
+
+def ranks_of(truth: np.ndarray, retrieved: np.ndarray, vectors: np.ndarray | None = None) -> np.ndarray:
+    """1-based position of ``truth[i]`` in ``retrieved[i]`` (0 when absent).
+
+    With ``vectors``, an exact duplicate of the true chunk's vector counts as the true chunk (a
+    bank with repeated sentences must not count a correct answer as a miss).
+    """
+    hit = retrieved == truth[:, None]
+    if vectors is not None:
+        t = np.asarray(vectors[truth], dtype=np.float32)
+        valid = retrieved >= 0
+        cand = np.asarray(vectors[np.where(valid, retrieved, 0).ravel()], dtype=np.float32).reshape(*retrieved.shape, -1)
+        dup = valid & (np.abs(cand - t[:, None, :]).max(axis=2) == 0)
+        hit |= dup
+    first = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+    return first
+
+
+def contrastive_accuracy(pred: np.ndarray, target: np.ndarray, article: np.ndarray, n_neg: int = 100, seed: int = 0) -> float:
+    """Share of (item, other-article target) pairs where the other target is farther than the true one.
+
+    acc = mean_i mean_{j ∈ N_i} [cos(ŷ_i, y_j) < cos(ŷ_i, y_i)] with N_i up to ``n_neg`` random
+    items of other articles.
+    """
+    rng = np.random.default_rng(seed)
+    pred, target = np.asarray(pred, np.float32), np.asarray(target, np.float32)
+    pos = (pred * target).sum(axis=1)
+    j = rng.integers(0, len(pred), size=(len(pred), n_neg))
+    valid = article[j] != article[:, None]
+    wins = 0
+    for s in range(0, len(pred), 256):  # (256, n_neg, D) at a time: bounded memory
+        neg = np.einsum("id,ikd->ik", pred[s : s + 256], target[j[s : s + 256]])
+        wins += int(((neg < pos[s : s + 256, None]) & valid[s : s + 256]).sum())
+    return float(wins / max(valid.sum(), 1))
+
+
+def latency_percentiles(seconds: np.ndarray) -> dict:
+    """P50/P95/P99 (and mean) of per-call latencies, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": float(ms.mean()), "n_calls": int(len(ms))}

@@ -35,6 +35,13 @@ class Profile:
     val_cosine: list[EpochRule] = field(default_factory=list)
     ood_sentinel: list[EpochRule] = field(default_factory=list)
 
+    def gate(self, gate_id: str) -> dict:
+        """The ``[gates.<id>]`` table (cause, rules, parameters); an error if the profile lacks it."""
+        spec = self.data.get("gates", {}).get(gate_id)
+        if spec is None:
+            raise LvmError(f"gate profile {self.name} ({self.path.name}) has no [gates.{gate_id}] table")
+        return spec
+
     def rules_at(self, kind: str, epoch: int) -> list[EpochRule]:
         return [r for r in getattr(self, kind) if r.epoch == epoch]
 
@@ -67,6 +74,13 @@ def load_profile(name_or_path: str) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise LvmError(f"{path}: invalid TOML ({exc})") from None
     head = data.get("profile", {})
+    if head.get("extends"):
+        # a profile overrides whole tables of the profile it extends: gates.<id>, training, regression
+        base = load_profile(head["extends"]).data
+        merged = {**base, **{k: v for k, v in data.items() if k != "gates"}}
+        merged["gates"] = {**base.get("gates", {}), **data.get("gates", {})}
+        merged["training"] = data.get("training", base.get("training", {}))
+        data = merged
     return Profile(
         name=str(head.get("name", path.stem)), version=int(head.get("version", 1)), path=path, data=data,
         val_cosine=_rules(data, "val_cosine", path), ood_sentinel=_rules(data, "ood_sentinel", path),

@@ -294,6 +294,7 @@ class Trainer:
             "world_size": self.world,
             "device": str(self.device),
             "sequences": {"train": len(self.train_view), "val": len(self.val_view), "ood": len(self.ood_view)},
+            "loss_config": asdict(self.cfg.loss),
             "events": [],
         }
 

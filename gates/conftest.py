@@ -1,0 +1,1 @@
+"""The gate suite: fixtures and options come from the lvm pytest plugin (lvm/pytest_plugin.py)."""

@@ -1,0 +1,106 @@
+"""model -> predictions: streamed inference over sequence views, context ablations, latency.
+
+Predictions are computed in batches from the memory-mapped bank; nothing builds [N, ctx, D].
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from lvm.datasets import SequenceView
+
+ABLATIONS = ("shuffle", "reverse", "leave_one_out", "repeat_pad", "cross_article")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, view: SequenceView, idx: np.ndarray | None = None, batch_size: int = 2048, ablation: str | None = None, seed: int = 0) -> np.ndarray:
+    """ŷ for sequences ``idx`` of ``view`` (all by default), optionally on an ablated context."""
+    model.eval()
+    idx = np.arange(len(view)) if idx is None else np.asarray(idx)
+    out = np.empty((len(idx), view.dataset.dim), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    for s in range(0, len(idx), batch_size):
+        part = idx[s : s + batch_size]
+        x, mask, _ = view.batch(part)
+        if ablation is not None:
+            x, mask = ablate(x, mask, ablation, rng, view, part)
+        out[s : s + len(part)] = model(torch.from_numpy(x), torch.from_numpy(mask)).float().numpy()
+    return out
+
+
+def _real_order(mask: np.ndarray) -> np.ndarray:
+    """Per row, the slot indices sorted so real (True) slots keep their order at the right end."""
+    return np.argsort(mask, axis=1, kind="stable")
+
+
+def ablate(x: np.ndarray, mask: np.ndarray, kind: str, rng: np.random.Generator, view: SequenceView, idx: np.ndarray):
+    """Perturb contexts (left-padded, mask True = real) the way GATES.md ``context_ablations`` lists.
+
+    shuffle: real chunks in random order; reverse: real chunks in reverse order; leave_one_out: one
+    random real chunk removed (context re-left-padded); repeat_pad: padding slots filled with the
+    first real chunk (mask True, as a loader that pads by repetition would); cross_article: the
+    last chunk replaced by a chunk of another article.
+    """
+    x, mask = x.copy(), mask.copy()
+    b, ctx, _ = x.shape
+    n_real = mask.sum(axis=1)
+    if kind in ("shuffle", "reverse"):
+        for i in range(b):
+            slots = np.flatnonzero(mask[i])
+            order = slots[::-1] if kind == "reverse" else rng.permutation(slots)
+            x[i, slots] = x[i, order]
+    elif kind == "leave_one_out":
+        for i in range(b):
+            slots = np.flatnonzero(mask[i])
+            if len(slots) < 2:
+                continue  # a single-chunk context has nothing to leave out
+            keep = np.delete(slots, rng.integers(len(slots)))
+            kept = x[i, keep].copy()
+            x[i] = 0.0
+            mask[i] = False
+            x[i, ctx - len(keep) :] = kept
+            mask[i, ctx - len(keep) :] = True
+    elif kind == "repeat_pad":
+        first = ctx - n_real  # index of the first real slot per row
+        for i in range(b):
+            x[i, : first[i]] = x[i, first[i]]
+        mask[:] = True
+    elif kind == "cross_article":
+        articles = view.dataset.article_id
+        own = articles[view.targets[idx]]
+        other = rng.integers(0, view.dataset.n_chunks, size=b)
+        for _ in range(10):
+            clash = articles[other] == own
+            if not clash.any():
+                break
+            other[clash] = rng.integers(0, view.dataset.n_chunks, size=int(clash.sum()))
+        x[:, -1] = np.asarray(view.dataset.vectors[other], dtype=np.float32)
+    else:
+        raise ValueError(f"unknown ablation {kind!r}; expected one of {', '.join(ABLATIONS)}")
+    return x, mask
+
+
+@torch.no_grad()
+def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, warmup: int = 50, threads: int = 1, seed: int = 0) -> np.ndarray:
+    """Seconds per batch-1 forward pass on real sequences, after ``warmup`` calls, with ``threads``."""
+    model.eval()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(view), size=n_calls + warmup)
+        x, mask, _ = view.batch(idx)
+        xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+        times = np.empty(n_calls)
+        for i in range(n_calls + warmup):
+            t0 = time.perf_counter()
+            model(xt[i : i + 1], mt[i : i + 1])
+            if i >= warmup:
+                times[i - warmup] = time.perf_counter() - t0
+        return times
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,510 @@
+"""Gates: metrics -> status. Each gate computes metrics (``lvm.metrics``) and judges them with the
+thresholds of the active gate profile (``lvm.profiles``); no threshold lives here.
+
+A profile's ``[gates.ID]`` table holds ``cause`` (the runbooks' likely cause, quoted in RED/AMBER
+messages), ``rules`` and gate parameters. A rule names a metric and either ``min_green`` /
+``min_amber`` (higher is better) or ``max_green`` / ``max_amber`` (lower is better); ``worst``
+caps the status (``"AMBER"`` for report-with-warning rules); ``split`` limits it to one split.
+A metric below AMBER is RED; a NaN metric is RED (it could not be computed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from lvm import metrics as M
+from lvm.datasets import Dataset, SequenceView
+from lvm.errors import LvmError
+from lvm.profiles import Profile
+
+GREEN, AMBER, RED, SKIP = "GREEN", "AMBER", "RED", "SKIP"
+_ORDER = {GREEN: 0, AMBER: 1, RED: 2}
+GATE_SPEC_VERSION = 1
+
+DATA_GATES = ("encoder_fingerprint", "normalization", "oracle_recall", "alignment", "coherence", "coherence_drift", "split_hygiene", "batch_hygiene")
+MODEL_GATES = ("checkpoint_integrity", "output_sanity", "val_cosine", "ood_cosine", "beats_baselines", "offset_sweep", "no_collapse",
+               "context_ablations", "retrieval", "latency", "training_health", "regression")
+
+
+@dataclass
+class GateResult:
+    gate: str
+    status: str
+    metrics: dict = field(default_factory=dict)
+    thresholds: list = field(default_factory=list)
+    message: str = ""
+    dataset: str | None = None
+    checkpoint: str | None = None
+    split: str | None = None
+    seconds: float = 0.0
+    spec_version: int = GATE_SPEC_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def worst(statuses) -> str:
+    statuses = [s for s in statuses if s in _ORDER]
+    return max(statuses, key=_ORDER.__getitem__) if statuses else GREEN
+
+
+def judge_rule(value, rule: dict) -> str:
+    """GREEN / AMBER / RED of one metric value under one profile rule."""
+    cap = rule.get("worst", RED)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return RED
+    if "min_green" in rule:
+        if value >= rule["min_green"]:
+            return GREEN
+        status = AMBER if "min_amber" in rule and value >= rule["min_amber"] else RED
+    elif "max_green" in rule:
+        if value <= rule["max_green"]:
+            return GREEN
+        status = AMBER if "max_amber" in rule and value <= rule["max_amber"] else RED
+    else:
+        raise LvmError(f"profile rule for {rule.get('metric')!r} has neither min_green nor max_green")
+    return status if _ORDER[status] <= _ORDER[cap] else cap
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, **where) -> GateResult:
+    """Apply every rule of ``[gates.<gate>]`` to ``metrics``; the message names what failed and why."""
+    spec = profile.gate(gate)
+    rules = [r for r in spec.get("rules", []) if r.get("split") in (None, split)]
+    statuses, failed = [], []
+    for rule in rules:
+        if rule["metric"] not in metrics:
+            raise LvmError(f"profile {profile.name}: gate {gate} has a rule for unknown metric {rule['metric']!r}")
+        value = metrics[rule["metric"]]
+        st = judge_rule(value, rule)
+        statuses.append(st)
+        if st != GREEN:
+            if "min_green" in rule:
+                bound = f"< {rule['min_green']}" + (f" (AMBER down to {rule['min_amber']})" if "min_amber" in rule else "")
+            else:
+                bound = f"> {rule['max_green']}" + (f" (AMBER up to {rule['max_amber']})" if "max_amber" in rule else "")
+            failed.append(f"{rule['metric']} = {_fmt(value)} {bound} [{st}]" + (f": {rule['why']}" if rule.get("why") else ""))
+    status = worst(statuses)
+    message = ""
+    if failed:
+        message = f"{gate} {status}: " + "; ".join(failed) + (f". Likely cause: {spec['cause']}" if spec.get("cause") else "")
+    return GateResult(gate, status, metrics, rules, message, split=split, **where)
+
+
+def skipped(gate: str, reason: str, **where) -> GateResult:
+    return GateResult(gate, SKIP, message=reason, **where)
+
+
+# ----------------------------------------------------------------------------- data gates
+
+
+def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: dict | None = None) -> GateResult:
+    """Re-encode the probes with the dataset's declared encoder; compare fingerprint and probe vectors."""
+    from lvm.encoders import EncoderSpec, load_encoder
+
+    enc_meta = ds.meta.get("encoder") or {}
+    spec = enc_meta.get("spec") or {}
+    stored = enc_meta.get("fingerprint")
+    where = {"dataset": ds.path.name}
+    if not stored:
+        return annotate(judge("encoder_fingerprint", {"fingerprint_match": 0.0, "probe_min_cos": float("nan"), "checkpoints_match": 0.0}, profile, **where),
+                        "The dataset records no encoder fingerprint (imported data): its vector space cannot be verified.")
+    try:
+        encoder = load_encoder(EncoderSpec.from_dict(spec))
+    except LvmError as exc:
+        return skipped("encoder_fingerprint", f"declared encoder not available here: {exc}", **where)
+    probe = ds.probe_vectors
+    min_cos = float(M.rowwise_cos(probe, encoder.probe_vectors).min()) if probe is not None and probe.shape == encoder.probe_vectors.shape else float("nan")
+    ck = checkpoint_fingerprints or {}
+    mismatched = sorted(name for name, fp in ck.items() if fp != stored)
+    metrics = {
+        "fingerprint_match": float(encoder.fingerprint == stored),
+        "probe_min_cos": min_cos,
+        "checkpoints_match": float(not mismatched),
+        "stored": stored,
+        "recomputed": encoder.fingerprint,
+        "mismatched_checkpoints": mismatched,
+    }
+    return judge("encoder_fingerprint", metrics, profile, **where)
+
+
+def annotate(result: GateResult, text: str) -> GateResult:
+    """Append context (why a metric could not be trusted) to a result's message."""
+    result.message = f"{result.message} {text}".strip()
+    return result
+
+
+def normalization(ds: Dataset, profile: Profile) -> GateResult:
+    return judge("normalization", M.norm_summary(ds.vectors), profile, dataset=ds.path.name)
+
+
+def oracle_recall(ds: Dataset, index, profile: Profile, sample: int | None = None, seed: int = 0) -> GateResult:
+    """Query the index with a seeded sample of stored vectors; Recall@k of the query's own id."""
+    params = profile.gate("oracle_recall")
+    n = min(sample or params.get("sample", 1000), ds.n_chunks)
+    ks = params.get("ks", [1, 5, 1000])
+    k = min(max(ks), ds.n_chunks)
+    ids = np.sort(np.random.default_rng(seed).choice(ds.n_chunks, size=n, replace=False))
+    q = np.ascontiguousarray(ds.vectors[ids], dtype=np.float32)
+    _, found = index.search(q, k)
+    ranks = M.ranks_of(ids, found, ds.vectors)
+    exact_self = (found[:, 0] == ids).mean()
+    metrics = {f"recall_at_{kk}": float(((ranks > 0) & (ranks <= kk)).mean()) for kk in ks}
+    top1 = np.asarray(ds.vectors[np.maximum(found[:, 0], 0)], dtype=np.float32)
+    metrics["top1_is_duplicate_rate"] = float(((found[:, 0] != ids) & (np.abs(top1 - q).max(axis=1) == 0)).mean())
+    metrics["self_at_1"] = float(exact_self)
+    metrics["target_to_bank_min_cos"] = float(M.rowwise_cos(top1, q).min())
+    metrics["sample"] = int(n)
+    return judge("oracle_recall", metrics, profile, dataset=ds.path.name)
+
+
+def alignment(view: SequenceView, profile: Profile, sample: int | None = None, seed: int = 0) -> GateResult:
+    """Targets must be the chunk right after the last context chunk (structure and similarity)."""
+    params = profile.gate("alignment")
+    n = min(sample or params.get("sample", 5000), len(view))
+    if n == 0:
+        return skipped("alignment", f"no {view.split} sequences", dataset=view.dataset.path.name)
+    idx = np.sort(np.random.default_rng(seed).choice(len(view), size=n, replace=False))
+    ds = view.dataset
+    last = view.context_indices(idx)[:, -1]
+    target = view.target_indices(idx)
+    structural = float(((target == last + 1) & (ds.article_id[target] == ds.article_id[last])).mean())
+    x, _, y = view.batch(idx)
+    q = x[:, -1]
+    prof = M.similarity_profile(q, last, ds.vectors, ds.article_id)
+    declared = float(M.rowwise_cos(q, y).mean())  # P(+1) as the sequences declare it
+    others = {k: v for k, v in prof.items() if k not in (0, 1) and not math.isnan(v)}
+    tie = params.get("tie_tolerance", 0.0)
+    peak = max(others.items(), key=lambda kv: kv[1]) if others else (None, float("nan"))
+    metrics = {
+        "target_is_next": structural,
+        "declared_target_cos": declared,
+        "profile": {str(k): v for k, v in prof.items()},
+        "next_margin": declared - peak[1],
+        "peak_at_next": float(declared >= peak[1] - tie),
+        "direction_delta": declared - prof.get(-1, float("nan")),
+        "sample": int(n),
+    }
+    return judge("alignment", metrics, profile, dataset=ds.path.name, split=view.split)
+
+
+def coherence_stats(ds: Dataset, split_code: int | None = None) -> dict:
+    cos = M.adjacency_coherence(ds.vectors, ds.article_id)
+    if split_code is not None:
+        first = ds.article_id[1:] == ds.article_id[:-1]
+        cos = cos[ds.split[:-1][first] == split_code]
+    return M.coherence_summary(cos)
+
+
+def coherence(ds: Dataset, profile: Profile) -> GateResult:
+    return judge("coherence", coherence_stats(ds), profile, dataset=ds.path.name)
+
+
+def segment_breakdown(ds: Dataset, baseline_mean: float, n_segments: int = 10, by: str = "article_range") -> list[dict]:
+    """Mean adjacency coherence per article-id range (or topic), sorted by drop vs ``baseline_mean``."""
+    same = np.flatnonzero(ds.article_id[1:] == ds.article_id[:-1])
+    cos = M.adjacency_coherence(ds.vectors, ds.article_id)
+    art = ds.article_id[same]
+    rows = []
+    if by == "topic":
+        topics = np.array([a.get("topic", "") for a in ds.articles])[art]
+        groups = {t: topics == t for t in np.unique(topics)}
+    else:
+        n_art = int(ds.article_id.max()) + 1
+        edges = np.linspace(0, n_art, n_segments + 1).astype(int)
+        groups = {f"{lo}-{hi - 1}": (art >= lo) & (art < hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo}
+    for name, sel in groups.items():
+        if sel.any():
+            c = cos[sel]
+            rows.append({"segment": str(name), "pairs": int(sel.sum()), "mean": float(c.mean()), "low_share": float((c < M.LOW_COHERENCE).mean()),
+                         "drop_vs_baseline": float(baseline_mean - c.mean())})
+    return sorted(rows, key=lambda r: -r["drop_vs_baseline"])
+
+
+def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> GateResult:
+    where = {"dataset": ds.path.name}
+    if baseline is None:
+        return skipped("coherence_drift", "no --baseline-dataset given", **where)
+    if baseline.encoder_fingerprint != ds.encoder_fingerprint:
+        return annotate(judge("coherence_drift", {"comparable": 0.0, "mean_drift_rel": float("nan"), "low_share_delta_pp": float("nan")}, profile, **where),
+                        f"Baseline {baseline.path.name} was encoded with another encoder (fingerprints differ): coherence is not comparable.")
+    new, base = coherence_stats(ds), coherence_stats(baseline)
+    params = profile.gate("coherence_drift")
+    metrics = {
+        "comparable": 1.0,
+        "mean": new["mean"], "baseline_mean": base["mean"],
+        "mean_drift_rel": (new["mean"] - base["mean"]) / base["mean"],
+        "low_share": new["low_share"], "baseline_low_share": base["low_share"],
+        "low_share_delta_pp": 100 * (new["low_share"] - base["low_share"]),
+        "segments": segment_breakdown(ds, base["mean"], params.get("segments", 10), params.get("segment_by", "article_range"))[:5],
+    }
+    return judge("coherence_drift", metrics, profile, **where)
+
+
+def _article_signatures(ds: Dataset) -> dict[int, str]:
+    """A hash of each article's vectors (identical articles under different ids collide)."""
+    import hashlib
+
+    out = {}
+    for a in ds.articles:
+        f, n = a["first_chunk"], a["n_chunks"]
+        if n:
+            out[a["article_id"]] = hashlib.sha256(np.ascontiguousarray(ds.vectors[f : f + n]).tobytes()).hexdigest()
+    return out
+
+
+def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> GateResult:
+    """Articles must not be shared between train and val/OOD (by id, source id or identical content)."""
+    from lvm.splits import OOD, SPLIT_NAMES, TRAIN
+
+    split_of = {a["article_id"]: a["split"] for a in ds.articles if a["n_chunks"]}
+    ids_per_split = {}
+    for a in ds.articles:
+        ids_per_split.setdefault(a["split"], set()).add(a["source_id"])
+    shared_source = len(ids_per_split.get("train", set()) & (ids_per_split.get("val", set()) | ids_per_split.get("ood", set())))
+    article_code = np.array([SPLIT_NAMES.index(a["split"]) for a in ds.articles], dtype=np.int8)
+    chunk_conflicts = int((ds.split != article_code[ds.article_id]).sum())  # a chunk in another split than its article
+    sig = _article_signatures(ds)
+    train_sigs = {s for a, s in sig.items() if split_of.get(a) == "train"}
+    leaked = sum(1 for a, s in sig.items() if split_of.get(a) != "train" and s in train_sigs)
+    # exact duplicate vectors between train and OOD
+    ood_ds = ood or ds
+    ood_code = OOD if ood is None else None
+    train_rows = {np.asarray(r).tobytes() for r in ds.vectors[ds.split == TRAIN]}
+    ood_mask = (ood_ds.split == ood_code) if ood_code is not None else np.ones(ood_ds.n_chunks, dtype=bool)
+    ood_vecs = ood_ds.vectors[ood_mask]
+    dup = sum(np.asarray(r).tobytes() in train_rows for r in ood_vecs)
+    train_coh = coherence_stats(ds, TRAIN).get("mean", float("nan"))
+    ood_coh = (coherence_stats(ds, OOD) if ood is None else coherence_stats(ood)).get("mean", float("nan"))
+    metrics = {
+        "shared_articles": int(shared_source + leaked + (chunk_conflicts > 0)),
+        "chunks_outside_article_split": chunk_conflicts,
+        "shared_source_ids": int(shared_source),
+        "identical_articles_across_splits": int(leaked),
+        "train_ood_duplicate_vectors": int(dup),
+        "train_ood_duplicate_share": float(dup / max(len(ood_vecs), 1)),
+        "train_coherence": train_coh,
+        "ood_coherence": ood_coh,
+        "ood_train_coherence_gap": abs(ood_coh - train_coh) if not (math.isnan(ood_coh) or math.isnan(train_coh)) else 0.0,
+        "splits": {name: int((ds.split == c).sum()) for c, name in enumerate(SPLIT_NAMES)},
+    }
+    return judge("split_hygiene", metrics, profile, dataset=ds.path.name)
+
+
+def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int = 256, max_per_article: int | None = 2, seed: int = 0,
+                  n_batches: int | None = None, masked=None) -> GateResult:
+    """Batches from the trainer's sampler: no same-article pair left among InfoNCE negatives."""
+    import torch
+
+    from lvm.losses import masked_negatives
+    from lvm.sampler import article_capped_batches
+
+    masked = masked or masked_negatives
+    n_batches = n_batches or profile.gate("batch_hygiene").get("batches", 50)
+    art = view.article_ids
+    batches = article_capped_batches(art, batch_size, max_per_article, seed, epoch=1)[:n_batches]
+    exposed, pairs, max_items = 0, 0, 0
+    for b in batches:
+        ids = torch.from_numpy(art[b])
+        same = ids[:, None] == ids[None, :]
+        same.fill_diagonal_(False)
+        excl = masked(ids, len(b)) if masked is not None else torch.zeros_like(same)
+        exposed += int((same & ~excl).sum())
+        pairs += int(same.sum())
+        max_items = max(max_items, int(np.bincount(art[b]).max()))
+    metrics = {"same_article_negatives": exposed, "same_article_pairs": pairs, "max_items_per_article": max_items,
+               "cap": max_per_article or 0, "batches": len(batches)}
+    metrics["cap_respected"] = float(not max_per_article or max_items <= max_per_article)
+    return judge("batch_hygiene", metrics, profile, dataset=view.dataset.path.name, split=view.split)
+
+
+# ----------------------------------------------------------------------------- model gates
+
+
+class ModelEval:
+    """One model on one sequence view: predictions and targets computed once, shared by gates."""
+
+    def __init__(self, model, view: SequenceView, name: str):
+        self.model, self.view, self.name = model, view, name
+
+    @cached_property
+    def pred(self) -> np.ndarray:
+        from lvm.evaluation import predict
+
+        return predict(self.model, self.view)
+
+    @cached_property
+    def target(self) -> np.ndarray:
+        return np.asarray(self.view.dataset.vectors[self.view.targets], dtype=np.float32)
+
+    @cached_property
+    def cos(self) -> np.ndarray:
+        return M.rowwise_cos(self.pred, self.target)
+
+    def where(self) -> dict:
+        return {"dataset": self.view.dataset.path.name, "checkpoint": self.name, "split": self.view.split}
+
+
+def checkpoint_integrity(path: str | Path, ds: Dataset, profile: Profile, name: str) -> tuple[GateResult, object, dict | None]:
+    """Load safely and check metadata, dims and fingerprint; returns (result, model or None, meta)."""
+    from lvm.checkpoints import REQUIRED_KEYS, load_checkpoint
+
+    where = {"dataset": ds.path.name, "checkpoint": name}
+    try:
+        model, meta = load_checkpoint(path)
+    except LvmError as exc:
+        res = judge("checkpoint_integrity", {"loads": 0.0, "metadata_complete": 0.0, "dims_match": 0.0, "fingerprint_match": 0.0}, profile, **where)
+        res.message = f"{res.message} {exc}".strip()
+        return res, None, None
+    metrics = {
+        "loads": 1.0,
+        "metadata_complete": float(all(k in meta for k in REQUIRED_KEYS)),
+        "dims_match": float(int(meta["input_dim"]) == ds.dim),
+        "fingerprint_match": float(meta["encoder_fingerprint"] == ds.encoder_fingerprint),
+        "same_dataset": float(meta.get("dataset_hash") == ds.content_hash),
+        "n_params": int(meta.get("n_params", 0)),
+    }
+    return judge("checkpoint_integrity", metrics, profile, **where), model, meta
+
+
+def output_sanity(ev: ModelEval, profile: Profile, sample: int = 512) -> GateResult:
+    from lvm.evaluation import predict
+
+    p = ev.pred
+    norms = np.linalg.norm(p.astype(np.float64), axis=1)
+    idx = np.arange(min(sample, len(ev.view)))
+    again = predict(ev.model, ev.view, idx)
+    metrics = {
+        "nonfinite": int((~np.isfinite(p)).any(axis=1).sum()),
+        "max_norm_error": float(np.nanmax(np.abs(norms - 1.0))) if len(norms) else float("nan"),
+        "max_repeat_diff": float(np.abs(again - p[idx]).max()) if len(idx) else 0.0,
+    }
+    return judge("output_sanity", metrics, profile, **ev.where())
+
+
+def cosine_gate(gate: str, ev: ModelEval, profile: Profile, other: ModelEval | None = None) -> GateResult:
+    """``val_cosine`` / ``ood_cosine``: mean cos(ŷ, y) with a bootstrap 95 % CI."""
+    lo, hi = M.bootstrap_ci(ev.cos)
+    metrics = {gate: float(ev.cos.mean()), f"{gate}_ci_low": lo, f"{gate}_ci_high": hi, "n": int(len(ev.cos))}
+    if other is not None:
+        metrics["ood_minus_val"] = float(ev.cos.mean() - other.cos.mean())
+    return judge(gate, metrics, profile, **ev.where())
+
+
+def beats_baselines(ev: ModelEval, baselines: dict[str, ModelEval], profile: Profile) -> GateResult:
+    """Paired per-sequence difference against the best null baseline, with a bootstrap CI."""
+    scores = {name: float(b.cos.mean()) for name, b in baselines.items()}
+    best = max(scores, key=scores.get)
+    diff = M.paired_difference(ev.cos, baselines[best].cos)
+    metrics = {"model_cosine": float(ev.cos.mean()), "baselines": scores, "best_baseline": best,
+               "margin": diff["mean"], "margin_ci_low": diff["ci_low"], "margin_ci_high": diff["ci_high"]}
+    return judge("beats_baselines", metrics, profile, **ev.where())
+
+
+def offset_sweep(ev: ModelEval, profile: Profile) -> GateResult:
+    """P(k) = mean cos(ŷ, chunk at target+k), k = −3…3: the model must point at k = 0."""
+    ds = ev.view.dataset
+    prof = M.similarity_profile(ev.pred, ev.view.targets, ds.vectors, ds.article_id)
+    others = {k: v for k, v in prof.items() if k != 0 and not math.isnan(v)}
+    ahead = {k: v for k, v in others.items() if k > 0}
+    metrics = {
+        "profile": {str(k): v for k, v in prof.items()},
+        "peak_offset": int(max(prof, key=lambda k: -1e9 if math.isnan(prof[k]) else prof[k])),
+        "margin": prof[0] - max(others.values()) if others else float("nan"),
+        "forward_margin": prof[0] - max(ahead.values()) if ahead else float("nan"),
+        "copy_gap": prof.get(-1, float("nan")) - prof[0],
+    }
+    return judge("offset_sweep", metrics, profile, **ev.where())
+
+
+def no_collapse(ev: ModelEval, profile: Profile, sample: int = 4096) -> GateResult:
+    other = M.other_article_cos(ev.pred, ev.target, ev.view.article_ids)
+    sub = ev.pred[: min(sample, len(ev.pred))]
+    metrics = {
+        "margin": float(ev.cos.mean() - other.mean()),
+        "mean_pairwise_cos": M.mean_pairwise_cos(sub),
+        "effective_rank": M.effective_rank(sub),
+        "target_effective_rank": M.effective_rank(ev.target[: len(sub)]),
+    }
+    return judge("no_collapse", metrics, profile, **ev.where())
+
+
+def context_ablations(ev: ModelEval, profile: Profile, seed: int = 0) -> GateResult:
+    from lvm.evaluation import ABLATIONS, predict
+
+    base = float(ev.cos.mean())
+    metrics = {}
+    for kind in ABLATIONS:
+        p = predict(ev.model, ev.view, ablation=kind, seed=seed)
+        metrics[f"delta_{kind}"] = float(M.rowwise_cos(p, ev.target).mean() - base)
+    return judge("context_ablations", metrics, profile, **ev.where())
+
+
+def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None, k: int = 50) -> GateResult:
+    if nprobe is not None and hasattr(index, "nprobe"):
+        index.nprobe = nprobe
+    t0 = time.perf_counter()
+    _, found = index.search(np.ascontiguousarray(ev.pred, dtype=np.float32), k)
+    search_ms = 1e3 * (time.perf_counter() - t0) / max(len(ev.pred), 1)
+    ds = ev.view.dataset
+    metrics = M.retrieval_metrics(M.ranks_of(ev.view.targets, found, ds.vectors), k)
+    metrics["contrastive_accuracy"] = M.contrastive_accuracy(ev.pred, ev.target, ev.view.article_ids)
+    metrics["search_ms_per_query"] = search_ms
+    metrics["nprobe"] = int(getattr(index, "nprobe", 0))
+    return judge("retrieval", metrics, profile, **ev.where())
+
+
+def latency(ev: ModelEval, profile: Profile, seconds: np.ndarray | None = None, threads: int = 1) -> GateResult:
+    from lvm.evaluation import batch1_latency
+
+    params = profile.gate("latency")
+    if seconds is None:
+        seconds = batch1_latency(ev.model, ev.view, params.get("calls", 500), params.get("warmup", 50), threads)
+    metrics = {**M.latency_percentiles(seconds), "threads": threads}
+    return judge("latency", metrics, profile, **ev.where())
+
+
+def training_health(history: dict | None, profile: Profile, **where) -> GateResult:
+    """The run's history: epoch schedule, loss balance, NaN/Inf, InfoNCE logged, train–val gap."""
+    if not history or not history.get("epochs"):
+        return skipped("training_health", "no training_history.json beside the checkpoint", **where)
+    epochs = [e for e in history["epochs"] if e.get("epoch", 0) >= 1]
+    if not epochs:
+        return skipped("training_health", "baseline without training epochs", **where)
+    schedule = []
+    status_by_rule = GREEN
+    for e in epochs:
+        for rule in profile.rules_at("val_cosine", e["epoch"]):
+            if e["val_cosine"] < rule.min:
+                schedule.append({"epoch": e["epoch"], "value": e["val_cosine"], "threshold": rule.min, "action": rule.action})
+                status_by_rule = worst([status_by_rule, RED if rule.action == "abort" else AMBER])
+    ratios = []
+    info_enabled = False
+    for e in epochs:
+        cfg_lambda = e.get("lambda_info", 0.0)
+        if cfg_lambda > 0:
+            info_enabled = True
+            lambda_mse = (history.get("loss_config") or {}).get("lambda_mse", 1.0)
+            ratios.append(cfg_lambda * e.get("train_loss_info", 0.0) / max(lambda_mse * e.get("train_loss_mse", 0.0), 1e-12))
+    nonfinite = sum(1 for e in epochs for k, v in e.items() if isinstance(v, float) and not math.isfinite(v))
+    last = epochs[-1]
+    metrics = {
+        "schedule_status": {GREEN: 0, AMBER: 1, RED: 2}[status_by_rule],
+        "schedule_violations": schedule,
+        "loss_balance_max": max(ratios) if ratios else 0.0,
+        "info_logged_nonzero": float(not info_enabled or all(e.get("train_loss_info", 0.0) > 0 for e in epochs)),
+        "nonfinite_values": nonfinite,
+        "train_val_gap": float(last.get("train_cosine", float("nan")) - last.get("val_cosine", float("nan"))),
+        "aborted": float(history.get("status") == "aborted"),
+        "epochs": len(epochs),
+    }
+    return judge("training_health", metrics, profile, **where)
