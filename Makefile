@@ -7,13 +7,19 @@ DATASET ?= data/wiki-minilm
 CTX ?= 5
 MIN_CTX ?= 1
 PYTEST_ARGS ?=
+MODELS ?= amn
+EPOCHS ?= 4
+RUNS ?= runs/smoke
+PROFILE ?=
+RESULTS ?= reports/gate_results.json
+GATE_ARGS ?=
 
 # No model or dataset hub at run time: everything loads from installed packages.
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data smoke test clean
+.PHONY: setup data train gates smoke test clean
 
 setup: $(VENV)/.installed
 
@@ -30,9 +36,22 @@ $(VENV)/.installed: pyproject.toml
 data: setup
 	$(BIN)/lvm build-data --out $(DATASET)
 
-## smoke: the end-to-end job (for now: build the default dataset and inspect it)
-smoke: data
-	$(BIN)/lvm inspect $(DATASET) --ctx $(CTX) --min-ctx $(MIN_CTX)
+## train: train MODELS (default amn) with kill switches into $(RUNS)/MODEL (a fresh run each time)
+train: data
+	@for m in $(MODELS); do \
+	  rm -rf $(RUNS)/$$m; \
+	  $(BIN)/lvm train --model $$m --dataset $(DATASET) --epochs $(EPOCHS) --ctx $(CTX) --min-ctx $(MIN_CTX) \
+	    --out $(RUNS)/$$m --quiet $(if $(PROFILE),--gate-profile $(PROFILE)) || exit $$?; \
+	done
+
+## gates: run every gate on the trained MODELS and the dataset; exits 1 when a gate is RED
+gates:
+	$(BIN)/python -m pytest gates/ -p no:cacheprovider -q $(foreach m,$(MODELS),--checkpoint=$(RUNS)/$(m)) \
+	  --dataset=$(DATASET) --results=$(RESULTS) $(if $(PROFILE),--gate-profile=$(PROFILE)) $(GATE_ARGS)
+
+## smoke: the main job end to end: setup, dataset (cached), train with kill switches, every gate
+smoke: train
+	$(MAKE) --no-print-directory gates
 
 ## test: the library's own test suite (builds the default dataset once if it is missing)
 test: setup

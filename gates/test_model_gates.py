@@ -79,4 +79,4 @@ def test_training_health(lvm_checkpoint, checkpoint_path, gate_profile, gate_sta
     run = Path(meta.get("_path", checkpoint_path)).parent
     hist_path = run / "training_history.json"
     history = json.loads(hist_path.read_text()) if hist_path.is_file() else None
-    gate_status(gates.training_health(history, gate_profile, checkpoint=Path(checkpoint_path).name, dataset=None))
+    gate_status(gates.training_health(history, gate_profile, epoch=meta.get("epoch"), checkpoint=Path(checkpoint_path).name, dataset=None))

@@ -116,8 +116,11 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
     stored = enc_meta.get("fingerprint")
     where = {"dataset": ds.path.name}
     if not stored:
-        return annotate(judge("encoder_fingerprint", {"fingerprint_match": 0.0, "probe_min_cos": float("nan"), "checkpoints_match": 0.0}, profile, **where),
-                        "The dataset records no encoder fingerprint (imported data): its vector space cannot be verified.")
+        # imported legacy data: nothing to compare against. Not GREEN (the space is unverified), not
+        # RED (nothing contradicts it): AMBER, and checkpoints must still agree with the dataset.
+        return GateResult("encoder_fingerprint", AMBER, {"fingerprint_recorded": 0.0, "declared_encoder": spec.get("name")}, [],
+                          "encoder_fingerprint AMBER: the dataset records no encoder fingerprint (imported data), so its vector "
+                          "space cannot be verified; rebuild it with `lvm build-data` to gate the encoder", **where)
     try:
         encoder = load_encoder(EncoderSpec.from_dict(spec))
     except LvmError as exc:
@@ -473,7 +476,7 @@ def latency(ev: ModelEval, profile: Profile, seconds: np.ndarray | None = None, 
     return judge("latency", metrics, profile, **ev.where())
 
 
-def training_health(history: dict | None, profile: Profile, **where) -> GateResult:
+def training_health(history: dict | None, profile: Profile, epoch: int | None = None, **where) -> GateResult:
     """The run's history: epoch schedule, loss balance, NaN/Inf, InfoNCE logged, train–val gap."""
     if not history or not history.get("epochs"):
         return skipped("training_health", "no training_history.json beside the checkpoint", **where)
@@ -496,7 +499,8 @@ def training_health(history: dict | None, profile: Profile, **where) -> GateResu
             lambda_mse = (history.get("loss_config") or {}).get("lambda_mse", 1.0)
             ratios.append(cfg_lambda * e.get("train_loss_info", 0.0) / max(lambda_mse * e.get("train_loss_mse", 0.0), 1e-12))
     nonfinite = sum(1 for e in epochs for k, v in e.items() if isinstance(v, float) and not math.isfinite(v))
-    last = epochs[-1]
+    # the train–val gap of the epoch whose weights are gated (best checkpoint), else of the last one
+    last = next((e for e in epochs if e["epoch"] == epoch), epochs[-1])
     metrics = {
         "schedule_status": {GREEN: 0, AMBER: 1, RED: 2}[status_by_rule],
         "schedule_violations": schedule,
@@ -504,6 +508,7 @@ def training_health(history: dict | None, profile: Profile, **where) -> GateResu
         "info_logged_nonzero": float(not info_enabled or all(e.get("train_loss_info", 0.0) > 0 for e in epochs)),
         "nonfinite_values": nonfinite,
         "train_val_gap": float(last.get("train_cosine", float("nan")) - last.get("val_cosine", float("nan"))),
+        "gap_epoch": int(last["epoch"]),
         "aborted": float(history.get("status") == "aborted"),
         "epochs": len(epochs),
     }

@@ -318,6 +318,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 def _headline(r: dict) -> str:
     """The one number a reader wants per gate."""
     m = r.get("metrics") or {}
+    if r["status"] in ("AMBER", "RED") and r.get("message"):
+        return r["message"].split(": ", 1)[-1][:110]
     keys = {"val_cosine": ("val_cosine", "val_cosine_ci_low", "val_cosine_ci_high"), "ood_cosine": ("ood_cosine", "ood_cosine_ci_low", "ood_cosine_ci_high")}
     if r["gate"] in keys:
         v, lo, hi = (m.get(k) for k in keys[r["gate"]])
@@ -332,6 +334,6 @@ def _headline(r: dict) -> str:
     if k and k in m and m[k] is not None:
         v = m[k]
         return f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-    if r["status"] in ("SKIP", "RED"):
+    if r["status"] == "SKIP":
         return (r.get("message") or "")[:100]
     return ""
