@@ -225,6 +225,9 @@ def _comparable(request, data: dict) -> dict:
     data["comparability"], data["comparability_key"] = comparability(fp, h, pname, pver, hardware_class())
     data["profile"] = pname
     data["nodeid"] = request.node.nodeid
+    ckpt = request.node.callspec.params.get("checkpoint_path") if hasattr(request.node, "callspec") else None
+    data["checkpoint_path"] = str(ckpt) if ckpt else None
+    data["dataset_path"] = str(ds_path) if ds_path else None
     return data
 
 
