@@ -297,6 +297,13 @@ class Dataset:
         p = self.path / "probe_vectors.npy"
         return np.load(p) if p.is_file() else None
 
+    @cached_property
+    def duplicate_canon(self) -> np.ndarray:
+        """For every chunk, the first chunk with a byte-identical vector (lvm.metrics.duplicate_canon)."""
+        from lvm.metrics import duplicate_canon
+
+        return duplicate_canon(self.vectors)
+
     def sequences(self, split: str = "train", ctx: int = 5, min_ctx: int = 1) -> SequenceView:
         return SequenceView(self, split, ctx, min_ctx)
 

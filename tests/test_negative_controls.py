@@ -13,7 +13,6 @@ fired. Measured values (2 cores, 2026-11) are noted beside each broken case.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -31,13 +30,13 @@ from conftest import ROOT
 from lvm import gates
 from lvm.baselines import ContextMean, CopyLast, Ridge
 from lvm.checkpoints import load_checkpoint
-from lvm.datasets import SequenceView, atomic_dir, open_dataset, write_dataset
+from lvm.datasets import Dataset, SequenceView, atomic_dir, open_dataset, write_dataset
 from lvm.evaluation import batch1_latency
 from lvm.gates import AMBER, GREEN, RED, ModelEval
 from lvm.index import build_index, load_index
 from lvm.profiles import load_profile
 from lvm.results import compare
-from lvm.splits import OOD, SPLIT_NAMES
+from lvm.splits import OOD, SPLIT_NAMES, TRAIN
 from lvm.training import TrainConfig, Trainer
 
 PROFILE = "minilm-wiki-vital"
@@ -207,16 +206,19 @@ def replace_chunks_of(ds, articles: np.ndarray, rng: np.random.Generator) -> np.
     return vecs
 
 
-def rewritten(src, out: Path, extra: list[tuple[int, str, int]]) -> object:
-    """``src`` rewritten with write_dataset, plus extra OOD articles copied from articles of ``src``.
+def rewritten(src, out: Path, extra: list[tuple[int, str, int]], keep_src: bool = True, extra_split: int = OOD) -> Dataset:
+    """``src`` rewritten with write_dataset, plus extra articles (OOD) copied from articles of ``src``.
 
     ``extra`` holds (source article id, source_id for the copy, first chunk to keep): a copy of a
     train article under a new source id is a leak by content, one under the same source id (e.g.
-    another revision without its first sentence) a leak by id.
+    another revision without its first sentence) a leak by id. ``keep_src=False`` writes only the
+    copies (a separate dataset, all in ``extra_split``).
     """
-    vecs, aid, pos, texts = [np.asarray(src.vectors)], [src.article_id], [src.position], list(src.texts)
-    arts = [{"source_id": a["source_id"], "title": a["title"], "topic": a["topic"]} for a in src.articles]
-    split = [SPLIT_NAMES.index(a["split"]) for a in src.articles]
+    vecs, aid, pos, texts, arts, split = [], [], [], [], [], []
+    if keep_src:
+        vecs, aid, pos, texts = [np.asarray(src.vectors)], [src.article_id], [src.position], list(src.texts)
+        arts = [{"source_id": a["source_id"], "title": a["title"], "topic": a["topic"]} for a in src.articles]
+        split = [SPLIT_NAMES.index(a["split"]) for a in src.articles]
     for a, source_id, keep_from in extra:
         row = src.articles[a]
         rows = np.arange(row["first_chunk"] + keep_from, row["first_chunk"] + row["n_chunks"])
@@ -225,7 +227,7 @@ def rewritten(src, out: Path, extra: list[tuple[int, str, int]]) -> object:
         pos.append(np.arange(len(rows)))
         texts.extend(src.texts[i] for i in rows)
         arts.append({"source_id": source_id, "title": row["title"], "topic": row["topic"]})
-        split.append(OOD)
+        split.append(extra_split)
     with atomic_dir(out) as tmp:
         np.save(tmp / "vectors.npy", np.concatenate(vecs).astype(np.float32))
         write_dataset(tmp, article_id=np.concatenate(aid), position=np.concatenate(pos), texts=texts, articles=arts,
@@ -244,7 +246,7 @@ def test_encoder_fingerprint_pooling_swapped_under_the_data(small_dataset, small
     meta["encoder"]["spec"]["pooling"] = "cls"
     (copy / "meta.json").write_text(json.dumps(meta))
     res = red(gates.encoder_fingerprint(open_dataset(copy), profile), "fingerprint_match", "probe_min_cos")
-    assert res.metrics["fingerprint_match"] == 0.0 and res.metrics["probe_min_cos"] < 0.9999  # measured 0.79
+    assert res.metrics["fingerprint_match"] == 0.0 and res.metrics["probe_min_cos"] < 0.9999  # measured 0.43
 
 
 def test_encoder_fingerprint_checkpoint_from_another_space(small_ds, profile):
@@ -263,7 +265,7 @@ def test_oracle_recall_index_ids_shuffled_against_the_bank(ds, bank_index, profi
     perm = np.random.default_rng(0).permutation(ds.n_chunks)
     shuffled, _ = build_index(np.asarray(ds.vectors)[perm], kind="flat-ip")
     res = red(gates.oracle_recall(ds, shuffled, profile, sample=200), "recall_at_5", "recall_at_1000")
-    assert res.metrics["recall_at_1000"] < 0.1  # ~1000/36167 by chance; threshold 0.97
+    assert res.metrics["recall_at_1000"] < 0.1  # measured R@5 0.0, R@1000 0.015 (chance); GREEN from 0.97
 
 
 class OffByOne(SequenceView):
@@ -276,26 +278,30 @@ class OffByOne(SequenceView):
 def test_alignment_targets_off_by_one(ds, profile):
     green(gates.alignment(ds.sequences("train", CTX, MIN_CTX), profile))
     res = red(gates.alignment(OffByOne(ds, "train", CTX, MIN_CTX), profile), "target_is_next", "peak_at_next")
-    assert res.metrics["target_is_next"] == 0.0
+    assert res.metrics["target_is_next"] == 0.0  # measured 0.0 (healthy 1.0); direction_delta -0.12
 
 
 def test_coherence_globally_shuffled_vectors(default_dataset, ds, profile, tmp_path):
-    green(gates.coherence(ds, profile))  # measured mean 0.48
+    green(gates.coherence(ds, profile))  # measured mean 0.476
     perm = np.random.default_rng(0).permutation(ds.n_chunks)
     copy = copy_dataset(default_dataset, tmp_path / "shuffled", np.asarray(ds.vectors)[perm])
     res = red(gates.coherence(open_dataset(copy), profile), "mean")
-    assert res.metrics["mean"] < 0.2  # measured ~0.1; RED at <= 0.30
+    assert res.metrics["mean"] < 0.2  # measured 0.043 (healthy 0.476); RED below 0.30
 
 
-def test_coherence_mild_dilution_is_not_green(default_dataset, ds, profile, tmp_path):
+@pytest.mark.parametrize("share, expected", [(0.40, (AMBER, RED)), (0.20, (AMBER,))])
+def test_coherence_milder_dilution_is_not_green(default_dataset, ds, profile, tmp_path, share, expected):
+    """A share of the articles filled with random chunks: mean ~ 0.476 (1 - share) + 0.043 share.
+
+    Measured: 40 % -> 0.3006 (seeds 0-3: 0.300-0.304, on the AMBER/RED line at 0.30, RED from ~45 %);
+    20 % -> 0.389 (AMBER, GREEN from 0.40)."""
     rng = np.random.default_rng(1)
     n_art = int(ds.article_id.max()) + 1
-    diluted = rng.choice(n_art, size=int(0.4 * n_art), replace=False)
+    diluted = rng.choice(n_art, size=int(share * n_art), replace=False)
     copy = copy_dataset(default_dataset, tmp_path / "diluted", replace_chunks_of(ds, diluted, rng))
     res = gates.coherence(open_dataset(copy), profile)
-    # 40 % of articles filled with random chunks: mean ~0.33 (measured), inside the AMBER band 0.30-0.40
-    assert res.status == AMBER and 0.30 < res.metrics["mean"] < 0.40, (res.status, res.metrics["mean"])
-    assert "mean" in res.message
+    assert res.status in expected and "mean" in res.message, (res.status, res.metrics["mean"])
+    assert res.metrics["mean"] < 0.40
 
 
 def test_coherence_drift_points_at_the_diluted_article_range(default_dataset, ds, profile, tmp_path):
@@ -305,7 +311,7 @@ def test_coherence_drift_points_at_the_diluted_article_range(default_dataset, ds
     lo, hi = int(edges[3]), int(edges[4])  # the 4th tenth (the seeds' "articles 11k-15k")
     copy = copy_dataset(default_dataset, tmp_path / "drop", replace_chunks_of(ds, np.arange(lo, hi), np.random.default_rng(2)))
     res = red(gates.coherence_drift(open_dataset(copy), ds, profile), "mean_drift_rel", "low_share_delta_pp")
-    # measured: drift -7.5 % (RED below -5 %), low share +8 pp (RED above +5 pp)
+    # measured: drift -9.4 % (RED below -5 %), low share +8.8 pp (RED above +5 pp)
     assert res.metrics["segments"][0]["segment"] == f"{lo}-{hi - 1}", res.metrics["segments"]
 
 
@@ -314,10 +320,10 @@ def test_split_hygiene_leaked_articles(ds, profile, tmp_path):
     train = [a["article_id"] for a in ds.articles if a["split"] == "train" and a["n_chunks"] >= 3]
     by_content = rewritten(ds, tmp_path / "leak-content", [(train[0], "mirror-of-" + ds.articles[train[0]]["source_id"], 0)])
     res = red(gates.split_hygiene(by_content, profile), "shared_articles")
-    assert res.metrics["identical_articles_across_splits"] == 1 and res.metrics["train_ood_duplicate_vectors"] >= 3
+    assert len(res.metrics["leaked_articles"]) == 2 and res.metrics["train_ood_duplicate_vectors"] >= 3
     by_id = rewritten(ds, tmp_path / "leak-id", [(train[1], ds.articles[train[1]]["source_id"], 1)])
     res = red(gates.split_hygiene(by_id, profile), "shared_articles")
-    assert res.metrics["shared_source_ids"] == 1
+    assert len(res.metrics["leaked_articles"]) == 2  # the OOD copy and its train original
 
 
 def test_split_hygiene_rewritten_without_leak_stays_green(ds, profile, tmp_path):
@@ -325,12 +331,25 @@ def test_split_hygiene_rewritten_without_leak_stays_green(ds, profile, tmp_path)
     green(gates.split_hygiene(rewritten(ds, tmp_path / "clean", []), profile))
 
 
+def test_split_hygiene_val_article_copied_into_ood(ds, profile, tmp_path):
+    val = [a["article_id"] for a in ds.articles if a["split"] == "val" and a["n_chunks"] >= 3]
+    red(gates.split_hygiene(rewritten(ds, tmp_path / "leak-val", [(val[0], "mirror", 0)]), profile), "shared_articles")
+
+
+def test_split_hygiene_separate_ood_dataset_made_of_train_articles(ds, profile, tmp_path):
+    train = [a["article_id"] for a in ds.articles if a["split"] == "train"][:50]
+    ood = rewritten(ds, tmp_path / "ood", [(a, ds.articles[a]["source_id"], 0) for a in train], keep_src=False, extra_split=TRAIN)
+    res = gates.split_hygiene(ds, profile, ood)
+    assert res.metrics["train_ood_duplicate_share"] == 1.0  # every OOD vector is a train vector (measured)
+    red(res, "shared_articles")
+
+
 def test_batch_hygiene_unmasked_same_article_negatives(ds, profile):
     train = ds.sequences("train", CTX, MIN_CTX)
     green(gates.batch_hygiene(train, profile))
     res = red(gates.batch_hygiene(train, profile, max_per_article=None, masked=lambda ids, b: torch.zeros((b, b), dtype=torch.bool)),
               "same_article_negatives")
-    assert res.metrics["same_article_negatives"] > 0
+    assert res.metrics["same_article_negatives"] > 0  # measured 408 exposed pairs in 50 batches; threshold 0
 
 
 # ============================================================================= model gates
@@ -380,10 +399,10 @@ def test_val_and_ood_cosine_random_model(amn_val, amn_ood, random_val, ds, ood_v
     green(gates.cosine_gate("val_cosine", amn_val, profile))  # measured 0.58
     green(gates.cosine_gate("ood_cosine", amn_ood, profile, other=amn_val))  # measured 0.605
     res = red(gates.cosine_gate("val_cosine", random_val, profile), "val_cosine")
-    assert abs(res.metrics["val_cosine"]) < 0.05  # RED below 0.50
+    assert abs(res.metrics["val_cosine"]) < 0.05  # measured 0.0008; RED below 0.50
     random_ood = ModelEval(random_val.model, ood_view, "random")
     res = red(gates.cosine_gate("ood_cosine", random_ood, profile, other=random_val), "ood_cosine")
-    assert abs(res.metrics["ood_cosine"]) < 0.05  # RED below 0.52
+    assert abs(res.metrics["ood_cosine"]) < 0.05  # measured 0.003; RED below 0.52
 
 
 def test_beats_baselines_copy_last(amn_val, copy_last_val, baselines_val, profile):
@@ -401,15 +420,15 @@ def test_offset_sweep_copy_last_and_shifted_model(amn_val, copy_last_val, val_vi
     shifted = ModelEval(amn_val.model, val_view, "shifted")
     shifted.__dict__["pred"] = np.asarray(ds.vectors[np.minimum(val_view.targets + 1, ds.n_chunks - 1)], dtype=np.float32)
     res = red(gates.offset_sweep(shifted, profile), "forward_margin")
-    assert res.metrics["forward_margin"] < 0 and res.metrics["peak_offset"] == 1
+    assert res.metrics["forward_margin"] < 0 and res.metrics["peak_offset"] == 1  # measured -0.65; RED at <= 0
 
 
 def test_no_collapse_constant_and_random(amn_val, constant_val, random_val, profile):
     green(gates.no_collapse(amn_val, profile))  # measured margin 0.51
     res = red(gates.no_collapse(constant_val, profile), "margin", "mean_pairwise_cos")
-    assert abs(res.metrics["margin"]) < 0.01 and res.metrics["mean_pairwise_cos"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(res.metrics["margin"]) < 0.01 and res.metrics["mean_pairwise_cos"] == pytest.approx(1.0, abs=1e-4)  # measured -4e-5, 1.0
     res = red(gates.no_collapse(random_val, profile), "margin")
-    assert abs(res.metrics["margin"]) < 0.05  # threshold 0.10
+    assert abs(res.metrics["margin"]) < 0.05  # measured -0.0005; threshold 0.10
 
 
 def test_context_ablations_constant_model(amn_val, constant_val, profile):
@@ -421,7 +440,7 @@ def test_context_ablations_constant_model(amn_val, constant_val, profile):
 def test_retrieval_random_model(amn_val, random_val, bank_index, profile):
     green(gates.retrieval(amn_val, bank_index, profile))  # measured Contain@50 0.69, R@5 0.32
     res = red(gates.retrieval(random_val, bank_index, profile), "contain_at_50", "r_at_5")
-    assert res.metrics["contain_at_50"] < 0.05  # RED below 0.30
+    assert res.metrics["contain_at_50"] < 0.05  # measured 0.0017, R@5 0.0004; RED below 0.30 / 0.10
 
 
 def test_latency_slow_model(amn_val, amn, val_view, profile):
@@ -429,7 +448,7 @@ def test_latency_slow_model(amn_val, amn, val_view, profile):
     green(gates.latency(amn_val, profile, seconds=seconds))  # measured p95 ~0.5 ms
     slow = ModelEval(Slow(amn), val_view, "slow")
     res = red(gates.latency(slow, profile, seconds=batch1_latency(slow.model, val_view, n_calls=100, warmup=10)), "p95_ms")
-    assert res.metrics["p95_ms"] > 3.0  # threshold 1.45 ms
+    assert res.metrics["p95_ms"] > 3.0  # measured 4.5 ms; threshold 1.45 ms
 
 
 def _epoch(epoch: int, val: float, **kw) -> dict:
