@@ -13,13 +13,14 @@ RUNS ?= runs/smoke
 PROFILE ?=
 RESULTS ?= reports/gate_results.json
 GATE_ARGS ?=
+BASELINE ?= reports/baseline.json
 
 # No model or dataset hub at run time: everything loads from installed packages.
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data train gates smoke test clean
+.PHONY: setup data train gates smoke leaderboard compare test clean
 
 setup: $(VENV)/.installed
 
@@ -49,9 +50,19 @@ gates:
 	$(BIN)/python -m pytest gates/ -p no:cacheprovider -q $(foreach m,$(MODELS),--checkpoint=$(RUNS)/$(m)) \
 	  --dataset=$(DATASET) --results=$(RESULTS) $(if $(PROFILE),--gate-profile=$(PROFILE)) $(GATE_ARGS)
 
-## smoke: the main job end to end: setup, dataset (cached), train with kill switches, every gate
+## smoke: the main job end to end: setup, dataset (cached), train with kill switches, every gate,
+## leaderboard (written even when a gate is RED; the exit status is the gates')
 smoke: train
-	$(MAKE) --no-print-directory gates
+	@status=0; $(MAKE) --no-print-directory gates || status=$$?; \
+	$(MAKE) --no-print-directory leaderboard || exit $$?; exit $$status
+
+## leaderboard: reports/leaderboard.{md,csv,html} from the results file (reads it; never re-runs a gate)
+leaderboard: setup
+	$(BIN)/lvm leaderboard $(RESULTS) --out reports
+
+## compare: regression check of $(RESULTS) against $(BASELINE); exits 1 on a regression or a RED gate
+compare: setup
+	$(BIN)/lvm compare $(RESULTS) $(BASELINE) $(if $(PROFILE),--gate-profile $(PROFILE))
 
 ## test: the library's own test suite (builds the default dataset once if it is missing)
 test: setup

@@ -1,4 +1,5 @@
-"""The ``lvm`` command line: build-data, inspect, import-npz, build-index, fingerprint, train, evaluate.
+"""The ``lvm`` command line: build-data, inspect, import-npz, build-index, fingerprint, train, evaluate,
+leaderboard, compare.
 
 Every subcommand turns bad input into one line on stderr and a non-zero exit (2), never a
 traceback; outputs appear atomically.
@@ -236,6 +237,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args) -> int:
+    from lvm.leaderboard import leaderboard_main
+
+    return leaderboard_main(args.results, args.out)
+
+
+def cmd_compare(args) -> int:
+    from lvm.leaderboard import compare_main
+
+    return compare_main(Path(args.new), Path(args.baseline), args.gate_profile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lvm import __version__
     from lvm.corpora import DEFAULT_CORPUS
@@ -330,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fingerprint)
+    p = sub.add_parser("leaderboard", help="leaderboard.md/.csv/.html from gate results files (reads them; never re-runs a gate)")
+    p.add_argument("results", nargs="+", help="gate results JSON file(s), e.g. reports/gate_results.json")
+    p.add_argument("--out", default="reports", help="folder for leaderboard.md, .csv and .html (default %(default)s)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("compare", help="regression check of NEW against BASELINE results: Markdown table; exit 1 on a regression or a RED gate")
+    p.add_argument("new", help="results file under test, e.g. reports/gate_results.json")
+    p.add_argument("baseline", help="results file to compare against, e.g. reports/baseline.json")
+    p.add_argument("--gate-profile", default=None, help="profile whose [regression] tolerances apply (default: the one recorded in NEW)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

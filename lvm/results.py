@@ -32,6 +32,7 @@ from lvm.gates import AMBER, GREEN, RED, SKIP, GateResult, worst
 SCHEMA = "lvm-gate-results"
 SCHEMA_VERSION = 1
 PAIRED_BOOTSTRAP_METRICS = ("val_cosine", "ood_cosine")  # per-sequence scores are stored for these
+HARDWARE_BOUND_GATES = ("latency",)  # only timings need the same machine class to be compared
 
 
 def _version(pkg: str) -> str | None:
@@ -178,8 +179,10 @@ def compare(new: dict, base: dict, tolerances: dict | None = None) -> list[GateR
         if b is None or b["status"] == SKIP:
             continue
         row = {"gate": r["gate"], "split": r.get("split"), "baseline_status": b["status"], "new_status": r["status"]}
-        if r.get("comparability_key") != b.get("comparability_key"):
-            row.update(metric="(all)", status=AMBER, note="not comparable: encoder, dataset, profile or hardware differ")
+        differs = {k for k in set(r.get("comparability") or {}) | set(b.get("comparability") or {})
+                   if (r.get("comparability") or {}).get(k) != (b.get("comparability") or {}).get(k)}
+        if r.get("comparability_key") != b.get("comparability_key") and (differs - {"hardware_class"} or r["gate"] in HARDWARE_BOUND_GATES or not differs):
+            row.update(metric="(all)", status=AMBER, note=f"not comparable: {', '.join(sorted(differs)) or 'comparability key'} differ(s)")
             groups.setdefault((r.get("checkpoint"), r.get("dataset")), []).append(row)
             continue
         if b["status"] != RED and r["status"] == RED:
@@ -225,6 +228,6 @@ def markdown_table(regressions: list[GateResult]) -> str:
     for res in regressions:
         for r in res.metrics["comparisons"]:
             fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-            lines.append(f"| {res.checkpoint} | {res.dataset} | {r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
+            lines.append(f"| {res.checkpoint or '-'} | {res.dataset or '-'} | {r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
                          f"{fmt(r.get('baseline', r['baseline_status']))} | {fmt(r.get('new', r['new_status']))} | {fmt(r.get('delta'))} | {r['status']} |")
     return "\n".join(lines)
