@@ -200,7 +200,8 @@ class Trainer:
         self.is_main = self.rank == 0
         if cfg.model not in MODEL_TYPES and cfg.model not in BASELINES:
             raise LvmError(f"unknown model type {cfg.model!r}; known: {', '.join([*MODEL_TYPES, *BASELINES])}")
-        if self.out.exists() and not resume and any(self.out.iterdir()):
+        # only rank 0 checks: it starts writing the folder at once, and other ranks would see that
+        if self.is_main and self.out.exists() and not resume and any(self.out.iterdir()):
             raise LvmError(f"run folder {self.out} already exists: pass --resume to continue it or choose another --out")
         if resume and not (self.out / "resume.pt").is_file():
             raise LvmError(f"nothing to resume in {self.out} (no resume.pt)")
