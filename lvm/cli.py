@@ -84,6 +84,16 @@ def cmd_build_data(args) -> int:
     return 0
 
 
+def _encoder_summary(meta: dict) -> dict:
+    """Model id, pooling, normalization, max length and fingerprint; imported/synthetic data may lack some."""
+    enc = meta.get("encoder") or {}
+    pipe = enc.get("pipeline") or {}
+    out = {k: pipe.get(k) for k in ("model_id", "pooling", "normalize", "max_length")}
+    out["model_id"] = out["model_id"] or (enc.get("spec") or {}).get("name")
+    out["fingerprint"] = enc.get("fingerprint")
+    return out
+
+
 def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
     from lvm.datasets import open_dataset
     from lvm.metrics import adjacency_coherence, coherence_summary, norm_summary
@@ -101,8 +111,7 @@ def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
         "sequences": {s: len(ds.sequences(s, ctx, min_ctx)) for s in SPLIT_NAMES} | {"ctx": ctx, "min_ctx": min_ctx},
         "norms": norm_summary(ds.vectors),
         "coherence": coherence_summary(coh),
-        "encoder": {k: ds.meta.get("encoder", {}).get("pipeline", {}).get(k) for k in ("model_id", "pooling", "normalize", "max_length")}
-        | {"fingerprint": ds.encoder_fingerprint},
+        "encoder": _encoder_summary(ds.meta),
         "corpus": ds.meta.get("corpus", {}),
         "split_policy": ds.meta.get("split_policy"),
         "index": index,
@@ -249,6 +258,22 @@ def cmd_compare(args) -> int:
     return compare_main(Path(args.new), Path(args.baseline), args.gate_profile)
 
 
+def cmd_synth(args) -> int:
+    from lvm.synth import Segment, SynthConfig, synth_dataset
+
+    cfg = SynthConfig(
+        n_chunks=args.n_chunks, dim=args.dim, mean_chunks_per_article=args.chunks_per_article, coherence=args.coherence,
+        coherence_std=args.coherence_std, segments=tuple(Segment.parse(s) for s in args.segment),
+        duplicate_fraction=args.duplicates, seed=args.seed,
+    )
+    t = time.perf_counter()
+    meta = synth_dataset(cfg, args.out, _split_policy(args), progress=not args.quiet)
+    c = meta["counts"]
+    print(f"{args.out}: {c['chunks']} chunks x {meta['dim']}, {c['articles']} articles, "
+          f"train/val/ood articles {c['train_articles']}/{c['val_articles']}/{c['ood_articles']} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lvm import __version__
     from lvm.corpora import DEFAULT_CORPUS
@@ -343,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fingerprint)
+    p = sub.add_parser("synth", help="synthetic dataset of any size: random walks on the sphere with chosen coherence")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-chunks", type=int, default=36_000, help="total chunk vectors (default %(default)s)")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--chunks-per-article", type=float, default=15.0, help="mean article length (default %(default)s)")
+    p.add_argument("--coherence", type=float, default=0.48, help="mean adjacency cosine (default %(default)s, the seeds' healthy set)")
+    p.add_argument("--coherence-std", type=float, default=0.21)
+    p.add_argument("--segment", action="append", default=[], metavar="START:STOP:MEAN:STD",
+                   help="article-id range with its own coherence, e.g. 11000:15000:0.34:0.16 (repeatable)")
+    p.add_argument("--duplicates", type=float, default=0.0, help="share of chunks replaced by exact copies of others")
+    p.add_argument("--quiet", action="store_true")
+    _add_split_args(p)
+    p.set_defaults(func=cmd_synth)
+
     p = sub.add_parser("leaderboard", help="leaderboard.md/.csv/.html from gate results files (reads them; never re-runs a gate)")
     p.add_argument("results", nargs="+", help="gate results JSON file(s), e.g. reports/gate_results.json")
     p.add_argument("--out", default="reports", help="folder for leaderboard.md, .csv and .html (default %(default)s)")

@@ -115,7 +115,7 @@ def write_dataset(
     *,
     article_id: np.ndarray,
     position: np.ndarray,
-    texts: list[str],
+    texts: list[str] | None,
     articles: list[dict],
     article_split: np.ndarray,
     meta: dict,
@@ -128,10 +128,11 @@ def write_dataset(
     """
     vectors = np.load(tmp_dir / "vectors.npy", mmap_mode="r")
     n = len(article_id)
-    if not (len(vectors) == len(position) == len(texts) == n):
+    n_texts = n if texts is None else len(texts)
+    if not (len(vectors) == len(position) == n_texts == n):
         raise LvmError(
             f"column lengths differ: vectors {len(vectors)}, positions {len(position)}, "
-            f"texts {len(texts)}, article ids {n}"
+            f"texts {n_texts}, article ids {n}"
         )
     article_id = np.asarray(article_id, dtype=np.int64)
     position = np.asarray(position, dtype=np.int32)
@@ -143,8 +144,11 @@ def write_dataset(
     np.save(tmp_dir / "position.npy", position)
     np.save(tmp_dir / "split.npy", chunk_split)
     with open(tmp_dir / "texts.jsonl", "w", encoding="utf-8") as fh:
-        for t in texts:
-            fh.write(json.dumps(t, ensure_ascii=False) + "\n")
+        if texts is None:  # vectors without text (synthetic data): one empty string per chunk
+            fh.write('""\n' * n)
+        else:
+            for t in texts:
+                fh.write(json.dumps(t, ensure_ascii=False) + "\n")
     first = np.searchsorted(article_id, np.arange(len(articles)), side="left")
     count = np.bincount(article_id, minlength=len(articles))
     with open(tmp_dir / "articles.jsonl", "w", encoding="utf-8") as fh:

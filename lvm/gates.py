@@ -121,6 +121,19 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         return GateResult("encoder_fingerprint", AMBER, {"fingerprint_recorded": 0.0, "declared_encoder": spec.get("name")}, [],
                           "encoder_fingerprint AMBER: the dataset records no encoder fingerprint (imported data), so its vector "
                           "space cannot be verified; rebuild it with `lvm build-data` to gate the encoder", **where)
+    if ds.meta.get("synthetic"):
+        # synthetic data has no encoder: its "space" is the generator config, recomputed here
+        from lvm.synth import Segment, SynthConfig
+
+        params = dict(ds.meta["synthetic"])
+        params["segments"] = tuple(Segment(**g) for g in params.get("segments", []))
+        recomputed = SynthConfig(**params).fingerprint()
+        mismatched = sorted(n for n, fp in (checkpoint_fingerprints or {}).items() if fp != stored)
+        ok = recomputed == stored and not mismatched
+        return GateResult("encoder_fingerprint", GREEN if ok else RED, {"fingerprint_match": float(recomputed == stored),
+                          "checkpoints_match": float(not mismatched), "stored": stored, "recomputed": recomputed}, [],
+                          "" if ok else f"encoder_fingerprint RED: synthetic generator config does not reproduce the stored fingerprint "
+                          f"or a checkpoint comes from another space ({', '.join(mismatched)})", **where)
     try:
         encoder = load_encoder(EncoderSpec.from_dict(spec))
     except LvmError as exc:

@@ -91,6 +91,8 @@ def profile_for_dataset(meta: dict, explicit: str | None = None) -> Profile:
     """The explicit profile, else the first shipped one whose ``encoders`` lists the dataset's encoder."""
     if explicit:
         return load_profile(explicit)
+    if meta.get("gate_profile"):  # a dataset may name its profile (synthetic data does)
+        return load_profile(meta["gate_profile"])
     model_id = ((meta.get("encoder") or {}).get("pipeline") or {}).get("model_id") or ((meta.get("encoder") or {}).get("spec") or {}).get("name")
     for name in shipped_profiles():
         prof = load_profile(name)

@@ -50,6 +50,8 @@ def test_import_rebuilds_the_bank_and_sequences(tmp_path):
     assert meta["import"]["rows"] == len(t) and meta["import"]["duplicates_removed"] == len(t) * (CTX + 1) - meta["counts"]["chunks"]
     ds = check_round_trip(tmp_path / "ds", bank)
     assert (ds.split[ds.article_id == len(LENGTHS) - 1] == 2).all()  # OOD = highest source ids
+    res = run_lvm("inspect", str(tmp_path / "ds"))
+    assert res.returncode == 0 and "fingerprint  None" in res.stdout, res.stderr
 
 
 def test_import_without_positions_derives_them_from_the_sliding_windows(tmp_path):
