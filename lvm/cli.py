@@ -1,5 +1,5 @@
 """The ``lvm`` command line: build-data, inspect, import-npz, build-index, fingerprint, train, evaluate,
-leaderboard, compare.
+leaderboard, compare, synth, coherence, filter.
 
 Every subcommand turns bad input into one line on stderr and a non-zero exit (2), never a
 traceback; outputs appear atomically.
@@ -274,6 +274,26 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_coherence(args) -> int:
+    from lvm.triage import coherence_report, format_report, plot_histograms
+
+    report = coherence_report(args.dataset, args.baseline, segment_width=args.segment_width,
+                              by="topic" if args.by_topic else "article_range", profile=args.gate_profile)
+    if args.png:
+        plot_histograms(report, args.png)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_filter(args) -> int:
+    from lvm.triage import filter_dataset, format_filter_summary
+
+    summary = filter_dataset(args.dataset, args.out, min_coherence=args.min_coherence, blocklist=args.blocklist or None,
+                             ctx=args.ctx, min_ctx=args.min_ctx, baseline_path=args.baseline)
+    print(json.dumps(summary, indent=2) if args.json else format_filter_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lvm import __version__
     from lvm.corpora import DEFAULT_CORPUS
@@ -382,6 +402,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_args(p)
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("coherence", help="adjacency coherence report: statistics, 0.1-bin table against a baseline, "
+                       "coherence/coherence_drift verdicts and the segments that fell most")
+    p.add_argument("dataset")
+    p.add_argument("--baseline", default=None, metavar="DATASET",
+                   help="dataset that worked (same encoder): side-by-side table, change in pp and the coherence_drift verdict")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--segment-width", type=int, default=None, metavar="N",
+                   help="segments of N article ids each (default: 10 equal article-id ranges)")
+    g.add_argument("--by-topic", action="store_true", help="one segment per topic instead of article-id ranges")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--png", default=None, metavar="FILE", help="also write the overlay of both histograms (PNG, atomic)")
+    p.add_argument("--gate-profile", default=None, help="thresholds for the verdicts (default: from the dataset's encoder)")
+    p.set_defaults(func=cmd_coherence)
+
+    p = sub.add_parser("filter", help="the seeds' quality filter: keep coherent sequences, drop blocklisted articles "
+                       "-> new dataset folder + mask.npy + filter_summary.json")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="folder for the filtered dataset (written atomically)")
+    p.add_argument("--min-coherence", type=float, default=0.35,
+                   help="keep a sequence when its score >= this (default %(default)s, the seeds'). Score of the sequence "
+                        "with target chunk t and context chunks t-n..t-1 (n = min(position, ctx) >= min-ctx) = the mean of "
+                        "the n adjacency cosines cos(c_i, c_i+1), i = t-n .. t-1, i.e. over the consecutive pairs inside "
+                        "context + target")
+    p.add_argument("--blocklist", default=r"List of|Disambiguation|Category:", metavar="REGEX",
+                   help="drop whole articles whose title or any chunk text matches (Python re.search, case-sensitive; "
+                        "'' disables; default %(default)s)")
+    p.add_argument("--ctx", type=int, default=5, help="context length of the sequences scored and masked (default %(default)s)")
+    p.add_argument("--min-ctx", type=int, default=1, help="shortest context counted as a sequence (default %(default)s)")
+    p.add_argument("--baseline", default=None, metavar="DATASET", help="also report the gap to this dataset's mean coherence (same encoder)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_filter)
+
     p = sub.add_parser("leaderboard", help="leaderboard.md/.csv/.html from gate results files (reads them; never re-runs a gate)")
     p.add_argument("results", nargs="+", help="gate results JSON file(s), e.g. reports/gate_results.json")
     p.add_argument("--out", default="reports", help="folder for leaderboard.md, .csv and .html (default %(default)s)")
@@ -403,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except LvmError as exc:
         print(f"lvm: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `lvm inspect ... | head`: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, MemoryError) as exc:
         print(f"lvm: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,219 @@
+"""Data triage: the coherence report finds the diluted segment, the filter restores coherence."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import unit_rows
+from lvm import gates as G
+from lvm.datasets import atomic_dir, open_dataset, write_dataset, write_json_atomic
+from lvm.errors import LvmError
+from lvm.profiles import load_profile
+from lvm.splits import SPLIT_NAMES
+from lvm.synth import Segment, SynthConfig, synth_dataset
+from lvm.triage import coherence_report, filter_dataset, format_filter_summary, format_report, plot_histograms
+
+SEGMENT = Segment(400, 600, 0.15, 0.1)  # the seeds' dilution, scaled down: articles 400-599 at 0.15 vs 0.48
+N_CHUNKS, DIM = 15_000, 64  # ~1,000 articles of ~15 chunks
+
+
+def same_encoder(path: Path, like: Path) -> Path:
+    """Declare ``path`` encoded by ``like``'s encoder (a new data drop, same encoder as the baseline).
+
+    Synthetic fingerprints hash the whole generator config, so a diluted set would otherwise count
+    as another vector space; meta.json is outside the content hash.
+    """
+    meta = json.loads((path / "meta.json").read_text())
+    meta["encoder"] = json.loads((like / "meta.json").read_text())["encoder"]
+    write_json_atomic(path / "meta.json", meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("triage") / "clean"
+    synth_dataset(SynthConfig(n_chunks=N_CHUNKS, dim=DIM, seed=1), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def diluted(tmp_path_factory, clean) -> Path:
+    out = tmp_path_factory.mktemp("triage") / "diluted"
+    synth_dataset(SynthConfig(n_chunks=N_CHUNKS, dim=DIM, segments=(SEGMENT,), seed=2), out, progress=False)
+    return same_encoder(out, clean)
+
+
+def test_report_flags_drift_red_and_ranks_the_diluted_segment_first(diluted, clean, tmp_path):
+    rep = coherence_report(diluted, clean, segment_width=200)
+    assert rep["verdicts"]["coherence_drift"]["status"] == G.RED
+    assert rep["drift"]["mean_drift_rel"] < -0.05 and rep["drift"]["low_share_delta_pp"] > 5
+    top = rep["segments"]["rows"][0]
+    assert (top["first_article"], top["last_article"]) == (400, 599)
+    assert top["drop_vs_baseline"] > 0.2 and rep["segments"]["reference"] == "baseline mean"
+    assert all(r["drop_vs_baseline"] < 0.05 for r in rep["segments"]["rows"][1:])
+    # side-by-side 0.1 bins: both columns sum to 1 and the change is in percentage points
+    hist = rep["histogram"]
+    assert len(hist) == 10 and sum(h["dataset"] for h in hist) == pytest.approx(1) == sum(h["baseline"] for h in hist)
+    assert all(h["change_pp"] == pytest.approx(100 * (h["dataset"] - h["baseline"])) for h in hist)
+    assert rep["dataset"]["stats"] == G.coherence_stats(open_dataset(diluted))  # the gate's own statistics
+    text = format_report(rep)
+    assert "| Range | base | new | Change |" in text and "| 400-599 |" in text and "coherence_drift: RED" in text
+    png = plot_histograms(rep, tmp_path / "plots" / "coherence.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(png.parent.glob(".*tmp*"))
+
+
+def test_report_by_topic_and_default_segments(diluted):
+    by_topic = coherence_report(diluted, by="topic")
+    assert by_topic["segments"]["rows"][0]["segment"] == "segment-0"  # synth names the diluted range's topic
+    assert by_topic["verdicts"]["coherence_drift"]["status"] == G.SKIP
+    ten = coherence_report(diluted)["segments"]
+    assert ten["count"] == 10 and ten["reference"] == "dataset mean" and len(ten["rows"]) == 10
+    top = ten["rows"][0]
+    assert top["first_article"] <= 599 and top["last_article"] >= 400
+
+
+def test_filter_raises_coherence_and_writes_a_gated_dataset(diluted, clean, tmp_path):
+    out = tmp_path / "filtered"
+    summary = filter_dataset(diluted, out, baseline_path=clean)
+    parent, ds = open_dataset(diluted), open_dataset(out)
+    b, a = summary["before"], summary["after"]
+    assert a["mean_coherence"] > b["mean_coherence"] + 0.02 and a["low_share"] < b["low_share"]
+    assert abs(a["gap_to_baseline_pct"]) < abs(b["gap_to_baseline_pct"])
+    assert a["chunks"] == ds.n_chunks < parent.n_chunks
+    assert json.loads((out / "filter_summary.json").read_text())["after"] == a
+    measured = G.coherence_stats(ds)  # the summary's "after" is what the gate measures on the output
+    assert (a["mean_coherence"], a["low_share"]) == (pytest.approx(measured["mean"]), pytest.approx(measured["low_share"]))
+    assert a["sequences"] == sum(len(ds.sequences(s, 5, 1)) for s in SPLIT_NAMES) >= summary["sequences"]["kept"]
+    assert "| mean coherence |" in format_filter_summary(summary)
+
+    # mask: one bool per parent sequence (train, val, ood order); kept = score >= 0.35 by definition
+    views = [parent.sequences(s, 5, 1) for s in SPLIT_NAMES]
+    mask = np.load(out / "mask.npy")
+    assert mask.dtype == bool and len(mask) == sum(map(len, views)) == summary["sequences"]["total"]
+    assert mask.sum() == summary["sequences"]["kept"]
+    t = np.concatenate([v.targets for v in views])
+    n = np.concatenate([v.n_context for v in views])
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(t), 300, replace=False):  # score = mean cos of the n pairs in context + target
+        chunks = parent.vectors[t[i] - n[i] : t[i] + 1].astype(np.float64)
+        score = (chunks[:-1] * chunks[1:]).sum(axis=1).mean()
+        assert mask[i] == (score >= 0.35)
+    # every kept sequence is a sequence of the filtered dataset (same context and target vectors)
+    new_seq = {ds.vectors[j - k : j + 1].tobytes() for v in (ds.sequences(s, 5, 1) for s in SPLIT_NAMES) for j, k in zip(v.targets, v.n_context)}
+    assert all(parent.vectors[t[i] - n[i] : t[i] + 1].tobytes() in new_seq for i in np.flatnonzero(mask))
+
+    # provenance: parent, settings, same vector space and profile
+    meta = ds.meta
+    assert meta["parent"] == {"path": str(Path(diluted).resolve()), "content_hash": parent.content_hash}
+    assert meta["filter"]["min_coherence"] == 0.35 and meta["filter"]["blocklist"] == "List of|Disambiguation|Category:"
+    assert ds.encoder_fingerprint == parent.encoder_fingerprint and meta["gate_profile"] == parent.meta["gate_profile"]
+    assert meta["synthetic"] == parent.meta["synthetic"]
+    ds.verify()
+
+    # runs keep their parent article's split: article-disjoint, and the data gates pass
+    split_of = {}
+    for art in ds.articles:
+        root, run = art["source_id"].rsplit("#", 1)
+        assert split_of.setdefault(root, art["split"]) == art["split"]
+    prof = load_profile("gtr-t5-wiki")
+    results = [G.coherence(ds, prof), G.split_hygiene(ds, prof), G.normalization(ds, prof), G.alignment(ds.sequences("train", 5, 1), prof)]
+    assert [r.status for r in results if r.status == G.RED] == [], [r.message for r in results]
+    assert results[1].metrics["shared_articles"] == 0
+
+
+def test_filtered_synthetic_dataset_keeps_its_vector_space(clean, tmp_path):
+    prof = load_profile("gtr-t5-wiki")
+    filter_dataset(clean, tmp_path / "filtered")
+    ds = open_dataset(tmp_path / "filtered")
+    assert ds.encoder_fingerprint == open_dataset(clean).encoder_fingerprint
+    assert G.encoder_fingerprint(ds, prof).status == G.GREEN  # synthetic params inherited: fingerprint reproduces
+
+
+def test_filter_failure_leaves_nothing_behind(clean, tmp_path, monkeypatch):
+    import lvm.triage
+
+    def broken(*args, **kwargs):
+        raise LvmError("disk full")
+
+    monkeypatch.setattr(lvm.triage, "write_dataset", broken)
+    with pytest.raises(LvmError, match="disk full"):
+        filter_dataset(clean, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _titled_dataset(out: Path, titles: list[str], texts: list[list[str]]) -> Path:
+    """A dataset with the given article titles and chunk texts; coherent vectors (cos ≈ 0.9)."""
+    rng = np.random.default_rng(0)
+    article_id = np.repeat(np.arange(len(texts)), [len(t) for t in texts])
+    position = np.concatenate([np.arange(len(t)) for t in texts])
+    vec = unit_rows(rng, len(texts), 16)[article_id] + 0.2 * unit_rows(rng, len(article_id), 16)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    with atomic_dir(out) as tmp:
+        np.save(tmp / "vectors.npy", vec.astype(np.float32))
+        write_dataset(tmp, article_id=article_id, position=position, texts=[s for t in texts for s in t],
+                      articles=[{"source_id": f"s{i}", "title": title} for i, title in enumerate(titles)],
+                      article_split=np.zeros(len(titles), dtype=np.int8), meta={"encoder": {"fingerprint": "test"}})
+    return out
+
+
+def test_blocklist_drops_matching_titles_and_texts(tmp_path):
+    titles = ["List of rivers", "Paris", "Category:Physics", "Mercury (disambiguation)", "Jazz", "Chess"]
+    texts = [[f"{title} sentence {p}." for p in range(4)] for title in titles]
+    texts[5][2] = "Disambiguation page for chess variants."  # a chunk text matches: the article goes
+    src = _titled_dataset(tmp_path / "titled", titles, texts)
+    summary = filter_dataset(src, tmp_path / "out", min_coherence=-1.0)
+    kept = [a["title"] for a in open_dataset(tmp_path / "out").articles]
+    assert kept == ["Paris", "Mercury (disambiguation)", "Jazz"]  # the regex is case-sensitive, as given
+    assert summary["blocklisted_articles"] == 3 and summary["sequences"]["dropped_blocklist"] == 9
+    assert not np.load(tmp_path / "out" / "mask.npy")[[0, 1, 2, 6, 7, 8, 15, 16, 17]].any()
+    everything = filter_dataset(src, tmp_path / "all", min_coherence=-1.0, blocklist=None)
+    assert everything["sequences"]["kept"] == everything["sequences"]["total"] == 18
+
+
+def test_bad_input_is_one_lvm_error_and_writes_nothing(clean, tmp_path):
+    with pytest.raises(LvmError, match="not found"):
+        coherence_report(tmp_path / "missing")
+    with pytest.raises(LvmError, match="not found"):
+        filter_dataset(tmp_path / "missing", tmp_path / "out")
+    other = tmp_path / "other-seed"
+    synth_dataset(SynthConfig(n_chunks=2_000, dim=DIM, seed=3), other, progress=False)
+    with pytest.raises(LvmError, match="different encoders .*fingerprint .* vs .*refusing to compare"):
+        coherence_report(clean, other)
+    with pytest.raises(LvmError, match="different encoders"):
+        filter_dataset(clean, tmp_path / "out", baseline_path=other)
+    with pytest.raises(LvmError, match="not a valid regular expression"):
+        filter_dataset(clean, tmp_path / "out", blocklist="List of (")
+    with pytest.raises(LvmError, match="keeps no sequence"):
+        filter_dataset(clean, tmp_path / "out", min_coherence=2.0)
+    with pytest.raises(LvmError, match="is the dataset being filtered"):
+        filter_dataset(clean, clean)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(LvmError, match="not a dataset folder"):
+        filter_dataset(clean, tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    with pytest.raises(LvmError, match="segment width"):
+        coherence_report(clean, segment_width=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "other-seed"]  # nothing half-written
+
+
+def _timed(record_property, name: str, fn):
+    t = time.perf_counter()
+    fn()
+    record_property(name, round(time.perf_counter() - t, 3))  # recorded, not asserted
+
+
+def test_timing_default_dataset(default_dataset, tmp_path, record_property):
+    _timed(record_property, "coherence_report_s", lambda: coherence_report(default_dataset))
+    _timed(record_property, "filter_s", lambda: filter_dataset(default_dataset, tmp_path / "filtered"))
+
+
+def test_timing_726k_if_present(tmp_path, record_property):
+    big = Path("/tmp/syn726")
+    if not (big / "meta.json").is_file():
+        pytest.skip("no 726k x 768 dataset at /tmp/syn726 (not created by tests)")
+    _timed(record_property, "coherence_report_726k_s", lambda: coherence_report(big))
+    _timed(record_property, "filter_726k_s", lambda: filter_dataset(big, tmp_path / "filtered"))
