@@ -96,11 +96,11 @@ def _encoder_summary(meta: dict) -> dict:
 
 def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
     from lvm.datasets import open_dataset
-    from lvm.metrics import adjacency_coherence, coherence_summary, norm_summary
+    from lvm.metrics import coherence_summary, norm_summary
     from lvm.splits import SPLIT_NAMES
 
     ds = open_dataset(path)
-    coh = adjacency_coherence(ds.vectors, ds.article_id)
+    coh = ds.adjacency
     size = sum(f.stat().st_size for f in ds.path.iterdir() if f.is_file())
     index = json.loads((ds.path / "index.json").read_text()) if (ds.path / "index.json").is_file() else None
     return {

@@ -302,11 +302,25 @@ class Dataset:
         return np.load(p) if p.is_file() else None
 
     @cached_property
+    def row_hashes(self) -> np.ndarray:
+        """64-bit hash of every chunk vector (lvm.metrics.row_hashes), computed once."""
+        from lvm.metrics import row_hashes
+
+        return row_hashes(self.vectors)
+
+    @cached_property
     def duplicate_canon(self) -> np.ndarray:
-        """For every chunk, the first chunk with a byte-identical vector (lvm.metrics.duplicate_canon)."""
+        """For every chunk, the first chunk with an identical vector (lvm.metrics.duplicate_canon)."""
         from lvm.metrics import duplicate_canon
 
-        return duplicate_canon(self.vectors)
+        return duplicate_canon(self.vectors, self.row_hashes)
+
+    @cached_property
+    def adjacency(self) -> np.ndarray:
+        """cos(c_t, c_t+1) of every within-article pair (lvm.metrics.adjacency_coherence), computed once."""
+        from lvm.metrics import adjacency_coherence
+
+        return adjacency_coherence(self.vectors, self.article_id)
 
     def sequences(self, split: str = "train", ctx: int = 5, min_ctx: int = 1) -> SequenceView:
         return SequenceView(self, split, ctx, min_ctx)

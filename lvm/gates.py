@@ -223,7 +223,8 @@ def alignment(view: SequenceView, profile: Profile, sample: int | None = None, s
 
 
 def coherence_stats(ds: Dataset, split_code: int | None = None) -> dict:
-    cos = M.adjacency_coherence(ds.vectors, ds.article_id)
+    """``coherence_summary`` of the dataset's adjacency cosines (of one split's articles if given)."""
+    cos = ds.adjacency
     if split_code is not None:
         first = ds.article_id[1:] == ds.article_id[:-1]
         cos = cos[ds.split[:-1][first] == split_code]
@@ -234,10 +235,12 @@ def coherence(ds: Dataset, profile: Profile) -> GateResult:
     return judge("coherence", coherence_stats(ds), profile, dataset=ds.path.name)
 
 
-def segment_breakdown(ds: Dataset, baseline_mean: float, n_segments: int = 10, by: str = "article_range") -> list[dict]:
-    """Mean adjacency coherence per article-id range (or topic), sorted by drop vs ``baseline_mean``."""
+def segment_breakdown(ds: Dataset, baseline_mean: float, n_segments: int = 10, by: str = "article_range",
+                      width: int | None = None) -> list[dict]:
+    """Mean adjacency coherence per article-id range (``n_segments`` equal ranges, or ranges of
+    ``width`` article ids) or per topic, sorted by drop vs ``baseline_mean``."""
     same = np.flatnonzero(ds.article_id[1:] == ds.article_id[:-1])
-    cos = M.adjacency_coherence(ds.vectors, ds.article_id)
+    cos = ds.adjacency
     art = ds.article_id[same]
     rows = []
     if by == "topic":
@@ -245,7 +248,10 @@ def segment_breakdown(ds: Dataset, baseline_mean: float, n_segments: int = 10, b
         groups = {t: topics == t for t in np.unique(topics)}
     else:
         n_art = int(ds.article_id.max()) + 1
-        edges = np.linspace(0, n_art, n_segments + 1).astype(int)
+        if width:
+            edges = np.append(np.arange(0, n_art, width), n_art)
+        else:
+            edges = np.linspace(0, n_art, n_segments + 1).astype(int)
         groups = {f"{lo}-{hi - 1}": (art >= lo) & (art < hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo}
     for name, sel in groups.items():
         if sel.any():
@@ -275,16 +281,10 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
     return judge("coherence_drift", metrics, profile, **where)
 
 
-def _article_signatures(ds: Dataset) -> dict[int, str]:
-    """A hash of each article's vectors (identical articles under different ids collide)."""
-    import hashlib
-
-    out = {}
-    for a in ds.articles:
-        f, n = a["first_chunk"], a["n_chunks"]
-        if n:
-            out[a["article_id"]] = hashlib.sha256(np.ascontiguousarray(ds.vectors[f : f + n]).tobytes()).hexdigest()
-    return out
+def _article_signatures(ds: Dataset) -> dict[int, bytes]:
+    """Each article's sequence of row hashes (identical articles under different ids collide)."""
+    h = ds.row_hashes
+    return {a["article_id"]: h[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]].tobytes() for a in ds.articles if a["n_chunks"]}
 
 
 def _article_keys(ds: Dataset, split: str | None = None) -> dict[str, set]:
@@ -324,9 +324,8 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> 
     article_code = np.array([SPLIT_NAMES.index(a["split"]) for a in ds.articles], dtype=np.int8)
     chunk_conflicts = int((ds.split != article_code[ds.article_id]).sum())  # a chunk in another split than its article
     # exact duplicate chunk vectors between train and OOD (counted: repeated sentences happen)
-    train_rows = {np.asarray(r).tobytes() for r in ds.vectors[ds.split == TRAIN]}
-    ood_vecs = ood.vectors if ood is not None else ds.vectors[ds.split == OOD]
-    dup = sum(np.asarray(r).tobytes() in train_rows for r in ood_vecs)
+    ood_hashes = ood.row_hashes if ood is not None else ds.row_hashes[ds.split == OOD]
+    dup = int(np.isin(ood_hashes, ds.row_hashes[ds.split == TRAIN]).sum())
     train_coh = coherence_stats(ds, TRAIN).get("mean", float("nan"))
     ood_coh = (coherence_stats(ds, OOD) if ood is None else coherence_stats(ood)).get("mean", float("nan"))
     metrics = {
@@ -334,7 +333,7 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> 
         "leaked_articles": sorted(leaked)[:20],
         "chunks_outside_article_split": chunk_conflicts,
         "train_ood_duplicate_vectors": int(dup),
-        "train_ood_duplicate_share": float(dup / max(len(ood_vecs), 1)),
+        "train_ood_duplicate_share": float(dup / max(len(ood_hashes), 1)),
         "train_coherence": train_coh,
         "ood_coherence": ood_coh,
         "ood_train_coherence_gap": abs(ood_coh - train_coh) if not (math.isnan(ood_coh) or math.isnan(train_coh)) else 0.0,

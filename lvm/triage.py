@@ -63,7 +63,7 @@ def _open_pair(dataset_path, baseline_path) -> tuple[Dataset, Dataset | None]:
 
 def _pair_coherence(ds: Dataset) -> tuple[np.ndarray, dict]:
     """(cos of every within-article adjacent pair, its summary); an error if there is none."""
-    cos = M.adjacency_coherence(ds.vectors, ds.article_id)
+    cos = ds.adjacency
     if len(cos) == 0:
         raise LvmError(f"{ds.path}: no article has two chunks, so adjacency coherence is undefined")
     return cos, M.coherence_summary(cos)
@@ -83,27 +83,6 @@ def _rel(new: float, base: float) -> float:
 
 
 # ----------------------------------------------------------------------------- coherence report
-
-
-def segments_by_width(ds: Dataset, cos: np.ndarray, reference_mean: float, width: int) -> list[dict]:
-    """Mean adjacency coherence per article-id range ``[k·width, (k+1)·width)``, sorted by drop.
-
-    Same rows as ``lvm.gates.segment_breakdown`` (which only splits into equal parts); ``cos`` is
-    ``adjacency_coherence(ds.vectors, ds.article_id)``.
-    """
-    art = ds.article_id[_pair_start(ds)]  # article of each pair
-    seg = art // width
-    n_seg = int(seg.max()) + 1
-    pairs = np.bincount(seg, minlength=n_seg)
-    sums = np.bincount(seg, weights=cos, minlength=n_seg)
-    low = np.bincount(seg, weights=(cos < M.LOW_COHERENCE).astype(np.float64), minlength=n_seg)
-    last = len(ds.articles) - 1
-    rows = []
-    for k in np.flatnonzero(pairs):
-        mean = float(sums[k] / pairs[k])
-        rows.append({"segment": f"{k * width}-{min((k + 1) * width - 1, last)}", "pairs": int(pairs[k]), "mean": mean,
-                     "low_share": float(low[k] / pairs[k]), "drop_vs_baseline": float(reference_mean - mean)})
-    return sorted(rows, key=lambda r: -r["drop_vs_baseline"])
 
 
 def _with_id_range(rows: list[dict]) -> list[dict]:
@@ -147,10 +126,7 @@ def coherence_report(dataset_path, baseline_path=None, segment_width: int | None
     base_stats = _pair_coherence(base)[1] if base is not None else None
 
     ref_mean = base_stats["mean"] if base_stats else stats["mean"]
-    if segment_width is not None:
-        rows = segments_by_width(ds, cos, ref_mean, segment_width)
-    else:
-        rows = G.segment_breakdown(ds, ref_mean, DEFAULT_SEGMENTS, by)
+    rows = G.segment_breakdown(ds, ref_mean, DEFAULT_SEGMENTS, by, width=segment_width)
     if by == "article_range":
         rows = _with_id_range(rows)
 
@@ -286,7 +262,7 @@ def sequence_scores(ds: Dataset, views: list[SequenceView], cos: np.ndarray | No
     from ``lvm.metrics.adjacency_coherence`` (``cos``, computed if not given) via prefix sums;
     every pair of a sequence lies inside one article.
     """
-    at = _cos_at_chunk(ds, M.adjacency_coherence(ds.vectors, ds.article_id) if cos is None else cos)
+    at = _cos_at_chunk(ds, ds.adjacency if cos is None else cos)
     prefix = np.concatenate([[0.0], np.cumsum(at)])  # prefix[k] = Σ_{i<k} at[i]
     t = np.concatenate([v.targets for v in views])
     n = np.concatenate([v.n_context for v in views])
@@ -357,7 +333,7 @@ def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, 
     n_seq = sum(len(v) for v in views)
     if n_seq == 0:
         raise LvmError(f"{ds.path}: no sequences with ctx={ctx}, min_ctx={min_ctx} (no article has {min_ctx + 1} chunks)")
-    before_cos = M.adjacency_coherence(ds.vectors, ds.article_id)
+    before_cos = ds.adjacency
     cos_at = _cos_at_chunk(ds, before_cos)
     score = sequence_scores(ds, views, before_cos)
     targets = np.concatenate([v.targets for v in views])
