@@ -356,7 +356,7 @@ def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int = 256, m
     masked = masked if masked is not None else masked_negatives
     n_batches = n_batches or profile.gate("batch_hygiene").get("batches", 50)
     art = view.article_ids
-    batches = article_capped_batches(art, batch_size, max_per_article, seed, epoch=1)[:n_batches]
+    batches = article_capped_batches(art, batch_size, max_per_article, seed, epoch=1, limit=n_batches)
     exposed, pairs, max_items = 0, 0, 0
     for b in batches:
         ids = torch.from_numpy(art[b])
@@ -397,6 +397,12 @@ class ModelEval:
 
     def where(self) -> dict:
         return {"dataset": self.view.dataset.path.name, "checkpoint": self.name, "split": self.view.split}
+
+    def sample(self, n: int | None, seed: int = 0) -> np.ndarray:
+        """Sorted seeded sample of ``n`` sequence indices (all of them when ``n`` is None or larger)."""
+        if n is None or n >= len(self.view):
+            return np.arange(len(self.view))
+        return np.sort(np.random.default_rng(seed).choice(len(self.view), size=n, replace=False))
 
 
 def checkpoint_integrity(path: str | Path, ds: Dataset, profile: Profile, name: str) -> tuple[GateResult, object, dict | None]:
@@ -486,23 +492,27 @@ def no_collapse(ev: ModelEval, profile: Profile, sample: int = 4096) -> GateResu
 def context_ablations(ev: ModelEval, profile: Profile, seed: int = 0) -> GateResult:
     from lvm.evaluation import ABLATIONS, predict
 
-    base = float(ev.cos.mean())
-    metrics = {}
+    idx = ev.sample(profile.gate("context_ablations").get("sample"), seed)
+    base = float(ev.cos[idx].mean())
+    metrics = {"sample": int(len(idx))}
     for kind in ABLATIONS:
-        p = predict(ev.model, ev.view, ablation=kind, seed=seed)
-        metrics[f"delta_{kind}"] = float(M.rowwise_cos(p, ev.target).mean() - base)
+        p = predict(ev.model, ev.view, idx, ablation=kind, seed=seed)
+        metrics[f"delta_{kind}"] = float(M.rowwise_cos(p, ev.target[idx]).mean() - base)
     return judge("context_ablations", metrics, profile, **ev.where())
 
 
 def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None, k: int = 50) -> GateResult:
     if nprobe is not None and hasattr(index, "nprobe"):
         index.nprobe = nprobe
+    idx = ev.sample(profile.gate("retrieval").get("sample"))
+    pred, target = ev.pred[idx], ev.target[idx]
     t0 = time.perf_counter()
-    _, found = index.search(np.ascontiguousarray(ev.pred, dtype=np.float32), k)
-    search_ms = 1e3 * (time.perf_counter() - t0) / max(len(ev.pred), 1)
+    _, found = index.search(np.ascontiguousarray(pred, dtype=np.float32), k)
+    search_ms = 1e3 * (time.perf_counter() - t0) / max(len(pred), 1)
     ds = ev.view.dataset
-    metrics = M.retrieval_metrics(M.ranks_of(ev.view.targets, found, ds.duplicate_canon), k)
-    metrics["contrastive_accuracy"] = M.contrastive_accuracy(ev.pred, ev.target, ev.view.article_ids)
+    metrics = M.retrieval_metrics(M.ranks_of(ev.view.targets[idx], found, ds.duplicate_canon), k)
+    metrics["contrastive_accuracy"] = M.contrastive_accuracy(pred, target, ev.view.article_ids[idx])
+    metrics["sample"] = int(len(idx))
     metrics["search_ms_per_query"] = search_ms
     metrics["nprobe"] = int(getattr(index, "nprobe", 0))
     return judge("retrieval", metrics, profile, **ev.where())

@@ -19,7 +19,8 @@ from lvm.errors import LvmError
 
 EXACT_MAX = 100_000  # up to this many vectors an exact search is cheap enough (ms per query)
 DEFAULT_NPROBE = 64  # the seeds' evaluation setting
-TRAIN_POINTS_PER_LIST = 64  # sample size for k-means: enough for stable centroids, cheap to train
+TRAIN_POINTS_PER_LIST = 39  # k-means sample per list: FAISS's own minimum for stable centroids
+KMEANS_ITERATIONS = 10  # FAISS's IVF default; k-means cost = iterations × sample × nlist × D
 ADD_BLOCK = 65536  # vectors added per call: keeps memory flat on memory-mapped banks
 
 
@@ -64,6 +65,7 @@ def build_index(
         train_size = min(n, nlist * TRAIN_POINTS_PER_LIST)
         sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
         index.cp.seed = seed
+        index.cp.niter = KMEANS_ITERATIONS
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         index.nprobe = min(nprobe, nlist)
         params = IndexParams(kind, 0, d, nlist=nlist, nprobe=index.nprobe, train_size=train_size, seed=seed)
@@ -99,7 +101,8 @@ def load_index(dataset: Dataset, nprobe: int | None = None):
     if params.dataset_hash != dataset.content_hash or params.ntotal != dataset.n_chunks:
         raise LvmError(f"{path} was built for other vectors (stale index): rebuild it with `lvm build-index`")
     try:
-        index = faiss.read_index(str(path))
+        # IVF lists are memory-mapped: only the lists a search probes are paged in
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if params.kind == "ivf-flat-ip" else 0)
     except RuntimeError as exc:
         raise LvmError(f"{path}: corrupt FAISS index ({str(exc).splitlines()[0]})") from None
     if nprobe is not None and params.kind == "ivf-flat-ip":

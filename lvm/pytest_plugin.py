@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 RESULT_PROPERTY = "lvm_gate_result"
@@ -128,9 +129,14 @@ class GateSession:
         from lvm.gates import ModelEval
 
         def fit_ridge():
+            # closed form on a seeded sample: XᵀX costs N·(ctx·D)², so 20k sequences bound it at any size
+            n_fit = self.profile(ds).gate("beats_baselines").get("ridge_fit_sample")
             ridge = Ridge(ds.dim, ctx)
             train, val = ds.sequences("train", ctx, min_ctx), ds.sequences("val", ctx, min_ctx)
-            ridge.fit((b[1:] for b in train.iter_batches(4096)), (b[1:] for b in val.iter_batches(4096)))
+            rng = np.random.default_rng(0)
+            pick = lambda v: np.sort(rng.choice(len(v), size=min(n_fit or len(v), len(v)), replace=False))  # noqa: E731
+            batches = lambda v, idx: (v.batch(idx[s : s + 4096]) for s in range(0, len(idx), 4096))  # noqa: E731
+            ridge.fit(batches(train, pick(train)), batches(val, pick(val)))
             return ridge
 
         def make():
