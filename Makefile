@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data train gates smoke leaderboard compare test clean
+.PHONY: setup data train gates smoke leaderboard compare bench test clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,11 @@ leaderboard: setup
 ## compare: regression check of $(RESULTS) against $(BASELINE); exits 1 on a regression or a RED gate
 compare: setup
 	$(BIN)/lvm compare $(RESULTS) $(BASELINE) $(if $(PROFILE),--gate-profile $(PROFILE))
+
+## bench: benchmarks at the seeds' scale (726,014 x 768 synthetic; creates data/bench once, ~10 min cold)
+bench: setup
+	$(BIN)/python -m pytest tests/bench_scale.py -p no:cacheprovider -q --benchmark-json=reports/bench.json \
+	  --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
 ## test: the library's own test suite (builds the default dataset once if it is missing)
 test: setup

@@ -1,0 +1,179 @@
+"""Benchmarks at the seeds' scale (`make bench`; pytest-benchmark, results in reports/bench.json).
+
+Not part of `make test` (the file name does not match test_*.py). Datasets are synthetic
+(`lvm synth`): 726,014 × 768 with a low-coherence segment at articles 11k–15k (the seeds' 790k set)
+and a clean twin for the drift comparison; both are created once under data/bench/ with their IVF
+index (index build measured apart). Budgets (issue 6): full gate suite ≤ 60 s wall with the index
+cached and peak RSS ≤ 1.3 × the bank; coherence + drift a few seconds; AMN batch-1 P95 ≤ 0.3 ms at
+768-D on one thread. Figures are recorded in ``extra_info``, not asserted: a benchmark measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(os.environ.get("LVM_BENCH_DIR", ROOT / "data" / "bench"))
+N_CHUNKS, DIM = 726_014, 768
+ARCHS = ("amn", "gru", "lstm", "transformer")
+
+
+def _synth(out: Path, *segments: str) -> Path:
+    if not (out / "meta.json").is_file():
+        args = ["synth", "--out", str(out), "--n-chunks", str(N_CHUNKS), "--dim", str(DIM), "--quiet"]
+        for s in segments:
+            args += ["--segment", s]
+        subprocess.run([sys.executable, "-m", "lvm.cli", *args], check=True, cwd=ROOT)
+    return out
+
+
+@pytest.fixture(scope="session")
+def big() -> Path:
+    return _synth(BENCH / "syn726", "11000:15000:0.34:0.16")
+
+
+@pytest.fixture(scope="session")
+def big_clean() -> Path:
+    return _synth(BENCH / "syn726-clean")
+
+
+@pytest.fixture(scope="session")
+def big_index(big) -> Path:
+    """Index built once and cached with the dataset; its build time is benchmarked apart."""
+    from lvm.datasets import open_dataset
+    from lvm.index import load_or_build_index
+
+    load_or_build_index(open_dataset(big))
+    return big
+
+
+@pytest.fixture(scope="session")
+def big_checkpoint(big) -> Path:
+    """A 1-epoch AMN on the big dataset (its training time is not part of the gate budget)."""
+    from lvm.training import TrainConfig, Trainer
+
+    run = BENCH / "runs" / "amn-syn726"
+    if not (run / "best.json").is_file():
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)
+        Trainer(TrainConfig(dataset=str(big), epochs=1, batch_size=512, kill_switches=False), run, progress=False).run()
+    return run
+
+
+def test_bench_full_gate_suite_726k(benchmark, big_index, big_checkpoint, tmp_path):
+    """`pytest gates/` for one AMN checkpoint on 726,014 × 768, index cached: wall, peak RSS, per gate."""
+    junit, rss_file = tmp_path / "junit.xml", tmp_path / "rss_kb"
+    # a wrapper process whose only child is the gate run, so RUSAGE_CHILDREN is that run's peak RSS
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[2:]); "
+               "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r.returncode)")
+    cmd = [sys.executable, "-c", wrapper, str(rss_file), sys.executable, "-m", "pytest", "gates/", f"--checkpoint={big_checkpoint}", f"--dataset={big_index}", "-q",
+           "-p", "no:cacheprovider", f"--results={tmp_path / 'r.json'}", f"--junitxml={junit}"]
+
+    def run():
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+    t0 = time.perf_counter()
+    proc = benchmark.pedantic(run, rounds=1, iterations=1)
+    wall = time.perf_counter() - t0
+    bank_gb = N_CHUNKS * DIM * 4 / 1024**3
+    peak_gb = int(rss_file.read_text()) / 1024**2
+    per_gate = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        per_gate[case.get("name")] = round(float(case.get("time", 0)), 2)
+    benchmark.extra_info.update({
+        "wall_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2), "bank_gb": round(bank_gb, 2),
+        "rss_over_bank": round(peak_gb / bank_gb, 2), "per_gate_s": per_gate,
+        "exit_code": proc.returncode, "summary": json.loads((tmp_path / "r.json").read_text())["summary"],
+    })
+    assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-2000:]  # 1 = a RED gate, still measured
+
+
+def test_bench_index_build_726k(benchmark, big):
+    from lvm.datasets import open_dataset
+    from lvm.index import build_index
+
+    ds = open_dataset(big)
+    _, params = benchmark.pedantic(lambda: build_index(ds.vectors), rounds=1, iterations=1)
+    benchmark.extra_info.update({"kind": params.kind, "nlist": params.nlist, "train_size": params.train_size})
+
+
+def test_bench_coherence_and_drift_726k(benchmark, big, big_clean):
+    """coherence + coherence_drift on two 726k datasets, from cold opens (no cached adjacency)."""
+    from lvm import gates
+    from lvm.datasets import open_dataset
+    from lvm.profiles import load_profile
+
+    profile = load_profile("gtr-t5-wiki")
+
+    def run():
+        new, base = open_dataset(big), open_dataset(big_clean)
+        return gates.coherence(new, profile), gates.coherence_drift(new, base, profile)
+
+    coh, drift = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update({"coherence": coh.status, "drift": drift.status, "top_segment": drift.metrics["segments"][0]["segment"],
+                                 "mean_drift_rel": round(drift.metrics["mean_drift_rel"], 4)})
+
+
+def test_bench_oracle_recall_726k(benchmark, big_index):
+    from lvm import gates
+    from lvm.datasets import open_dataset
+    from lvm.index import load_index
+    from lvm.profiles import load_profile
+
+    ds = open_dataset(big_index)
+    index, _ = load_index(ds)
+    res = benchmark.pedantic(lambda: gates.oracle_recall(ds, index, load_profile("gtr-t5-wiki")), rounds=1, iterations=1)
+    benchmark.extra_info.update({k: res.metrics[k] for k in ("recall_at_1", "recall_at_5", "recall_at_1000", "duplicate_rate")})
+
+
+@pytest.fixture(scope="session", params=[384, 768])
+def small_synth(request) -> Path:
+    out = BENCH / f"syn40k-{request.param}"
+    if not (out / "meta.json").is_file():
+        subprocess.run([sys.executable, "-m", "lvm.cli", "synth", "--out", str(out), "--n-chunks", "40000", "--dim", str(request.param), "--quiet"],
+                       check=True, cwd=ROOT)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bench_training_throughput(benchmark, arch, small_synth, tmp_path):
+    """Sequences per second for one epoch of training (batch 256, default threads)."""
+    from lvm.training import TrainConfig, Trainer
+
+    run = tmp_path / arch
+    hist = benchmark.pedantic(lambda: Trainer(TrainConfig(dataset=str(small_synth), model=arch, epochs=1, kill_switches=False), run, progress=False).run(),
+                              rounds=1, iterations=1)
+    benchmark.extra_info.update({"dim": int(small_synth.name.split("-")[-1]), "train_seq_per_s": round(hist["epochs"][0]["train_seq_per_s"]),
+                                 "threads": torch.get_num_threads()})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bench_batch1_latency_768(benchmark, arch, threads):
+    """Batch-1 forward latency at 768-D, ctx 5, after warm-up: P50/P95/P99 in extra_info."""
+    from lvm.metrics import latency_percentiles
+    from lvm.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, {"input_dim": DIM, "ctx": 5}).eval()
+    x = torch.nn.functional.normalize(torch.randn(1, 5, DIM), dim=-1)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            benchmark.pedantic(model, args=(x, mask), rounds=1000, warmup_rounds=100, iterations=1)
+    finally:
+        torch.set_num_threads(previous)
+    benchmark.extra_info.update({**{k: round(v, 4) for k, v in latency_percentiles(np.asarray(benchmark.stats.stats.data)).items()}, "threads": threads})
