@@ -27,7 +27,7 @@ def test_ood_cosine(ood_eval, val_eval, gate_profile, gate_status):
 @pytest.mark.parametrize("split", ["val", "ood"])
 def test_beats_baselines(split, gate_session, lvm_dataset, val_eval, ood_eval, gate_profile, gate_status):
     ev = val_eval if split == "val" else ood_eval
-    base = gate_session.baselines(lvm_dataset, ev.view.ctx, ev.view.min_ctx, split)
+    base = gate_session.baselines(lvm_dataset, ev.view.ctx, ev.view.min_ctx)
     gate_status(gates.beats_baselines(ev, base, gate_profile))
 
 

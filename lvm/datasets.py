@@ -180,6 +180,46 @@ def write_dataset(
     return full
 
 
+class VectorBank:
+    """The read-only [N, D] bank of a dataset folder.
+
+    Contiguous row slices (the streaming passes: norms, coherence, hashes, index build) are read
+    from the file into fresh arrays, so a full pass does not leave 2 GB of mapped pages in the
+    process; any other index (batches of sequences: fancy indexing) goes through a memory map.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._map = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = self._map.shape, self._map.dtype, self._map.ndim
+        self._offset = self._map.offset
+        self._row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self._row_bytes
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and key.step in (None, 1) and self.ndim == 2:
+            start, stop, _ = key.indices(len(self))
+            n = max(stop - start, 0)
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset + start * self._row_bytes)
+                block = np.fromfile(fh, dtype=self.dtype, count=n * self.shape[1])
+            if len(block) != n * self.shape[1]:
+                raise LvmError(f"{self.path}: truncated vectors file")
+            return block.reshape(n, self.shape[1])
+        return self._map[key]
+
+    def __array__(self, dtype=None, copy=None):
+        if copy:
+            return np.array(self._map, dtype=dtype, copy=True)
+        return np.asarray(self._map, dtype=dtype)
+
+
 class SequenceView:
     """Sequences (up to ``ctx`` previous chunks -> next chunk) of one split, computed on the fly.
 
@@ -230,6 +270,11 @@ class SequenceView:
         y = np.asarray(vecs[self.target_indices(idx)], dtype=np.float32)
         return x, mask, y
 
+    @cached_property
+    def target_vectors(self) -> np.ndarray:
+        """[M, D] float32 vectors of every sequence's target (computed once per view)."""
+        return np.asarray(self.dataset.vectors[self.targets], dtype=np.float32)
+
     def iter_batches(self, batch_size: int = 512, shuffle: bool = False, seed: int = 0):
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         for start in range(0, len(order), batch_size):
@@ -255,7 +300,7 @@ class Dataset:
         if version != FORMAT_VERSION:
             raise LvmError(f"{self.path}: dataset format version {version}, this lvm reads {FORMAT_VERSION}; rebuild it")
         try:
-            self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+            self.vectors = VectorBank(self.path / "vectors.npy")
             self.article_id = np.load(self.path / "article_id.npy")
             self.position = np.load(self.path / "position.npy")
             self.split = np.load(self.path / "split.npy")

@@ -387,9 +387,9 @@ class ModelEval:
 
         return predict(self.model, self.view)
 
-    @cached_property
+    @property
     def target(self) -> np.ndarray:
-        return np.asarray(self.view.dataset.vectors[self.view.targets], dtype=np.float32)
+        return self.view.target_vectors  # shared by every model evaluated on this view
 
     @cached_property
     def cos(self) -> np.ndarray:
@@ -451,12 +451,21 @@ def cosine_gate(gate: str, ev: ModelEval, profile: Profile, other: ModelEval | N
     return judge(gate, metrics, profile, **ev.where())
 
 
-def beats_baselines(ev: ModelEval, baselines: dict[str, ModelEval], profile: Profile) -> GateResult:
-    """Paired per-sequence difference against the best null baseline, with a bootstrap CI."""
-    scores = {name: float(b.cos.mean()) for name, b in baselines.items()}
+def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int = 0) -> GateResult:
+    """Paired per-sequence difference against the best null baseline, with a bootstrap CI.
+
+    ``baselines`` maps a name to a model (or a ``ModelEval``); all are scored on the same seeded
+    sample of sequences (the profile's ``sample``; all sequences when it is larger), streamed.
+    """
+    from lvm.evaluation import predict
+
+    idx = ev.sample(profile.gate("beats_baselines").get("sample"), seed)
+    target = ev.target[idx]
+    base_cos = {name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()}
+    scores = {name: float(c.mean()) for name, c in base_cos.items()}
     best = max(scores, key=scores.get)
-    diff = M.paired_difference(ev.cos, baselines[best].cos)
-    metrics = {"model_cosine": float(ev.cos.mean()), "baselines": scores, "best_baseline": best,
+    diff = M.paired_difference(ev.cos[idx], base_cos[best])
+    metrics = {"model_cosine": float(ev.cos[idx].mean()), "baselines": scores, "best_baseline": best, "sample": int(len(idx)),
                "margin": diff["mean"], "margin_ci_low": diff["ci_low"], "margin_ci_high": diff["ci_high"]}
     return judge("beats_baselines", metrics, profile, **ev.where())
 

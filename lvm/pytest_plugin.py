@@ -119,14 +119,14 @@ class GateSession:
             if model is None:
                 return None
             ctx, min_ctx = int(meta["ctx"]), int(meta.get("min_ctx", 1))
-            view = self.ood_view(ds, ctx, min_ctx) if split == "ood" else ds.sequences(split, ctx, min_ctx)
+            view = self.view(ds, split, ctx, min_ctx)
             return ModelEval(model, view, _label(path)) if len(view) else None
 
         return self._once(("eval", str(path), str(ds.path), split), make)
 
-    def baselines(self, ds, ctx, min_ctx, split):
+    def baselines(self, ds, ctx, min_ctx):
+        """The null baselines (copy-last, context mean, ridge fitted once per dataset and context)."""
         from lvm.baselines import ContextMean, CopyLast, Ridge
-        from lvm.gates import ModelEval
 
         def fit_ridge():
             # closed form on a seeded sample: XᵀX costs N·(ctx·D)², so 20k sequences bound it at any size
@@ -139,13 +139,13 @@ class GateSession:
             ridge.fit(batches(train, pick(train)), batches(val, pick(val)))
             return ridge
 
-        def make():
-            ridge = self._once(("ridge", str(ds.path), ctx, min_ctx), fit_ridge)
-            view = self.ood_view(ds, ctx, min_ctx) if split == "ood" else ds.sequences(split, ctx, min_ctx)
-            return {"copy_last": ModelEval(CopyLast(), view, "copy_last"), "context_mean": ModelEval(ContextMean(), view, "context_mean"),
-                    "ridge": ModelEval(ridge, view, "ridge")}
+        ridge = self._once(("ridge", str(ds.path), ctx, min_ctx), fit_ridge)
+        return {"copy_last": CopyLast(), "context_mean": ContextMean(), "ridge": ridge}
 
-        return self._once(("baselines", str(ds.path), ctx, min_ctx, split), make)
+    def view(self, ds, split, ctx, min_ctx):
+        """One SequenceView per (dataset, split, ctx, min_ctx): models on it share its target vectors."""
+        make = (lambda: self.ood_view(ds, ctx, min_ctx)) if split == "ood" else (lambda: ds.sequences(split, ctx, min_ctx))
+        return self._once(("view", str(ds.path), split, ctx, min_ctx), make)
 
 
 @pytest.fixture(scope="session")

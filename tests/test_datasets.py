@@ -129,7 +129,10 @@ def test_rebuild_reuses_the_dataset_and_a_split_change_reuses_the_vectors(small_
 def test_sequence_views_share_the_bank(small_dataset):
     ds = open_dataset(small_dataset)
     view = ds.sequences("train", ctx=5, min_ctx=1)
-    assert isinstance(ds.vectors, np.memmap)
+    from lvm.datasets import VectorBank
+
+    assert isinstance(ds.vectors, VectorBank) and isinstance(ds.vectors._map, np.memmap)
+    np.testing.assert_array_equal(ds.vectors[3:7], np.asarray(ds.vectors._map[3:7]))  # file read == mapped view
     # a view holds only index arrays (no [N, ctx, D] copy)
     assert view.targets.nbytes + view.n_context.nbytes < ds.vectors.nbytes
     with pytest.raises(LvmError, match="min_ctx"):
