@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from lvm.splits import SPLIT_NAMES
 FORMAT_VERSION = 1
 _ARRAYS = ("vectors.npy", "article_id.npy", "position.npy", "split.npy")
 _HASHED_FILES = _ARRAYS + ("texts.jsonl", "articles.jsonl")
+FANCY_CHUNK = 4096  # rows per scattered read before the mapped pages are released
 
 
 def sha256_files(paths: list[Path]) -> str:
@@ -191,6 +193,9 @@ class VectorBank:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._map = np.load(self.path, mmap_mode="r")
+        mm = getattr(self._map, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_RANDOM)  # sequence batches read scattered rows: no readahead
         self.shape, self.dtype, self.ndim = self._map.shape, self._map.dtype, self._map.ndim
         self._offset = self._map.offset
         self._row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
@@ -212,7 +217,23 @@ class VectorBank:
             if len(block) != n * self.shape[1]:
                 raise LvmError(f"{self.path}: truncated vectors file")
             return block.reshape(n, self.shape[1])
-        return self._map[key]
+        idx = np.asarray(key) if isinstance(key, (list, np.ndarray)) else None
+        if idx is None or idx.dtype == bool or idx.ndim != 1 or len(idx) <= FANCY_CHUNK:
+            out = np.array(self._map[key])  # a copy; then let the touched pages go
+            self.release()
+            return out
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for s in range(0, len(idx), FANCY_CHUNK):  # scattered rows: bounded resident pages at any size
+            out[s : s + FANCY_CHUNK] = self._map[idx[s : s + FANCY_CHUNK]]
+            self.release()
+        return out
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process (they stay in the page cache): scattered reads
+        of sequence batches would otherwise keep most of a large bank resident."""
+        mm = getattr(self._map, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
 
     def __array__(self, dtype=None, copy=None):
         if copy:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 65536  # rows per block on memory-mapped arrays: bounded memory at any dataset size
+BLOCK = 16384  # rows per block in streaming passes: ~50 MB of float32 at 768-D, bounded memory at any size
 LOW_COHERENCE = 0.30  # the seeds' "low coherence" line: cos(c_t, c_t+1) < 0.30
 HISTOGRAM_BINS = np.round(np.arange(0.0, 1.01, 0.1), 1)  # the seeds' 0.1-wide coherence table
 
