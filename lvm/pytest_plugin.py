@@ -10,8 +10,6 @@ runs the regression check against ``--baseline-results`` and writes the results 
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
 from pathlib import Path
 
