@@ -25,7 +25,7 @@ from lvm.corpora import DEFAULT_CORPUS, Corpus, load_corpus
 from lvm.datasets import FORMAT_VERSION, atomic_dir, write_dataset, write_json_atomic
 from lvm.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
 from lvm.errors import LvmError
-from lvm.index import DEFAULT_NPROBE, build_index, save_index
+from lvm.index import DEFAULT_NPROBE, build_and_save_index
 from lvm.splits import SplitPolicy, assign_splits
 
 ENCODE_BLOCK = 2048  # texts per resumable encode step (~8 s of MiniLM on 2 cores)
@@ -196,9 +196,7 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
             articles=table.articles, article_split=split, meta=meta, probe_vectors=probe,
         )
         vectors = np.load(tmp / "vectors.npy", mmap_mode="r")
-        index, params = build_index(vectors, kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe, progress=progress)
-        params.dataset_hash = meta["content_hash"]
-        save_index(tmp, index, params)
+        build_and_save_index(tmp, vectors, meta["content_hash"], kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe, progress=progress)
         del vectors
         seconds["write_and_index"] = time.perf_counter() - t
     shutil.rmtree(partial, ignore_errors=True)

@@ -165,13 +165,11 @@ def cmd_import_npz(args) -> int:
 
 def cmd_build_index(args) -> int:
     from lvm.datasets import open_dataset
-    from lvm.index import build_index, save_index
+    from lvm.index import build_and_save_index
 
     ds = open_dataset(args.dataset)
     t = time.perf_counter()
-    index, params = build_index(ds.vectors, kind=args.index, nlist=args.nlist, nprobe=args.nprobe, progress=not args.quiet)
-    params.dataset_hash = ds.content_hash
-    save_index(ds.path, index, params)
+    _, params = build_and_save_index(ds.path, ds.vectors, ds.content_hash, kind=args.index, nlist=args.nlist, nprobe=args.nprobe, progress=not args.quiet)
     print(f"{ds.path}/index.faiss: {params.kind} ntotal={params.ntotal} nlist={params.nlist} nprobe={params.nprobe} ({time.perf_counter() - t:.1f} s)")
     return 0
 

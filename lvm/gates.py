@@ -121,6 +121,7 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         return GateResult("encoder_fingerprint", AMBER, {"fingerprint_recorded": 0.0, "declared_encoder": spec.get("name")}, [],
                           "encoder_fingerprint AMBER: the dataset records no encoder fingerprint (imported data), so its vector "
                           "space cannot be verified; rebuild it with `lvm build-data` to gate the encoder", **where)
+    mismatched = sorted(name for name, fp in (checkpoint_fingerprints or {}).items() if fp != stored)
     if ds.meta.get("synthetic"):
         # synthetic data has no encoder: its "space" is the generator config, recomputed here
         from lvm.synth import Segment, SynthConfig
@@ -128,7 +129,6 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         params = dict(ds.meta["synthetic"])
         params["segments"] = tuple(Segment(**g) for g in params.get("segments", []))
         recomputed = SynthConfig(**params).fingerprint()
-        mismatched = sorted(n for n, fp in (checkpoint_fingerprints or {}).items() if fp != stored)
         ok = recomputed == stored and not mismatched
         return GateResult("encoder_fingerprint", GREEN if ok else RED, {"fingerprint_match": float(recomputed == stored),
                           "checkpoints_match": float(not mismatched), "stored": stored, "recomputed": recomputed}, [],
@@ -140,8 +140,6 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         return skipped("encoder_fingerprint", f"declared encoder not available here: {exc}", **where)
     probe = ds.probe_vectors
     min_cos = float(M.rowwise_cos(probe, encoder.probe_vectors).min()) if probe is not None and probe.shape == encoder.probe_vectors.shape else float("nan")
-    ck = checkpoint_fingerprints or {}
-    mismatched = sorted(name for name, fp in ck.items() if fp != stored)
     metrics = {
         "fingerprint_match": float(encoder.fingerprint == stored),
         "probe_min_cos": min_cos,

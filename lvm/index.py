@@ -88,6 +88,14 @@ def save_index(folder: Path, index, params: IndexParams) -> None:
     write_json_atomic(folder / "index.json", asdict(params))
 
 
+def build_and_save_index(folder: Path, vectors: np.ndarray, dataset_hash: str, **build_kw):
+    """Build an index over ``vectors``, stamp it with the dataset's content hash, save it in ``folder``."""
+    index, params = build_index(vectors, **build_kw)
+    params.dataset_hash = dataset_hash
+    save_index(folder, index, params)
+    return index, params
+
+
 def load_index(dataset: Dataset, nprobe: int | None = None):
     """Load the dataset's saved index; refuses one built for other vectors. Returns (index, params)."""
     import json
@@ -116,7 +124,4 @@ def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress
     try:
         return load_index(dataset, nprobe=nprobe)
     except LvmError:
-        index, params = build_index(dataset.vectors, nprobe=nprobe or DEFAULT_NPROBE, progress=progress, **kw)
-        params.dataset_hash = dataset.content_hash
-        save_index(dataset.path, index, params)
-        return index, params
+        return build_and_save_index(dataset.path, dataset.vectors, dataset.content_hash, nprobe=nprobe or DEFAULT_NPROBE, progress=progress, **kw)

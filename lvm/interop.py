@@ -21,7 +21,7 @@ import numpy as np
 
 from lvm.datasets import atomic_dir, check_vectors, write_dataset
 from lvm.errors import LvmError
-from lvm.index import build_index, save_index
+from lvm.index import build_and_save_index
 from lvm.splits import SplitPolicy, assign_splits
 
 CONTEXT_KEY, TARGET_KEY = "context_sequences", "target_vectors"
@@ -199,7 +199,5 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
         np.save(tmp / "vectors.npy", bank.astype(np.float32))
         full = write_dataset(tmp, article_id=chunk_article, position=chunk_pos, texts=texts, articles=articles,
                              article_split=article_split, meta=meta)
-        index, params = build_index(bank, kind=index_kind, progress=progress)
-        params.dataset_hash = full["content_hash"]
-        save_index(tmp, index, params)
+        build_and_save_index(tmp, bank, full["content_hash"], kind=index_kind, progress=progress)
     return full

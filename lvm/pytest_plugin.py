@@ -238,24 +238,30 @@ def _comparable(request, data: dict) -> dict:
 # ----------------------------------------------------------------------------- collection of results
 
 
+def _unrecorded(report, status: str, message: str) -> dict:
+    """A gate test that ended without recording a result (crashed or skipped), as a result row."""
+    from lvm.gates import GateResult
+
+    gate = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
+    return {**GateResult(gate, status, message=message).to_dict(), "nodeid": report.nodeid}
+
+
 def pytest_runtest_logreport(report) -> None:
     """Runs on the controller for every report (also from xdist workers)."""
-    config = getattr(report, "_lvm_config", None) or _CONFIG.get("config")
+    config = _CONFIG.get("config")
     if config is None:
         return
     props = dict(report.user_properties) if report.user_properties else {}
+    is_gate = "/gates/" in f"/{report.nodeid}" and report.when in ("setup", "call")
     if RESULT_PROPERTY in props and report.when == "call":
         config._lvm_results.append(props[RESULT_PROPERTY])
-    elif report.failed and RESULT_PROPERTY not in props and "/gates/" in f"/{report.nodeid}" and report.when in ("setup", "call"):
+    elif report.failed and RESULT_PROPERTY not in props and is_gate:
         # a gate that crashed is RED, never silently missing
-        config._lvm_results.append({"gate": report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_"), "status": "RED", "metrics": {},
-                                    "thresholds": [], "message": f"gate crashed: {str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ''}",
-                                    "nodeid": report.nodeid, "dataset": None, "checkpoint": None, "split": None})
-    elif report.skipped and report.when in ("setup", "call") and "/gates/" in f"/{report.nodeid}":
+        last = str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ""
+        config._lvm_results.append(_unrecorded(report, "RED", f"gate crashed: {last}"))
+    elif report.skipped and is_gate:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        config._lvm_results.append({"gate": report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_"), "status": "SKIP", "metrics": {},
-                                    "thresholds": [], "message": reason.removeprefix("Skipped: "), "nodeid": report.nodeid,
-                                    "dataset": None, "checkpoint": None, "split": None})
+        config._lvm_results.append(_unrecorded(report, "SKIP", reason.removeprefix("Skipped: ")))
 
 
 _CONFIG: dict = {}

@@ -120,13 +120,14 @@ def evaluate(model: nn.Module, view: SequenceView, loss_cfg: LossConfig | None =
     was_training = model.training
     model.eval()
     cos_sum, loss_sum, n = 0.0, 0.0, 0
+    # eval loss with a fixed λ_info: the adaptive EMA must only advance on training steps
+    cfg = LossConfig(**{**asdict(loss_cfg), "adaptive_info": False}) if loss_cfg is not None else None
     for idx, x, mask, y in view.iter_batches(batch_size):
         xt, mt, yt = to_torch((x, mask, y), device)
         pred = model(xt, mt)
         cos_sum += float((pred * yt).sum())
-        if loss_cfg is not None:
-            cfg = LossConfig(**{**asdict(loss_cfg), "adaptive_info": False})
-            total, _ = compute_loss(pred, yt, cfg, torch.from_numpy(view.dataset.article_id[view.targets[idx]]).to(device))
+        if cfg is not None:
+            total, _ = compute_loss(pred, yt, cfg, torch.from_numpy(view.article_ids[idx]).to(device))
             loss_sum += float(total) * len(idx)
         n += len(idx)
     model.train(was_training)
