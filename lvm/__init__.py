@@ -10,7 +10,7 @@ import os
 __version__ = "0.1.0"
 
 # A missing model otherwise retries the hub for over a minute; users opt in to downloads with
-# LVM_ALLOW_DOWNLOAD=1 (see lvm.encoders).
+# LVM_ALLOW_DOWNLOAD=1 (see lvm.data.encoders).
 if os.environ.get("LVM_ALLOW_DOWNLOAD") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

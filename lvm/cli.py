@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    from lvm.encoders import DEFAULT_ENCODER, POOLING_MODES
+    from lvm.data.encoders import DEFAULT_ENCODER, POOLING_MODES
 
     g = p.add_argument_group("encoder")
     g.add_argument("--encoder", default=DEFAULT_ENCODER, help="sentence-transformers model name or local folder (default: the packaged %(default)s)")
@@ -37,7 +37,7 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
 
 
 def _encoder_spec(args):
-    from lvm.encoders import EncoderSpec
+    from lvm.data.encoders import EncoderSpec
 
     return EncoderSpec(name=args.encoder, pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length)
 
@@ -52,15 +52,15 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
 
 
 def _split_policy(args):
-    from lvm.splits import SplitPolicy
+    from lvm.data.splits import SplitPolicy
 
     topics = tuple(t.strip() for t in args.ood_topics.split(",") if t.strip())
     return SplitPolicy(ood=args.ood, ood_fraction=args.ood_fraction, ood_topics=topics, val_fraction=args.val_fraction, seed=args.seed)
 
 
 def cmd_build_data(args) -> int:
-    from lvm.build import BuildConfig, build_dataset
-    from lvm.chunking import ChunkerConfig
+    from lvm.data.build import BuildConfig, build_dataset
+    from lvm.data.chunking import ChunkerConfig
 
     cfg = BuildConfig(
         corpus=args.corpus,
@@ -95,9 +95,9 @@ def _encoder_summary(meta: dict) -> dict:
 
 
 def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
-    from lvm.datasets import open_dataset
+    from lvm.data.datasets import open_dataset
+    from lvm.data.splits import SPLIT_NAMES
     from lvm.metrics import coherence_summary, norm_summary
-    from lvm.splits import SPLIT_NAMES
 
     ds = open_dataset(path)
     coh = ds.adjacency
@@ -152,7 +152,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_import_npz(args) -> int:
-    from lvm.interop import import_npz
+    from lvm.data.interop import import_npz
 
     res = import_npz(args.npz, args.out, split=_split_policy(args), encoder_name=args.encoder_name, index_kind=args.index, progress=not args.quiet)
     c = res["counts"]
@@ -164,8 +164,8 @@ def cmd_import_npz(args) -> int:
 
 
 def cmd_build_index(args) -> int:
-    from lvm.datasets import open_dataset
-    from lvm.index import build_and_save_index
+    from lvm.data.datasets import open_dataset
+    from lvm.data.index import build_and_save_index
 
     ds = open_dataset(args.dataset)
     t = time.perf_counter()
@@ -175,7 +175,7 @@ def cmd_build_index(args) -> int:
 
 
 def cmd_fingerprint(args) -> int:
-    from lvm.encoders import load_encoder
+    from lvm.data.encoders import load_encoder
 
     enc = load_encoder(_encoder_spec(args))
     if args.json:
@@ -187,7 +187,7 @@ def cmd_fingerprint(args) -> int:
 
 def cmd_train(args) -> int:
     from lvm.losses import LossConfig
-    from lvm.training import EXIT_KILL_SWITCH, KillSwitch, TrainConfig, Trainer
+    from lvm.train.trainer import EXIT_KILL_SWITCH, KillSwitch, TrainConfig, Trainer
 
     if args.resume:
         run = Path(args.resume)
@@ -225,9 +225,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from lvm.checkpoints import check_compatible, load_checkpoint, load_legacy_state_dict
-    from lvm.datasets import open_dataset
-    from lvm.training import evaluate
+    from lvm.data.datasets import open_dataset
+    from lvm.models.checkpoints import (
+        check_compatible,
+        load_checkpoint,
+        load_legacy_state_dict,
+    )
+    from lvm.train.trainer import evaluate
 
     path = Path(args.checkpoint)
     if path.suffix in (".pt", ".pth", ".pkl", ".bin") and path.is_file():
@@ -245,19 +249,19 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from lvm.leaderboard import leaderboard_main
+    from lvm.report.leaderboard import leaderboard_main
 
     return leaderboard_main(args.results, args.out)
 
 
 def cmd_compare(args) -> int:
-    from lvm.leaderboard import compare_main
+    from lvm.report.leaderboard import compare_main
 
     return compare_main(Path(args.new), Path(args.baseline), args.gate_profile)
 
 
 def cmd_synth(args) -> int:
-    from lvm.synth import Segment, SynthConfig, synth_dataset
+    from lvm.data.synth import Segment, SynthConfig, synth_dataset
 
     cfg = SynthConfig(
         n_chunks=args.n_chunks, dim=args.dim, mean_chunks_per_article=args.chunks_per_article, coherence=args.coherence,
@@ -294,7 +298,7 @@ def cmd_filter(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from lvm import __version__
-    from lvm.corpora import DEFAULT_CORPUS
+    from lvm.data.corpora import DEFAULT_CORPUS
 
     parser = OneLineParser(prog="lvm", description="lvm-gates: datasets, training and gates for latent vector models")
     parser.add_argument("--version", action="version", version=f"lvm {__version__}")
@@ -341,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_index)
 
-    from lvm.checkpoints import model_types
+    from lvm.models.checkpoints import model_types
 
     p = sub.add_parser("train", help="train a model (or fit a null baseline) with kill switches; writes a run folder")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset folder (default %(default)s)")

@@ -1,4 +1,5 @@
-"""model -> predictions: streamed inference over sequence views, context ablations, latency.
+"""model -> predictions: streamed inference over sequence views, context ablations, latency, and
+``ModelEval`` (one model on one view, predictions computed once and shared by every gate).
 
 Predictions are computed in batches from the memory-mapped bank; nothing builds [N, ctx, D].
 """
@@ -6,12 +7,14 @@ Predictions are computed in batches from the memory-mapped bank; nothing builds 
 from __future__ import annotations
 
 import time
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch import nn
 
-from lvm.datasets import SequenceView
+from lvm import metrics as M
+from lvm.data.datasets import SequenceView
 
 ABLATIONS = ("shuffle", "reverse", "leave_one_out", "repeat_pad", "cross_article")
 
@@ -30,11 +33,6 @@ def predict(model: nn.Module, view: SequenceView, idx: np.ndarray | None = None,
             x, mask = ablate(x, mask, ablation, rng, view, part)
         out[s : s + len(part)] = model(torch.from_numpy(x), torch.from_numpy(mask)).float().numpy()
     return out
-
-
-def _real_order(mask: np.ndarray) -> np.ndarray:
-    """Per row, the slot indices sorted so real (True) slots keep their order at the right end."""
-    return np.argsort(mask, axis=1, kind="stable")
 
 
 def ablate(x: np.ndarray, mask: np.ndarray, kind: str, rng: np.random.Generator, view: SequenceView, idx: np.ndarray):
@@ -104,3 +102,31 @@ def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, war
         return times
     finally:
         torch.set_num_threads(previous)
+
+
+class ModelEval:
+    """One model on one sequence view: predictions and targets computed once, shared by gates."""
+
+    def __init__(self, model, view: SequenceView, name: str):
+        self.model, self.view, self.name = model, view, name
+
+    @cached_property
+    def pred(self) -> np.ndarray:
+        return predict(self.model, self.view)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.view.target_vectors  # shared by every model evaluated on this view
+
+    @cached_property
+    def cos(self) -> np.ndarray:
+        return M.rowwise_cos(self.pred, self.target)
+
+    def where(self) -> dict:
+        return {"dataset": self.view.dataset.path.name, "checkpoint": self.name, "split": self.view.split}
+
+    def sample(self, n: int | None, seed: int = 0) -> np.ndarray:
+        """Sorted seeded sample of ``n`` sequence indices (all of them when ``n`` is None or larger)."""
+        if n is None or n >= len(self.view):
+            return np.arange(len(self.view))
+        return np.sort(np.random.default_rng(seed).choice(len(self.view), size=n, replace=False))

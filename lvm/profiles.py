@@ -6,9 +6,10 @@ metadata: the first shipped profile that lists the dataset's encoder model id.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from lvm.errors import LvmError
 

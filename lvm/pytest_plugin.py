@@ -79,7 +79,7 @@ class GateSession:
         return self._cache[key]
 
     def dataset(self, path):
-        from lvm.datasets import open_dataset
+        from lvm.data.datasets import open_dataset
 
         return self._once(("ds", str(path)), lambda: open_dataset(path))
 
@@ -89,7 +89,7 @@ class GateSession:
         return self._once(("profile", str(ds.path)), lambda: profile_for_dataset(ds.meta, self.config.getoption("--gate-profile")))
 
     def index(self, ds):
-        from lvm.index import load_or_build_index
+        from lvm.data.index import load_or_build_index
 
         return self._once(("index", str(ds.path)), lambda: load_or_build_index(ds)[0])
 
@@ -110,7 +110,7 @@ class GateSession:
         return self._once(("ckpt", str(path), str(ds.path)), lambda: checkpoint_integrity(path, ds, self.profile(ds), name))
 
     def model_eval(self, path, ds, split):
-        from lvm.gates import ModelEval
+        from lvm.evaluation import ModelEval
 
         def make():
             _, model, meta = self.checkpoint(path, ds)
@@ -124,7 +124,7 @@ class GateSession:
 
     def baselines(self, ds, ctx, min_ctx):
         """The null baselines (copy-last, context mean, ridge fitted once per dataset and context)."""
-        from lvm.baselines import ContextMean, CopyLast, Ridge
+        from lvm.models.baselines import ContextMean, CopyLast, Ridge
 
         def fit_ridge():
             # closed form on a seeded sample: XᵀX costs N·(ctx·D)², so 20k sequences bound it at any size
@@ -215,7 +215,7 @@ def gate_status(request):
 
 def _comparable(request, data: dict) -> dict:
     """Attach the comparability key (encoder fingerprint, dataset hash, profile, hardware class)."""
-    from lvm.results import comparability, hardware_class
+    from lvm.report.results import comparability, hardware_class
 
     gs = request.getfixturevalue("gate_session")
     ds_path = request.node.callspec.params.get("dataset_path") if hasattr(request.node, "callspec") else None
@@ -281,7 +281,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if not _is_controller(config) or not config._lvm_results:
         return
     from lvm.profiles import load_profile
-    from lvm.results import build_document, compare, read_results, write_results
+    from lvm.report.results import build_document, compare, read_results, write_results
 
     results = [r for r in config._lvm_results if r.get("status") != "SKIP" or r.get("gate")]
     profile_name = next((r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None)
@@ -314,8 +314,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     w_ck = max(len("checkpoint"), *(len(str(r.get("checkpoint") or "-")) for r in rows))
     w_ds = max(len("dataset"), *(len(str(r.get("dataset") or "-")) for r in rows))
     tr.write_line(f"{'gate':<{w_gate}}  {'checkpoint':<{w_ck}}  {'dataset':<{w_ds}}  status  headline")
-    order = {"encoder_fingerprint": 0}
-    for r in sorted(rows, key=lambda r: (r.get("checkpoint") is not None, str(r.get("checkpoint")), order.get(r["gate"], 1))):
+    from lvm.gates.spec import ORDER
+
+    for r in sorted(rows, key=lambda r: (r.get("checkpoint") is not None, str(r.get("checkpoint")), ORDER.get(r["gate"], len(ORDER)))):
         gate = r["gate"] + (f"/{r['split']}" if r.get("split") else "")
         head = _headline(r)
         tr.write(f"{gate:<{w_gate}}  {str(r.get('checkpoint') or '-'):<{w_ck}}  {str(r.get('dataset') or '-'):<{w_ds}}  ")
@@ -338,12 +339,9 @@ def _headline(r: dict) -> str:
         v, lo, hi = (m.get(k) for k in keys[r["gate"]])
         if isinstance(v, float):
             return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
-    picks = {"normalization": "abs_mean_minus_1", "oracle_recall": "recall_at_5", "alignment": "next_margin", "coherence": "mean",
-             "coherence_drift": "mean_drift_rel", "split_hygiene": "shared_articles", "batch_hygiene": "same_article_negatives",
-             "beats_baselines": "margin", "offset_sweep": "copy_gap", "no_collapse": "margin", "retrieval": "contain_at_50",
-             "latency": "p95_ms", "training_health": "loss_balance_max", "encoder_fingerprint": "fingerprint_match",
-             "output_sanity": "max_norm_error", "checkpoint_integrity": "fingerprint_match", "context_ablations": "delta_cross_article"}
-    k = picks.get(r["gate"])
+    from lvm.gates.spec import spec
+
+    k = spec(r["gate"]).headline if spec(r["gate"]) else None
     if k and k in m and m[k] is not None:
         v = m[k]
         return f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

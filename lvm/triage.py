@@ -14,7 +14,6 @@ and on the ``coherence`` / ``coherence_drift`` gates (``lvm.gates``):
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -24,10 +23,11 @@ import numpy as np
 from lvm import __version__
 from lvm import gates as G
 from lvm import metrics as M
-from lvm.datasets import Dataset, SequenceView, atomic_dir, open_dataset, write_dataset, write_json_atomic
+from lvm.data.datasets import Dataset, SequenceView, open_dataset, write_dataset
+from lvm.data.splits import SPLIT_NAMES
 from lvm.errors import LvmError
+from lvm.io import atomic_dir, utc_timestamp, write_atomic, write_json_atomic
 from lvm.profiles import profile_for_dataset
-from lvm.splits import SPLIT_NAMES
 
 SEGMENT_BY = ("article_range", "topic")
 DEFAULT_SEGMENTS = 10  # equal article-id ranges when no width is given (the coherence_drift gate's default)
@@ -235,12 +235,10 @@ def plot_histograms(report: dict, png_path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
+    fmt = png_path.suffix.lstrip(".").lower() or "png"
     try:
-        fig.savefig(tmp, format=png_path.suffix.lstrip(".").lower() or "png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, png_path)
+        write_atomic(png_path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight"))
     except (ValueError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
         raise LvmError(f"cannot write plot {png_path}: {exc}") from None
     return png_path
 
@@ -371,7 +369,7 @@ def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, 
     settings = {"min_coherence": float(min_coherence), "blocklist": blocklist or None, "ctx": ctx, "min_ctx": min_ctx,
                 "score": SEQUENCE_SCORE}
     meta = {k: ds.meta[k] for k in INHERITED_META if k in ds.meta}
-    meta.update({"lvm_version": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    meta.update({"lvm_version": __version__, "created_at": utc_timestamp(),
                  "parent": {"path": str(ds.path.resolve()), "content_hash": ds.content_hash}, "filter": settings})
 
     with atomic_dir(out) as tmp:

@@ -50,8 +50,8 @@ def big_clean() -> Path:
 @pytest.fixture(scope="session")
 def big_index(big) -> Path:
     """Index built once and cached with the dataset; its build time is benchmarked apart."""
-    from lvm.datasets import open_dataset
-    from lvm.index import load_or_build_index
+    from lvm.data.datasets import open_dataset
+    from lvm.data.index import load_or_build_index
 
     load_or_build_index(open_dataset(big))
     return big
@@ -60,7 +60,7 @@ def big_index(big) -> Path:
 @pytest.fixture(scope="session")
 def big_checkpoint(big) -> Path:
     """A 1-epoch AMN on the big dataset (its training time is not part of the gate budget)."""
-    from lvm.training import TrainConfig, Trainer
+    from lvm.train.trainer import TrainConfig, Trainer
 
     run = BENCH / "runs" / "amn-syn726"
     if not (run / "best.json").is_file():
@@ -100,8 +100,8 @@ def test_bench_full_gate_suite_726k(benchmark, big_index, big_checkpoint, tmp_pa
 
 
 def test_bench_index_build_726k(benchmark, big):
-    from lvm.datasets import open_dataset
-    from lvm.index import build_index
+    from lvm.data.datasets import open_dataset
+    from lvm.data.index import build_index
 
     ds = open_dataset(big)
     _, params = benchmark.pedantic(lambda: build_index(ds.vectors), rounds=1, iterations=1)
@@ -111,7 +111,7 @@ def test_bench_index_build_726k(benchmark, big):
 def test_bench_coherence_and_drift_726k(benchmark, big, big_clean):
     """coherence + coherence_drift on two 726k datasets, from cold opens (no cached adjacency)."""
     from lvm import gates
-    from lvm.datasets import open_dataset
+    from lvm.data.datasets import open_dataset
     from lvm.profiles import load_profile
 
     profile = load_profile("gtr-t5-wiki")
@@ -127,8 +127,8 @@ def test_bench_coherence_and_drift_726k(benchmark, big, big_clean):
 
 def test_bench_oracle_recall_726k(benchmark, big_index):
     from lvm import gates
-    from lvm.datasets import open_dataset
-    from lvm.index import load_index
+    from lvm.data.datasets import open_dataset
+    from lvm.data.index import load_index
     from lvm.profiles import load_profile
 
     ds = open_dataset(big_index)
@@ -149,7 +149,7 @@ def small_synth(request) -> Path:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bench_training_throughput(benchmark, arch, small_synth, tmp_path):
     """Sequences per second for one epoch of training (batch 256, default threads)."""
-    from lvm.training import TrainConfig, Trainer
+    from lvm.train.trainer import TrainConfig, Trainer
 
     run = tmp_path / arch
     hist = benchmark.pedantic(lambda: Trainer(TrainConfig(dataset=str(small_synth), model=arch, epochs=1, kill_switches=False), run, progress=False).run(),

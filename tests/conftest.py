@@ -61,8 +61,8 @@ def small_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory, small_corpus) -> Path:
     """A dataset built from the small corpus with the real packaged MiniLM encoder."""
-    from lvm.build import BuildConfig, build_dataset
-    from lvm.splits import SplitPolicy
+    from lvm.data.build import BuildConfig, build_dataset
+    from lvm.data.splits import SplitPolicy
 
     out = tmp_path_factory.mktemp("ds") / "small"
     cfg = BuildConfig(corpus=str(small_corpus), split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1))
@@ -77,7 +77,7 @@ def default_dataset() -> Path:
     Shared with `make smoke` through LVM_DEFAULT_DATASET (the Makefile sets it), so CI encodes
     the corpus once.
     """
-    from lvm.build import BuildConfig, build_dataset
+    from lvm.data.build import BuildConfig, build_dataset
 
     out = Path(os.environ.get("LVM_DEFAULT_DATASET", ROOT / "data" / "wiki-minilm"))
     if not out.is_absolute():

@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from lvm.baselines import BASELINES, DEFAULT_RIDGE_ALPHAS, ContextMean, CopyLast, Ridge, masked_context
 from lvm.errors import LvmError
+from lvm.models.baselines import (
+    BASELINES,
+    DEFAULT_RIDGE_ALPHAS,
+    ContextMean,
+    CopyLast,
+    Ridge,
+    masked_context,
+)
 
 D, CTX = 8, 3
 HYPOTHESIS = settings(max_examples=25, deadline=None, derandomize=True, database=None)

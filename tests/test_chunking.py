@@ -1,7 +1,13 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lvm.chunking import ChunkerConfig, chunk_text, merge_short, pack_to_target, split_sentences
+from lvm.data.chunking import (
+    ChunkerConfig,
+    chunk_text,
+    merge_short,
+    pack_to_target,
+    split_sentences,
+)
 
 
 def test_splits_on_sentence_ends_but_not_abbreviations_or_initials():

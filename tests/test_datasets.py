@@ -7,12 +7,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import unit_rows
-from lvm.build import ChunkTable, chunk_corpus
-from lvm.chunking import ChunkerConfig
-from lvm.corpora import Article, Corpus
-from lvm.datasets import atomic_dir, open_dataset, write_dataset
+from lvm.data.build import ChunkTable, chunk_corpus
+from lvm.data.chunking import ChunkerConfig
+from lvm.data.corpora import Article, Corpus
+from lvm.data.datasets import open_dataset, write_dataset
+from lvm.data.splits import OOD, TRAIN, VAL, SplitPolicy, assign_splits
 from lvm.errors import LvmError
-from lvm.splits import OOD, TRAIN, VAL, SplitPolicy, assign_splits
+from lvm.io import atomic_dir
 
 
 def write_table(out: Path, table: ChunkTable, split: np.ndarray, dim: int = 8, seed: int = 0):
@@ -111,7 +112,7 @@ def test_small_dataset_built_with_the_real_encoder(small_dataset):
 
 
 def test_rebuild_reuses_the_dataset_and_a_split_change_reuses_the_vectors(small_dataset, small_corpus, tmp_path):
-    from lvm.build import BuildConfig, build_dataset
+    from lvm.data.build import BuildConfig, build_dataset
 
     cfg = BuildConfig(corpus=str(small_corpus), split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1))
     again = build_dataset(cfg, small_dataset, progress=False, log=lambda m: None)
@@ -129,7 +130,7 @@ def test_rebuild_reuses_the_dataset_and_a_split_change_reuses_the_vectors(small_
 def test_sequence_views_share_the_bank(small_dataset):
     ds = open_dataset(small_dataset)
     view = ds.sequences("train", ctx=5, min_ctx=1)
-    from lvm.datasets import VectorBank
+    from lvm.data.datasets import VectorBank
 
     assert isinstance(ds.vectors, VectorBank) and isinstance(ds.vectors._map, np.memmap)
     np.testing.assert_array_equal(ds.vectors[3:7], np.asarray(ds.vectors._map[3:7]))  # file read == mapped view

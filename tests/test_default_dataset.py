@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from lvm.build import BuildConfig, build_dataset
-from lvm.datasets import open_dataset
+from lvm.data.build import BuildConfig, build_dataset
+from lvm.data.datasets import open_dataset
 from lvm.metrics import norm_summary
 
 pytestmark = pytest.mark.slow

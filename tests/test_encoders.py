@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import run_lvm
-from lvm.encoders import EncoderSpec, fingerprint_of, load_encoder
+from lvm.data.encoders import EncoderSpec, fingerprint_of, load_encoder
 from lvm.errors import LvmError
 
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from conftest import unit_rows
-from lvm.datasets import open_dataset
+from lvm.data.datasets import open_dataset
+from lvm.data.index import build_index, load_index, load_or_build_index, save_index
 from lvm.errors import LvmError
-from lvm.index import build_index, load_index, load_or_build_index, save_index
 
 
 def test_small_bank_gets_an_exact_index_that_finds_every_vector(small_dataset):

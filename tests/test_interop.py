@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import run_lvm, unit_rows
-from lvm.datasets import open_dataset
+from lvm.data.datasets import open_dataset
+from lvm.data.interop import import_npz, read_npz
 from lvm.errors import LvmError
-from lvm.interop import import_npz, read_npz
 
 CTX = 5
 

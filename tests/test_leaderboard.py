@@ -22,8 +22,8 @@ import pytest
 from conftest import ROOT
 from lvm.errors import LvmError
 from lvm.gates import GREEN, RED
-from lvm.leaderboard import build_leaderboard, compare_main, loss_summary
-from lvm.results import comparability, summarize
+from lvm.report.leaderboard import build_leaderboard, compare_main, loss_summary
+from lvm.report.results import comparability, summarize
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def _write(path: Path, doc: dict) -> Path:
 @pytest.fixture(scope="module")
 def runs(default_dataset, tmp_path_factory) -> dict:
     """Real results: train, run the real gate suite, derive the other files from its output."""
-    from lvm.training import TrainConfig, Trainer
+    from lvm.train.trainer import TrainConfig, Trainer
 
     tmp = tmp_path_factory.mktemp("leaderboard")
     amn, copy_last = tmp / "runs" / "amn", tmp / "runs" / "copy_last"

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lvm.baselines import ContextMean
 from lvm.errors import LvmError
 from lvm.models import MODEL_TYPES, build_model, config_dict, count_parameters
+from lvm.models.baselines import ContextMean
 
 D, CTX = 16, 4
 # Small but complete configurations: every code path of the default ones, at test speed.

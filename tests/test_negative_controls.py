@@ -28,16 +28,17 @@ from torch import nn
 
 from conftest import ROOT
 from lvm import gates
-from lvm.baselines import ContextMean, CopyLast, Ridge
-from lvm.checkpoints import load_checkpoint
-from lvm.datasets import Dataset, SequenceView, atomic_dir, open_dataset, write_dataset
-from lvm.evaluation import batch1_latency
-from lvm.gates import AMBER, GREEN, RED, ModelEval
-from lvm.index import build_index, load_index
+from lvm.data.datasets import Dataset, SequenceView, open_dataset, write_dataset
+from lvm.data.index import build_index, load_index
+from lvm.data.splits import OOD, SPLIT_NAMES, TRAIN
+from lvm.evaluation import ModelEval, batch1_latency
+from lvm.gates import AMBER, GREEN, RED
+from lvm.io import atomic_dir
+from lvm.models.baselines import ContextMean, CopyLast, Ridge
+from lvm.models.checkpoints import load_checkpoint
 from lvm.profiles import load_profile
-from lvm.results import compare
-from lvm.splits import OOD, SPLIT_NAMES, TRAIN
-from lvm.training import TrainConfig, Trainer
+from lvm.report.results import compare
+from lvm.train.trainer import TrainConfig, Trainer
 
 PROFILE = "minilm-wiki-vital"
 CTX, MIN_CTX = 5, 1
@@ -358,9 +359,9 @@ def test_batch_hygiene_unmasked_same_article_negatives(ds, profile):
 @pytest.fixture(scope="module")
 def cls_run(small_corpus, tmp_path_factory) -> Path:
     """A model trained (1 epoch) on the small corpus encoded with CLS instead of mean pooling."""
-    from lvm.build import BuildConfig, build_dataset
-    from lvm.encoders import EncoderSpec
-    from lvm.splits import SplitPolicy
+    from lvm.data.build import BuildConfig, build_dataset
+    from lvm.data.encoders import EncoderSpec
+    from lvm.data.splits import SplitPolicy
 
     root = tmp_path_factory.mktemp("cls")
     build_dataset(BuildConfig(corpus=str(small_corpus), encoder=EncoderSpec(pooling="cls"), split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1)),

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, run_lvm
-from lvm.checkpoints import check_compatible, load_checkpoint
-from lvm.datasets import open_dataset
+from lvm.data.datasets import open_dataset
 from lvm.errors import LvmError
 from lvm.losses import COMPONENTS
-from lvm.sampler import article_capped_batches
-from lvm.training import EXIT_KILL_SWITCH, TrainConfig, Trainer, evaluate
+from lvm.models.checkpoints import check_compatible, load_checkpoint
+from lvm.train.sampler import article_capped_batches
+from lvm.train.trainer import EXIT_KILL_SWITCH, TrainConfig, Trainer, evaluate
 
 
 def train(dataset, out, **kw):
@@ -194,9 +194,9 @@ def test_a_pickle_that_would_execute_code_is_refused(small_dataset, tmp_path):
 
 
 def test_checkpoint_and_dataset_mismatch_is_refused(small_dataset, small_corpus, tmp_path):
-    from lvm.build import BuildConfig, build_dataset
-    from lvm.encoders import EncoderSpec
-    from lvm.splits import SplitPolicy
+    from lvm.data.build import BuildConfig, build_dataset
+    from lvm.data.encoders import EncoderSpec
+    from lvm.data.splits import SplitPolicy
 
     train(small_dataset, tmp_path / "run", epochs=1)
     cls = tmp_path / "cls"

@@ -9,12 +9,19 @@ import pytest
 
 from conftest import unit_rows
 from lvm import gates as G
-from lvm.datasets import atomic_dir, open_dataset, write_dataset, write_json_atomic
+from lvm.data.datasets import open_dataset, write_dataset
+from lvm.data.splits import SPLIT_NAMES
+from lvm.data.synth import Segment, SynthConfig, synth_dataset
 from lvm.errors import LvmError
+from lvm.io import atomic_dir, write_json_atomic
 from lvm.profiles import load_profile
-from lvm.splits import SPLIT_NAMES
-from lvm.synth import Segment, SynthConfig, synth_dataset
-from lvm.triage import coherence_report, filter_dataset, format_filter_summary, format_report, plot_histograms
+from lvm.triage import (
+    coherence_report,
+    filter_dataset,
+    format_filter_summary,
+    format_report,
+    plot_histograms,
+)
 
 SEGMENT = Segment(400, 600, 0.15, 0.1)  # the seeds' dilution, scaled down: articles 400-599 at 0.15 vs 0.48
 N_CHUNKS, DIM = 15_000, 64  # ~1,000 articles of ~15 chunks

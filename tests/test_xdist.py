@@ -39,7 +39,7 @@ def comparable(doc):
 
 
 def test_two_workers_give_the_serial_results(default_dataset, tmp_path):
-    from lvm.training import TrainConfig, Trainer
+    from lvm.train.trainer import TrainConfig, Trainer
 
     runs = []
     for model, epochs in (("amn", 1), ("context_mean", 1)):

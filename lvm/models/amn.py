@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvm.baselines import context_mean, masked_context
 from lvm.errors import LvmError
+from lvm.models.baselines import context_mean, masked_context
 
 
 @dataclass

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lvm.baselines import masked_context
 from lvm.errors import LvmError
+from lvm.models.baselines import masked_context
 
 
 @dataclass

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvm.baselines import masked_context
 from lvm.errors import LvmError
+from lvm.models.baselines import masked_context
 
 
 @dataclass

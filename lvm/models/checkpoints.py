@@ -9,17 +9,15 @@ files are only read with ``torch.load(weights_only=True)``, which refuses arbitr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lvm.baselines import BASELINES
-from lvm.corpora import sha256_file
-from lvm.datasets import write_json_atomic
 from lvm.errors import LvmError
+from lvm.io import sha256_file, write_atomic, write_json_atomic
 from lvm.models import MODEL_TYPES, build_model
+from lvm.models.baselines import BASELINES
 
 CHECKPOINT_FORMAT = "lvm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -47,10 +45,8 @@ def save_checkpoint(stem: Path, model: nn.Module, meta: dict) -> dict:
 
     stem = Path(stem)
     weights = stem.with_suffix(".safetensors")
-    tmp = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, weights)
+    write_atomic(weights, lambda tmp: save_file(state, str(tmp)))
     full = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta, "weights_sha256": sha256_file(weights)}
     write_json_atomic(stem.with_suffix(".json"), full)
     return full

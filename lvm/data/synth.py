@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lvm.datasets import atomic_dir, write_dataset
+from lvm.data.datasets import write_dataset
+from lvm.io import atomic_dir
 from lvm.errors import LvmError
-from lvm.splits import SplitPolicy, assign_splits
+from lvm.data.splits import SplitPolicy, assign_splits
 
 ARTICLE_BLOCK = 4096  # articles generated at once: bounded memory at any size
 MAX_COS = 0.99  # adjacency cosines are clipped to [-MAX_COS, MAX_COS]

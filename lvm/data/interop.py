@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lvm.datasets import atomic_dir, check_vectors, write_dataset
+from lvm.data.datasets import check_vectors, write_dataset
+from lvm.io import atomic_dir
 from lvm.errors import LvmError
-from lvm.index import build_and_save_index
-from lvm.splits import SplitPolicy, assign_splits
+from lvm.data.index import build_and_save_index
+from lvm.data.splits import SplitPolicy, assign_splits
 
 CONTEXT_KEY, TARGET_KEY = "context_sequences", "target_vectors"
 ARTICLE_KEYS = ("article_ids", "article_indices", "article_id", "target_article_ids")

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from lvm import __version__
-from lvm.chunking import ChunkerConfig, chunk_text
-from lvm.corpora import DEFAULT_CORPUS, Corpus, load_corpus
-from lvm.datasets import FORMAT_VERSION, atomic_dir, write_dataset, write_json_atomic
-from lvm.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
+from lvm.data.chunking import ChunkerConfig, chunk_text
+from lvm.data.corpora import DEFAULT_CORPUS, Corpus, load_corpus
+from lvm.data.datasets import FORMAT_VERSION, write_dataset
+from lvm.io import atomic_dir, utc_timestamp, write_json_atomic
+from lvm.data.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
 from lvm.errors import LvmError
-from lvm.index import DEFAULT_NPROBE, build_and_save_index
-from lvm.splits import SplitPolicy, assign_splits
+from lvm.data.index import DEFAULT_NPROBE, build_and_save_index
+from lvm.data.splits import SplitPolicy, assign_splits
 
 ENCODE_BLOCK = 2048  # texts per resumable encode step (~8 s of MiniLM on 2 cores)
 
@@ -182,7 +183,7 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
             os.replace(vec_path, tmp / "vectors.npy")
         meta = {
             "lvm_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_at": utc_timestamp(),
             "encoder": encoder_identity,
             "corpus": {"name": corpus.name, "source_hash": corpus.source_hash, **corpus.info},
             "chunker": cfg.chunker.to_dict(),

@@ -34,14 +34,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lvm.baselines import BASELINES
-from lvm.checkpoints import check_compatible, load_checkpoint, make_model, save_checkpoint
-from lvm.datasets import Dataset, SequenceView, open_dataset, write_json_atomic
+from lvm.data.datasets import Dataset, SequenceView, open_dataset
 from lvm.errors import LvmError
+from lvm.io import utc_timestamp, write_atomic, write_json_atomic
 from lvm.losses import COMPONENTS, LossConfig, compute_loss
 from lvm.models import MODEL_TYPES, config_dict, count_parameters
+from lvm.models.baselines import BASELINES
+from lvm.models.checkpoints import (
+    check_compatible,
+    load_checkpoint,
+    make_model,
+    save_checkpoint,
+)
 from lvm.profiles import Profile, profile_for_dataset
-from lvm.sampler import article_capped_batches
+from lvm.train.sampler import article_capped_batches
 
 EXIT_KILL_SWITCH = 3  # distinct from 1 (pytest/gates RED) and 2 (bad input)
 HISTORY_VERSION = 1
@@ -252,7 +258,7 @@ class Trainer:
             "training": self.cfg.to_dict(),
             "epoch": epoch,
             "metrics": metrics,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_at": utc_timestamp(),
         }
 
     def _write_history(self, history: dict) -> None:
@@ -449,9 +455,7 @@ class Trainer:
                     "ema": ema.shadow if ema else {}, "ema_steps": ema.steps if ema else 0,
                     "adaptive": adaptive.state_dict() if adaptive else {}, "torch_rng": torch.get_rng_state(),
                 }
-                tmp = self.out / f".resume.pt.tmp-{os.getpid()}"
-                torch.save(state, tmp)
-                os.replace(tmp, self.out / "resume.pt")
+                write_atomic(self.out / "resume.pt", lambda tmp: torch.save(state, tmp))
             if abort:
                 self.log.info(f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; checkpoints kept in {self.out}")
                 raise KillSwitch(abort)

@@ -13,7 +13,7 @@ Layout (format version 1)::
       articles.jsonl     one object per article: article_id, source_id, title, topic, split,
                          first_chunk, n_chunks
       probe_vectors.npy  the encoder's probe vectors at build time (for the fingerprint gate)
-      index.faiss/.json  the FAISS index over the bank and its parameters (lvm.index)
+      index.faiss/.json  the FAISS index over the bank and its parameters (lvm.data.index)
 
 Chunks are stored sorted by (article, position) with contiguous positions, so the context of
 chunk ``t`` is simply chunks ``t-k .. t-1``: sequences are index arithmetic, never copies.
@@ -33,53 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from lvm.errors import LvmError
-from lvm.splits import SPLIT_NAMES
+from lvm.io import sha256_files, write_json_atomic
+from lvm.data.splits import SPLIT_NAMES
 
 FORMAT_VERSION = 1
 _ARRAYS = ("vectors.npy", "article_id.npy", "position.npy", "split.npy")
 _HASHED_FILES = _ARRAYS + ("texts.jsonl", "articles.jsonl")
 FANCY_CHUNK = 4096  # rows per scattered read before the mapped pages are released
-
-
-def sha256_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_dir(out: Path):
-    """Yield a temporary folder beside ``out``; on success it replaces ``out`` in one rename.
-
-    On any error the temporary folder is removed and an existing ``out`` is left untouched.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_vectors(vectors: np.ndarray, what: str = "vectors", block: int = 65536) -> None:

@@ -19,20 +19,19 @@ import math
 import os
 import platform
 import subprocess
-import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from lvm.datasets import write_json_atomic
 from lvm.errors import LvmError
-from lvm.gates import AMBER, GREEN, RED, SKIP, GateResult, worst
+from lvm.gates.spec import HARDWARE_BOUND_GATES
+from lvm.gates.status import AMBER, GREEN, RED, SKIP, GateResult, worst
+from lvm.io import utc_timestamp, write_json_atomic
 
 SCHEMA = "lvm-gate-results"
 SCHEMA_VERSION = 1
 PAIRED_BOOTSTRAP_METRICS = ("val_cosine", "ood_cosine")  # per-sequence scores are stored for these
-HARDWARE_BOUND_GATES = ("latency",)  # only timings need the same machine class to be compared
 
 
 def _version(pkg: str) -> str | None:
@@ -121,7 +120,7 @@ def build_document(results: list[dict], profile_name: str, profile_version: int,
     return _clean({
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": utc_timestamp(),
         "provenance": provenance(seed),
         "profile": {"name": profile_name, "version": profile_version},
         "results": results,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lvm.datasets import Dataset, write_json_atomic
+from lvm.data.datasets import Dataset
+from lvm.io import write_atomic, write_json_atomic
 from lvm.errors import LvmError
 
 EXACT_MAX = 100_000  # up to this many vectors an exact search is cheap enough (ms per query)
@@ -82,9 +83,7 @@ def build_index(
 def save_index(folder: Path, index, params: IndexParams) -> None:
     import faiss
 
-    tmp = folder / f".index.faiss.tmp-{os.getpid()}"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, folder / "index.faiss")
+    write_atomic(folder / "index.faiss", lambda tmp: faiss.write_index(index, str(tmp)))
     write_json_atomic(folder / "index.json", asdict(params))
 
 

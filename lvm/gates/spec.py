@@ -1,0 +1,63 @@
+"""The gate table: one ``GateSpec`` per gate (kind, order, headline metric, pytest marker). The
+pytest plugin (markers, stoplight order and headlines), the leaderboard (column order, which rows
+are per dataset) and the regression check all read it; nothing else lists the gates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATA, MODEL = "data", "model"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    id: str
+    kind: str  # DATA: per dataset; MODEL: per checkpoint x dataset
+    headline: str | None = None  # the one metric a reader wants in the stoplight table
+    calls_model: bool = False  # needs to call the model (SKIPs for predictions-only checkpoints)
+    hardware_bound: bool = False  # its numbers depend on the machine (compared within a hardware class only)
+
+    @property
+    def marker(self) -> str:
+        """pytest marker applied to the gate's tests (``-m data``, ``-m model``, ``-m latency``)."""
+        return self.kind
+
+
+GATES: tuple[GateSpec, ...] = (
+    GateSpec("encoder_fingerprint", DATA, "fingerprint_match"),
+    GateSpec("normalization", DATA, "abs_mean_minus_1"),
+    GateSpec("oracle_recall", DATA, "recall_at_5"),
+    GateSpec("alignment", DATA, "next_margin"),
+    GateSpec("coherence", DATA, "mean"),
+    GateSpec("coherence_drift", DATA, "mean_drift_rel"),
+    GateSpec("split_hygiene", DATA, "shared_articles"),
+    GateSpec("batch_hygiene", DATA, "same_article_negatives"),
+    GateSpec("checkpoint_integrity", MODEL, "fingerprint_match"),
+    GateSpec("output_sanity", MODEL, "max_norm_error", calls_model=True),
+    GateSpec("val_cosine", MODEL, "val_cosine"),
+    GateSpec("ood_cosine", MODEL, "ood_cosine"),
+    GateSpec("beats_baselines", MODEL, "margin"),
+    GateSpec("offset_sweep", MODEL, "copy_gap"),
+    GateSpec("no_collapse", MODEL, "margin"),
+    GateSpec("context_ablations", MODEL, "delta_cross_article", calls_model=True),
+    GateSpec("retrieval", MODEL, "contain_at_50"),
+    GateSpec("latency", MODEL, "p95_ms", calls_model=True, hardware_bound=True),
+    GateSpec("training_health", MODEL, "loss_balance_max"),
+    GateSpec("regression", MODEL, None),
+)
+
+BY_ID: dict[str, GateSpec] = {g.id: g for g in GATES}
+ORDER: dict[str, int] = {g.id: i for i, g in enumerate(GATES)}
+DATA_GATES: tuple[str, ...] = tuple(g.id for g in GATES if g.kind == DATA)
+MODEL_GATES: tuple[str, ...] = tuple(g.id for g in GATES if g.kind == MODEL)
+HARDWARE_BOUND_GATES: tuple[str, ...] = tuple(g.id for g in GATES if g.hardware_bound)
+MARKERS: dict[str, str] = {
+    DATA: "data: a data gate (per dataset)",
+    MODEL: "model: a model gate (per checkpoint x dataset)",
+    "latency": "latency: a gate whose numbers are timings (machine-dependent)",
+}
+
+
+def spec(gate: str) -> GateSpec | None:
+    return BY_ID.get(gate)
