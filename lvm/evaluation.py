@@ -107,12 +107,23 @@ def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, war
 class ModelEval:
     """One model on one sequence view: predictions and targets computed once, shared by gates."""
 
-    def __init__(self, model, view: SequenceView, name: str):
-        self.model, self.view, self.name = model, view, name
+    def __init__(self, model, view: SequenceView, name: str, card=None):
+        self.model, self.view, self.name, self.card = model, view, name, card
+
+    @property
+    def callable(self) -> bool:
+        """False for predictions-only models: gates that must call the model SKIP."""
+        return self.model is not None
 
     @cached_property
     def pred(self) -> np.ndarray:
         return predict(self.model, self.view)
+
+    def use_predictions(self, pred: np.ndarray) -> None:
+        """Predictions made elsewhere, aligned to this view's sequences (checked by the caller)."""
+        if pred.shape != (len(self.view), self.view.dataset.dim):
+            raise ValueError(f"predictions of shape {pred.shape} for {len(self.view)} sequences of dim {self.view.dataset.dim}")
+        self.__dict__["pred"] = pred
 
     @property
     def target(self) -> np.ndarray:
@@ -130,3 +141,31 @@ class ModelEval:
         if n is None or n >= len(self.view):
             return np.arange(len(self.view))
         return np.sort(np.random.default_rng(seed).choice(len(self.view), size=n, replace=False))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, view: SequenceView, loss_cfg=None, batch_size: int = 2048, device=None) -> dict:
+    """Mean cos(ŷ, y) over every sequence of ``view`` (streamed in batches), plus the mean loss
+    under ``loss_cfg`` (a ``lvm.losses.LossConfig``; NaN without one)."""
+    from dataclasses import asdict
+
+    from lvm.losses import LossConfig, compute_loss
+
+    device = device or next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    cos_sum, loss_sum, n = 0.0, 0.0, 0
+    # eval loss with a fixed λ_info: the adaptive EMA must only advance on training steps
+    cfg = LossConfig(**{**asdict(loss_cfg), "adaptive_info": False}) if loss_cfg is not None else None
+    for idx, x, mask, y in view.iter_batches(batch_size):
+        xt, mt, yt = (torch.from_numpy(a).to(device) for a in (x, mask, y))
+        pred = model(xt, mt)
+        cos_sum += float((pred * yt).sum())
+        if cfg is not None:
+            total, _ = compute_loss(pred, yt, cfg, torch.from_numpy(view.article_ids[idx]).to(device))
+            loss_sum += float(total) * len(idx)
+        n += len(idx)
+    model.train(was_training)
+    if n == 0:
+        return {"cosine": float("nan"), "loss": float("nan"), "n": 0}
+    return {"cosine": cos_sum / n, "loss": loss_sum / n if loss_cfg is not None else float("nan"), "n": n}

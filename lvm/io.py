@@ -90,3 +90,15 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     os.replace(tmp, out)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_foreign_folder(out: Path, marker: str, what: str = "output") -> None:
+    """Refuse to replace ``out`` unless it is missing, empty, or holds ``marker`` (so it is our own
+    kind of output): a user's folder that happens to sit at the output path is never deleted."""
+    from lvm.errors import LvmError
+
+    out = Path(out)
+    if out.is_file():
+        raise LvmError(f"{out} is a file; the {what} is written as a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise LvmError(f"refusing to write into {out}: it is not empty and not an lvm {what} folder (no {marker}); choose another path")

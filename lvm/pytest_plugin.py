@@ -1,23 +1,30 @@
 """The lvm pytest plugin: options, session fixtures, stoplights, the results file.
 
-``pytest gates/ --checkpoint=RUN --dataset=DIR`` runs every gate in ``gates/`` parameterized over
-checkpoints × datasets. Each gate test calls ``lvm.gates`` and hands the result to ``gate_status``:
-GREEN passes, AMBER passes with a ``GateWarning`` (fails under ``--gates-strict``), RED fails with
-the gate's message, SKIP skips with its reason. A gate that crashes is RED. The controller collects
-every result (also from xdist workers, through ``user_properties``), prints one stoplight table,
-runs the regression check against ``--baseline-results`` and writes the results file atomically.
+``pytest gates/ --checkpoint=SPEC --dataset=DIR`` (or ``pytest --pyargs lvm.gatesuite ...`` from an
+installed wheel) runs every gate parameterized over checkpoints × datasets. A gate test is any test
+that uses the ``gate_status`` fixture: it calls ``lvm.gates`` and hands the result to it. GREEN
+passes, AMBER passes with a ``GateWarning`` (fails under ``--gates-strict``), RED fails with the
+gate's message, SKIP skips with its reason; a gate that crashes is RED. Each gate test carries the
+markers of its ``GateSpec`` (``lvm_gate``, ``data`` / ``model``, ``latency``), so ``-m data`` works.
+
+The plugin is one object registered per session (``LvmGatesPlugin``, kept in ``config.stash``): it
+collects every result (also from xdist workers, through ``user_properties``), prints one stoplight
+table, runs the regression check against ``--baseline-results`` and writes the results file
+atomically, also when the regression check cannot run. A misused option is a ``pytest.UsageError``.
 """
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 RESULT_PROPERTY = "lvm_gate_result"
 DEFAULT_RESULTS = "reports/gate_results.json"
+PLUGIN_KEY = pytest.StashKey["LvmGatesPlugin"]()
 
 
 class GateWarning(UserWarning):
@@ -26,8 +33,13 @@ class GateWarning(UserWarning):
 
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("lvm", "lvm gates (latent vector model evaluation)")
-    group.addoption("--checkpoint", action="append", default=[], metavar="PATH",
-                    help="run folder or checkpoint file to gate (repeatable)")
+    group.addoption("--checkpoint", action="append", default=[], metavar="SPEC",
+                    help="model to gate (repeatable): run folder, NAME.json/.safetensors, NAME.pt2 (torch.export), "
+                         "or py:file.py:factory / py:pkg.module:factory (imports and runs that code)")
+    group.addoption("--model-card", default=None, metavar="FILE",
+                    help="JSON model card for py: / .pt2 checkpoints that do not carry their own")
+    group.addoption("--predictions", action="append", default=[], metavar="DIR",
+                    help="predictions folder (per-split .npy aligned to `lvm sequences`; repeatable)")
     group.addoption("--dataset", action="append", default=[], metavar="DIR",
                     help="dataset folder (built by `lvm build-data` or `lvm import-npz`; repeatable)")
     group.addoption("--ood-dataset", default=None, metavar="DIR", help="separate out-of-distribution dataset")
@@ -40,26 +52,80 @@ def pytest_addoption(parser) -> None:
     group.addoption("--latency-threads", type=int, default=1, help="torch threads for the latency gate (default 1)")
 
 
+def _check_options(config) -> None:
+    """Misused options fail the session before any gate runs, in one line."""
+    from lvm.errors import LvmError
+
+    opt = config.getoption
+    for name in ("--baseline-results", "--model-card"):
+        if opt(name) and not Path(opt(name)).is_file():
+            raise pytest.UsageError(f"{name}: file {opt(name)} not found")
+    for name in ("--ood-dataset", "--baseline-dataset"):
+        if opt(name) and not Path(opt(name)).is_dir():
+            raise pytest.UsageError(f"{name}: folder {opt(name)} not found")
+    for d in opt("--dataset") + opt("--predictions"):
+        if not Path(d).is_dir():
+            raise pytest.UsageError(f"--dataset/--predictions: folder {d} not found")
+    if opt("--gate-profile"):
+        from lvm.profiles import load_profile
+
+        try:
+            load_profile(opt("--gate-profile"))
+        except LvmError as exc:
+            raise pytest.UsageError(f"--gate-profile: {exc}") from None
+    if opt("--baseline-results"):
+        from lvm.report.results import read_results
+
+        try:
+            read_results(opt("--baseline-results"))
+        except LvmError as exc:
+            raise pytest.UsageError(f"--baseline-results: {exc}") from None
+    for name in ("--nprobe", "--latency-threads"):
+        if opt(name) is not None and opt(name) < 1:
+            raise pytest.UsageError(f"{name} must be at least 1; got {opt(name)}")
+
+
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "lvm_gate(id): an lvm gate test")
-    config._lvm_results = []  # filled on the controller from every report
+    from lvm.gates.spec import MARKERS
+
+    config.addinivalue_line("markers", "lvm_gate(id): an lvm gate test (applied by the plugin)")
+    for line in MARKERS.values():
+        config.addinivalue_line("markers", line)
+    if config.getoption("--checkpoint", None) is None:  # options not registered (plugin loaded late)
+        return
+    _check_options(config)
+    plugin = LvmGatesPlugin(config)
+    config.stash[PLUGIN_KEY] = plugin
+    config.pluginmanager.register(plugin, "lvm_gates_session")
+
+
+def plugin_of(config) -> LvmGatesPlugin:
+    return config.stash[PLUGIN_KEY]
 
 
 # ----------------------------------------------------------------------------- parametrization
 
 
-def _label(path: str) -> str:
-    p = Path(path)
-    return p.name if p.is_dir() else f"{p.parent.name}/{p.stem}"
+def model_specs(config) -> list[str]:
+    """Every model to gate: checkpoints (any spec) then predictions folders (``predictions:DIR``)."""
+    return list(config.getoption("--checkpoint")) + [f"predictions:{p}" for p in config.getoption("--predictions")]
+
+
+def _label(spec: str) -> str:
+    from lvm.models.adapters import model_label
+
+    if spec.startswith("predictions:"):
+        return Path(spec.removeprefix("predictions:")).name
+    return model_label(spec)
 
 
 def pytest_generate_tests(metafunc) -> None:
     opt = metafunc.config.getoption
     if "dataset_path" in metafunc.fixturenames:
         datasets = opt("--dataset") or [None]
-        metafunc.parametrize("dataset_path", datasets, ids=[_label(d) if d else "no-dataset" for d in datasets], scope="session")
+        metafunc.parametrize("dataset_path", datasets, ids=[Path(d).name if d else "no-dataset" for d in datasets], scope="session")
     if "checkpoint_path" in metafunc.fixturenames:
-        ckpts = opt("--checkpoint") or [None]
+        ckpts = model_specs(metafunc.config) or [None]
         metafunc.parametrize("checkpoint_path", ckpts, ids=[_label(c) if c else "no-checkpoint" for c in ckpts], scope="session")
 
 
@@ -103,37 +169,88 @@ class GateSession:
         view = ood_ds.sequences("ood", ctx, min_ctx)
         return view if len(view) else ood_ds.sequences("train", ctx, min_ctx)
 
-    def checkpoint(self, path, ds):
-        from lvm.gates import checkpoint_integrity
-
-        name = _label(path)
-        return self._once(("ckpt", str(path), str(ds.path)), lambda: checkpoint_integrity(path, ds, self.profile(ds), name))
-
-    def model_eval(self, path, ds, split):
-        from lvm.evaluation import ModelEval
+    def model(self, spec: str):
+        """``(LoadedModel or None, load error or None)`` for a checkpoint spec, loaded once."""
+        from lvm.errors import LvmError
+        from lvm.models.adapters import load_model
+        from lvm.models.predictions import load_predictions
 
         def make():
-            _, model, meta = self.checkpoint(path, ds)
-            if model is None:
-                return None
-            ctx, min_ctx = int(meta["ctx"]), int(meta.get("min_ctx", 1))
-            view = self.view(ds, split, ctx, min_ctx)
-            return ModelEval(model, view, _label(path)) if len(view) else None
+            card = self.config.getoption("--model-card")
+            try:
+                if spec.startswith("predictions:"):
+                    return load_predictions(spec.removeprefix("predictions:"), None), None
+                return load_model(spec, card if (spec.startswith("py:") or spec.endswith(".pt2")) else None), None
+            except LvmError as exc:
+                return None, str(exc)
 
-        return self._once(("eval", str(path), str(ds.path), split), make)
+        return self._once(("model", spec), make)
+
+    def integrity(self, spec: str, ds):
+        """The checkpoint_integrity result of a model on a dataset (computed once)."""
+        from lvm.gates import checkpoint_integrity
+
+        def make():
+            loaded, error = self.model(spec)
+            return checkpoint_integrity(loaded.card if loaded else None, ds, self.profile(ds), _label(spec), load_error=error)
+
+        return self._once(("integrity", spec, str(ds.path)), make)
+
+    def model_eval(self, spec: str, ds, split: str):
+        """The ``ModelEval`` of a model on one split (None when it has no such sequences)."""
+        from lvm.evaluation import ModelEval
+        from lvm.models.predictions import check_alignment
+
+        def make():
+            loaded, _ = self.model(spec)
+            card = loaded.card
+            view = self.view(ds, split, card.ctx, card.gated_min_ctx)
+            if not len(view):
+                return None
+            ev = ModelEval(loaded.predictor, view, _label(spec), card=card)
+            if not loaded.callable:
+                if split not in loaded.predictions:
+                    return None
+                check_alignment(loaded, view, spec.removeprefix("predictions:"))
+                ev.use_predictions(loaded.predictions[split])
+            return ev
+
+        return self._once(("eval", spec, str(ds.path), split), make)
+
+    def data_contexts(self, ds) -> list[tuple[int, int]]:
+        """The (ctx, min_ctx) pairs of the models being gated on ``ds`` (else the profile's)."""
+        from lvm.gates.status import gate_params
+
+        pairs = []
+        for spec in model_specs(self.config):
+            loaded, _ = self.model(spec)
+            if loaded is not None and (loaded.card.ctx, loaded.card.gated_min_ctx) not in pairs:
+                pairs.append((loaded.card.ctx, loaded.card.gated_min_ctx))
+        if not pairs:
+            p = gate_params(self.profile(ds), "alignment")
+            pairs.append((int(p["ctx"]), int(p["min_ctx"])))
+        return pairs
 
     def baselines(self, ds, ctx, min_ctx):
         """The null baselines (copy-last, context mean, ridge fitted once per dataset and context)."""
+        import numpy as np
+
+        from lvm.gates.status import gate_params
         from lvm.models.baselines import ContextMean, CopyLast, Ridge
 
         def fit_ridge():
-            # closed form on a seeded sample: XᵀX costs N·(ctx·D)², so 20k sequences bound it at any size
-            n_fit = self.profile(ds).gate("beats_baselines").get("ridge_fit_sample")
+            # closed form on a seeded sample: XᵀX costs N·(ctx·D)², so a sample bounds it at any size
+            n_fit = gate_params(self.profile(ds), "beats_baselines")["ridge_fit_sample"]
             ridge = Ridge(ds.dim, ctx)
             train, val = ds.sequences("train", ctx, min_ctx), ds.sequences("val", ctx, min_ctx)
             rng = np.random.default_rng(0)
-            pick = lambda v: np.sort(rng.choice(len(v), size=min(n_fit or len(v), len(v)), replace=False))  # noqa: E731
-            batches = lambda v, idx: (v.batch(idx[s : s + 4096]) for s in range(0, len(idx), 4096))  # noqa: E731
+
+            def pick(v):
+                return np.sort(rng.choice(len(v), size=min(n_fit or len(v), len(v)), replace=False))
+
+            def batches(v, idx):
+                return (v.batch(idx[s : s + 4096]) for s in range(0, len(idx), 4096))
+
             ridge.fit(batches(train, pick(train)), batches(val, pick(val)))
             return ridge
 
@@ -146,9 +263,12 @@ class GateSession:
         return self._once(("view", str(ds.path), split, ctx, min_ctx), make)
 
 
+# ----------------------------------------------------------------------------- fixtures
+
+
 @pytest.fixture(scope="session")
 def gate_session(request) -> GateSession:
-    return GateSession(request.config)
+    return plugin_of(request.config).gates
 
 
 @pytest.fixture(scope="session")
@@ -164,42 +284,51 @@ def gate_profile(gate_session, lvm_dataset):
 
 
 @pytest.fixture(scope="session")
-def lvm_checkpoint(gate_session, lvm_dataset, checkpoint_path):
-    """(integrity result, model or None, meta or None) of the checkpoint on the dataset."""
+def lvm_model(gate_session, lvm_dataset, checkpoint_path):
+    """The checkpoint's ``LoadedModel`` (None when it did not load) and its integrity result."""
     if checkpoint_path is None:
         pytest.skip("no --checkpoint given")
-    return gate_session.checkpoint(checkpoint_path, lvm_dataset)
+    loaded, _ = gate_session.model(checkpoint_path)
+    return loaded, gate_session.integrity(checkpoint_path, lvm_dataset)
 
 
-def _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_checkpoint, split):
-    if lvm_checkpoint[1] is None:
-        pytest.skip(f"checkpoint failed integrity: {lvm_checkpoint[0].message}")
+def _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_model, split):
+    from lvm.gates.status import RED
+
+    loaded, integrity = lvm_model
+    if loaded is None or integrity.status == RED:
+        # a model that does not belong to this data cannot be judged: its other gates would name wrong causes
+        pytest.skip(f"checkpoint_integrity is RED, so the model gates were not run: {integrity.message}")
     ev = gate_session.model_eval(checkpoint_path, lvm_dataset, split)
     if ev is None:
-        pytest.skip(f"no {split} sequences for this checkpoint's context")
+        pytest.skip(f"no {split} sequences (or predictions) for this model's context")
     return ev
 
 
 @pytest.fixture(scope="session")
-def val_eval(gate_session, lvm_dataset, checkpoint_path, lvm_checkpoint):
-    return _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_checkpoint, "val")
+def val_eval(gate_session, lvm_dataset, checkpoint_path, lvm_model):
+    return _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_model, "val")
 
 
 @pytest.fixture(scope="session")
-def ood_eval(gate_session, lvm_dataset, checkpoint_path, lvm_checkpoint):
-    return _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_checkpoint, "ood")
+def ood_eval(gate_session, lvm_dataset, checkpoint_path, lvm_model):
+    return _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_model, "ood")
 
 
 @pytest.fixture
 def gate_status(request):
     """Record a GateResult and turn it into the test outcome (GREEN/AMBER/RED/SKIP)."""
-    from lvm.gates import AMBER, RED, SKIP
+    from lvm.gates.status import AMBER, RED, SKIP
+
+    started = time.perf_counter()
 
     def check(result, per_sequence=None):
+        if not result.seconds:
+            result.seconds = round(time.perf_counter() - started, 4)
         data = result.to_dict()
         if per_sequence is not None and len(per_sequence) <= 200_000:
             data["per_sequence"] = [round(float(v), 5) for v in per_sequence]
-        request.node.user_properties.append((RESULT_PROPERTY, _comparable(request, data)))
+        request.node.user_properties.append((RESULT_PROPERTY, plugin_of(request.config).describe(request, data)))
         if result.status == SKIP:
             pytest.skip(result.message)
         if result.status == RED:
@@ -207,144 +336,178 @@ def gate_status(request):
         if result.status == AMBER:
             if request.config.getoption("--gates-strict"):
                 pytest.fail(f"{result.message} (AMBER fails under --gates-strict)", pytrace=False)
-            warnings.warn(GateWarning(result.message))
+            warnings.warn(GateWarning(result.message), stacklevel=2)
         return result
 
     return check
 
 
-def _comparable(request, data: dict) -> dict:
-    """Attach the comparability key (encoder fingerprint, dataset hash, profile, hardware class)."""
-    from lvm.report.results import comparability, hardware_class
-
-    gs = request.getfixturevalue("gate_session")
-    ds_path = request.node.callspec.params.get("dataset_path") if hasattr(request.node, "callspec") else None
-    fp = h = None
-    pname, pver = "unknown", 0
-    if ds_path:
-        ds = gs.dataset(ds_path)
-        fp, h = ds.encoder_fingerprint, ds.content_hash
-        prof = gs.profile(ds)
-        pname, pver = prof.name, prof.version
-    data["comparability"], data["comparability_key"] = comparability(fp, h, pname, pver, hardware_class())
-    data["profile"] = pname
-    data["nodeid"] = request.node.nodeid
-    ckpt = request.node.callspec.params.get("checkpoint_path") if hasattr(request.node, "callspec") else None
-    data["checkpoint_path"] = str(ckpt) if ckpt else None
-    data["dataset_path"] = str(ds_path) if ds_path else None
-    return data
+# ----------------------------------------------------------------------------- the session object
 
 
-# ----------------------------------------------------------------------------- collection of results
+def _gate_id(item) -> str:
+    return getattr(item, "originalname", item.name).removeprefix("test_")
 
 
-def _unrecorded(report, status: str, message: str) -> dict:
-    """A gate test that ended without recording a result (crashed or skipped), as a result row."""
-    from lvm.gates import GateResult
+class LvmGatesPlugin:
+    """Per-session state and hooks: results collected on the controller, table, results file."""
 
-    gate = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
-    return {**GateResult(gate, status, message=message).to_dict(), "nodeid": report.nodeid}
+    def __init__(self, config):
+        self.config = config
+        self.gates = GateSession(config)
+        self.results: list[dict] = []
+        self.results_path: Path | None = None
+        self.regressions: list = []
+        self.finish_error: str | None = None
 
+    # -- collection: markers from the gate table
+    def pytest_collection_modifyitems(self, items) -> None:
+        from lvm.gates.spec import spec
 
-def pytest_runtest_logreport(report) -> None:
-    """Runs on the controller for every report (also from xdist workers)."""
-    config = _CONFIG.get("config")
-    if config is None:
-        return
-    props = dict(report.user_properties) if report.user_properties else {}
-    is_gate = "/gates/" in f"/{report.nodeid}" and report.when in ("setup", "call")
-    if RESULT_PROPERTY in props and report.when == "call":
-        config._lvm_results.append(props[RESULT_PROPERTY])
-    elif report.failed and RESULT_PROPERTY not in props and is_gate:
-        # a gate that crashed is RED, never silently missing
-        last = str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ""
-        config._lvm_results.append(_unrecorded(report, "RED", f"gate crashed: {last}"))
-    elif report.skipped and is_gate:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        config._lvm_results.append(_unrecorded(report, "SKIP", reason.removeprefix("Skipped: ")))
+        for item in items:
+            if "gate_status" not in getattr(item, "fixturenames", ()):
+                continue
+            gid = _gate_id(item)
+            item.add_marker(pytest.mark.lvm_gate(gid))
+            gs = spec(gid)
+            if gs is not None:
+                item.add_marker(getattr(pytest.mark, gs.marker))
+                if gs.hardware_bound:
+                    item.add_marker(pytest.mark.latency)
 
+    # -- one result row, with where it came from
+    def describe(self, request, data: dict) -> dict:
+        """Attach the comparability key, the model card and the paths of the run to a result row."""
+        from lvm.report.results import comparability, hardware_class
 
-_CONFIG: dict = {}
+        params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
+        ds_path, spec = params.get("dataset_path"), params.get("checkpoint_path")
+        fp = h = None
+        pname, pver = "unknown", 0
+        if ds_path:
+            ds = self.gates.dataset(ds_path)
+            fp, h = ds.encoder_fingerprint, ds.content_hash
+            prof = self.gates.profile(ds)
+            pname, pver = prof.name, prof.version
+        data["comparability"], data["comparability_key"] = comparability(fp, h, pname, pver, hardware_class())
+        data["profile"] = pname
+        data["nodeid"] = request.node.nodeid
+        data["checkpoint_path"] = str(spec) if spec else None
+        data["dataset_path"] = str(ds_path) if ds_path else None
+        if spec:
+            loaded, _ = self.gates.model(spec)
+            data["model_card"] = loaded.card.to_dict() if loaded else None
+        return data
 
+    # -- results from every test report (also from xdist workers)
+    def pytest_runtest_logreport(self, report) -> None:
+        props = dict(report.user_properties) if report.user_properties else {}
+        is_gate = "lvm_gate" in report.keywords and report.when in ("setup", "call")
+        if RESULT_PROPERTY in props and report.when == "call":
+            self.results.append(props[RESULT_PROPERTY])
+        elif report.failed and RESULT_PROPERTY not in props and is_gate:
+            # a gate that crashed is RED, never silently missing
+            last = str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ""
+            self.results.append(self._unrecorded(report, "RED", f"gate crashed: {last}"))
+        elif report.skipped and is_gate:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.results.append(self._unrecorded(report, "SKIP", reason.removeprefix("Skipped: ")))
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session) -> None:
-    _CONFIG["config"] = session.config
+    @staticmethod
+    def _unrecorded(report, status: str, message: str) -> dict:
+        from lvm.gates.status import GateResult
 
+        gate = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
+        return {**GateResult(gate, status, message=message, seconds=round(report.duration, 4)).to_dict(), "nodeid": report.nodeid}
 
-def _is_controller(config) -> bool:
-    return not hasattr(config, "workerinput")
+    def _is_controller(self) -> bool:
+        return not hasattr(self.config, "workerinput")
 
+    # -- the end: regression check, results file
+    def pytest_sessionfinish(self, session, exitstatus) -> None:
+        if not self._is_controller() or not self.results:
+            return
+        from lvm.errors import LvmError
+        from lvm.profiles import load_profile
+        from lvm.report.results import build_document, write_results
 
-def pytest_sessionfinish(session, exitstatus) -> None:
-    config = session.config
-    if not _is_controller(config) or not config._lvm_results:
-        return
-    from lvm.profiles import load_profile
-    from lvm.report.results import build_document, compare, read_results, write_results
+        results = list(self.results)
+        profile_name = next((r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None)
+        profile = load_profile(profile_name) if profile_name else None
+        try:
+            results += self._regressions(profile)
+        except LvmError as exc:  # the regression check could not run: say so, still write what ran
+            self.finish_error = f"regression check failed: {exc}"
+        if any(r.status == "RED" for r in self.regressions) or self.finish_error:
+            session.exitstatus = 1
+        doc = build_document(results, profile.name if profile else "unknown", profile.version if profile else 0)
+        doc["run"] = {"argv": list(self.config.invocation_params.args), "seconds": round(time.time() - self._started, 3)}
+        self.results_path = write_results(self.config.getoption("--results") or DEFAULT_RESULTS, doc)
 
-    results = [r for r in config._lvm_results if r.get("status") != "SKIP" or r.get("gate")]
-    profile_name = next((r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None)
-    profile = load_profile(profile_name) if profile_name else None
-    base_path = config.getoption("--baseline-results")
-    if base_path:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session) -> None:
+        self._started = time.time()
+
+    def _regressions(self, profile) -> list[dict]:
+        base_path = self.config.getoption("--baseline-results")
+        if not base_path:
+            return []
+        from lvm.report.results import compare, read_results
+
         base = read_results(base_path)
-        new = {"results": results}
-        regs = compare(new, base, (profile.data.get("regression") if profile else None))
-        for r in regs:
+        self.regressions = compare({"results": self.results}, base, (profile.data.get("regression") if profile else None))
+        rows = []
+        for r in self.regressions:
             d = r.to_dict()
             d["comparability_key"] = None
-            results.append(d)
-        config._lvm_regressions = regs
-        if any(r.status == "RED" for r in regs):
-            session.exitstatus = 1
-    doc = build_document(results, profile.name if profile else "unknown", profile.version if profile else 0)
-    path = write_results(config.getoption("--results") or DEFAULT_RESULTS, doc)
-    config._lvm_results_path = path
+            rows.append(d)
+        return rows
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
+        if not self._is_controller() or not self.results:
+            return
+        write_stoplights(terminalreporter, self.results + [r.to_dict() for r in self.regressions])
+        if self.results_path:
+            terminalreporter.write_line(f"results: {self.results_path}")
+        if self.finish_error:
+            terminalreporter.write_line(f"ERROR: {self.finish_error}", red=True, bold=True)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not _is_controller(config) or not config._lvm_results:
-        return
-    tr = terminalreporter
-    rows = config._lvm_results
+def write_stoplights(tr, rows: list[dict]) -> None:
+    """The one stoplight table: gate × checkpoint × dataset, status and headline."""
+    from lvm.gates.spec import ORDER
+
     colour = {"GREEN": {"green": True}, "AMBER": {"yellow": True}, "RED": {"red": True, "bold": True}, "SKIP": {}}
     tr.section("lvm gates: stoplights")
     w_gate = max(len("gate"), *(len(r["gate"] + (f"/{r['split']}" if r.get("split") else "")) for r in rows))
     w_ck = max(len("checkpoint"), *(len(str(r.get("checkpoint") or "-")) for r in rows))
     w_ds = max(len("dataset"), *(len(str(r.get("dataset") or "-")) for r in rows))
     tr.write_line(f"{'gate':<{w_gate}}  {'checkpoint':<{w_ck}}  {'dataset':<{w_ds}}  status  headline")
-    from lvm.gates.spec import ORDER
-
     for r in sorted(rows, key=lambda r: (r.get("checkpoint") is not None, str(r.get("checkpoint")), ORDER.get(r["gate"], len(ORDER)))):
         gate = r["gate"] + (f"/{r['split']}" if r.get("split") else "")
-        head = _headline(r)
         tr.write(f"{gate:<{w_gate}}  {str(r.get('checkpoint') or '-'):<{w_ck}}  {str(r.get('dataset') or '-'):<{w_ds}}  ")
         tr.write(f"{r['status']:<6}", **colour.get(r["status"], {}))
-        tr.write_line(f"  {head}")
+        tr.write_line(f"  {headline(r)}")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("GREEN", "AMBER", "RED", "SKIP")}
     tr.write_line(" ".join(f"{k} {v}" for k, v in counts.items()))
-    path = getattr(config, "_lvm_results_path", None)
-    if path:
-        tr.write_line(f"results: {path}")
 
 
-def _headline(r: dict) -> str:
+def headline(r: dict) -> str:
     """The one number a reader wants per gate."""
+    from lvm.gates.spec import spec
+
     m = r.get("metrics") or {}
     if r["status"] in ("AMBER", "RED") and r.get("message"):
         return r["message"].split(": ", 1)[-1][:110]
-    keys = {"val_cosine": ("val_cosine", "val_cosine_ci_low", "val_cosine_ci_high"), "ood_cosine": ("ood_cosine", "ood_cosine_ci_low", "ood_cosine_ci_high")}
-    if r["gate"] in keys:
-        v, lo, hi = (m.get(k) for k in keys[r["gate"]])
+    if r["gate"] in ("val_cosine", "ood_cosine"):
+        v, lo, hi = (m.get(r["gate"] + s) for s in ("", "_ci_low", "_ci_high"))
         if isinstance(v, float):
             return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
-    from lvm.gates.spec import spec
-
-    k = spec(r["gate"]).headline if spec(r["gate"]) else None
-    if k and k in m and m[k] is not None:
+    gs = spec(r["gate"])
+    k = gs.headline if gs else None
+    if k and m.get(k) is not None:
         v = m[k]
-        return f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        return f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
     if r["status"] == "SKIP":
         return (r.get("message") or "")[:100]
     return ""

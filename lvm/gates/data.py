@@ -14,6 +14,7 @@ from lvm.gates.status import (
     GREEN,
     RED,
     GateResult,
+    gate_params,
     annotate,
     judge,
     skipped,
@@ -77,9 +78,9 @@ def oracle_recall(ds: Dataset, index, profile: Profile, sample: int | None = Non
     An exact duplicate of the query counts as found (its duplicate rate is reported). Sequence
     targets must point into the bank: the top hit for a sample of val targets has cos ≥ 0.999.
     """
-    params = profile.gate("oracle_recall")
-    n = min(sample or params.get("sample", 1000), ds.n_chunks)
-    ks = params.get("ks", [1, 5, 1000])
+    params = gate_params(profile, "oracle_recall")
+    n = min(sample or params["sample"], ds.n_chunks)
+    ks = params["ks"]
     k = min(max(ks), ds.n_chunks)
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(ds.n_chunks, size=n, replace=False))
@@ -102,8 +103,8 @@ def oracle_recall(ds: Dataset, index, profile: Profile, sample: int | None = Non
 
 def alignment(view: SequenceView, profile: Profile, sample: int | None = None, seed: int = 0) -> GateResult:
     """Targets must be the chunk right after the last context chunk (structure and similarity)."""
-    params = profile.gate("alignment")
-    n = min(sample or params.get("sample", 5000), len(view))
+    params = gate_params(profile, "alignment")
+    n = min(sample or params["sample"], len(view))
     if n == 0:
         return skipped("alignment", f"no {view.split} sequences", dataset=view.dataset.path.name)
     idx = np.sort(np.random.default_rng(seed).choice(len(view), size=n, replace=False))
@@ -116,7 +117,7 @@ def alignment(view: SequenceView, profile: Profile, sample: int | None = None, s
     prof = M.similarity_profile(q, last, ds.vectors, ds.article_id)
     declared = float(M.rowwise_cos(q, y).mean())  # P(+1) as the sequences declare it
     others = {k: v for k, v in prof.items() if k not in (0, 1) and not math.isnan(v)}
-    tie = params.get("tie_tolerance", 0.0)
+    tie = params["tie_tolerance"]
     peak = max(others.items(), key=lambda kv: kv[1]) if others else (None, float("nan"))
     metrics = {
         "target_is_next": structural,
@@ -177,14 +178,14 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
         return annotate(judge("coherence_drift", {"comparable": 0.0, "mean_drift_rel": float("nan"), "low_share_delta_pp": float("nan")}, profile, **where),
                         f"Baseline {baseline.path.name} was encoded with another encoder (fingerprints differ): coherence is not comparable.")
     new, base = coherence_stats(ds), coherence_stats(baseline)
-    params = profile.gate("coherence_drift")
+    params = gate_params(profile, "coherence_drift")
     metrics = {
         "comparable": 1.0,
         "mean": new["mean"], "baseline_mean": base["mean"],
         "mean_drift_rel": (new["mean"] - base["mean"]) / base["mean"],
         "low_share": new["low_share"], "baseline_low_share": base["low_share"],
         "low_share_delta_pp": 100 * (new["low_share"] - base["low_share"]),
-        "segments": segment_breakdown(ds, base["mean"], params.get("segments", 10), params.get("segment_by", "article_range"))[:5],
+        "segments": segment_breakdown(ds, base["mean"], params["segments"], params["segment_by"])[:5],
     }
     return judge("coherence_drift", metrics, profile, **where)
 
@@ -250,8 +251,11 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> 
     return judge("split_hygiene", metrics, profile, dataset=ds.path.name)
 
 
-def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int = 256, max_per_article: int | None = 2, seed: int = 0,
-                  n_batches: int | None = None, masked=None) -> GateResult:
+_FROM_PROFILE = -1  # max_per_article default: the profile's value (None means no cap)
+
+
+def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int | None = None, max_per_article: int | None = _FROM_PROFILE,
+                  seed: int = 0, n_batches: int | None = None, masked=None) -> GateResult:
     """Batches from the trainer's sampler: no same-article pair left among InfoNCE negatives.
 
     ``masked(ids, B)`` is the loss's (B, B) mask of removed negatives (default: InfoNCE's own).
@@ -262,7 +266,10 @@ def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int = 256, m
     from lvm.train.sampler import article_capped_batches
 
     masked = masked if masked is not None else masked_negatives
-    n_batches = n_batches or profile.gate("batch_hygiene").get("batches", 50)
+    params = gate_params(profile, "batch_hygiene")
+    n_batches = n_batches or params["batches"]
+    batch_size = batch_size or params["batch_size"]
+    max_per_article = params["max_per_article"] if max_per_article == _FROM_PROFILE else max_per_article
     art = view.article_ids
     batches = article_capped_batches(art, batch_size, max_per_article, seed, epoch=1, limit=n_batches)
     exposed, pairs, max_items = 0, 0, 0

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from lvm import metrics as M
 from lvm.data.datasets import Dataset
-from lvm.errors import LvmError
 from lvm.evaluation import ABLATIONS, ModelEval, batch1_latency, predict
 from lvm.gates.status import (
     AMBER,
     GREEN,
     RED,
     GateResult,
+    gate_params,
     judge,
     skipped,
     worst,
@@ -24,38 +23,51 @@ from lvm.gates.status import (
 from lvm.profiles import Profile
 
 
-def checkpoint_integrity(path: str | Path, ds: Dataset, profile: Profile, name: str) -> tuple[GateResult, object, dict | None]:
-    """Load safely and check metadata, dims and fingerprint; returns (result, model or None, meta)."""
-    from lvm.models.checkpoints import REQUIRED_KEYS, load_checkpoint
+CARD_REQUIRED = ("name", "type", "ctx", "input_dim", "encoder_fingerprint")
+NOT_CALLABLE = "predictions only: there is no model to call"
 
+
+def checkpoint_integrity(card, ds: Dataset, profile: Profile, name: str, load_error: str | None = None) -> GateResult:
+    """The model (any adapter's ``ModelCard``) belongs to this data: it loaded, its card is complete,
+    its input dim and encoder fingerprint match the dataset. ``load_error`` is why it did not load."""
     where = {"dataset": ds.path.name, "checkpoint": name}
-    try:
-        model, meta = load_checkpoint(path)
-    except LvmError as exc:
-        # nothing else can be checked on a file that does not load: one failure, not four
+    if card is None:
+        # nothing else can be checked on a model that does not load: one failure, not four
         cause = profile.gate("checkpoint_integrity").get("cause", "")
-        return GateResult("checkpoint_integrity", RED, {"loads": 0.0}, [], f"checkpoint_integrity RED: loads = 0: {exc}. Likely cause: {cause}", **where), None, None
+        return GateResult("checkpoint_integrity", RED, {"loads": 0.0}, [],
+                          f"checkpoint_integrity RED: loads = 0: {load_error}. Likely cause: {cause}", **where)
     metrics = {
         "loads": 1.0,
-        "metadata_complete": float(all(k in meta for k in REQUIRED_KEYS)),
-        "dims_match": float(int(meta["input_dim"]) == ds.dim),
-        "fingerprint_match": float(meta["encoder_fingerprint"] == ds.encoder_fingerprint),
-        "same_dataset": float(meta.get("dataset_hash") == ds.content_hash),
-        "n_params": int(meta.get("n_params", 0)),
+        "metadata_complete": float(all(getattr(card, k) is not None for k in CARD_REQUIRED)),
+        "dims_match": float(card.input_dim == ds.dim),
+        "fingerprint_match": float(card.encoder_fingerprint == ds.encoder_fingerprint),
+        "same_dataset": float(card.dataset_hash == ds.content_hash),
+        "n_params": int(card.n_params or 0),
+        "kind": card.kind,
+        "gated_min_ctx": card.gated_min_ctx,
     }
-    return judge("checkpoint_integrity", metrics, profile, **where), model, meta
+    result = judge("checkpoint_integrity", metrics, profile, **where)
+    if card.encoder_fingerprint is None:
+        result.message += " (the model card has no encoder_fingerprint: add the dataset's, printed by `lvm inspect DATASET`)"
+    if not card.accepts_mask:
+        result.message = (result.message + " " if result.message else "") + \
+            f"(model declares accepts_mask = false: gated on full contexts only, min_ctx = ctx = {card.ctx})"
+    return result
 
 
-def output_sanity(ev: ModelEval, profile: Profile, sample: int = 512) -> GateResult:
+def output_sanity(ev: ModelEval, profile: Profile) -> GateResult:
+    """Finite, unit-norm and deterministic raw output (nothing is normalised for the model)."""
     p = ev.pred
     norms = np.linalg.norm(p.astype(np.float64), axis=1)
-    idx = np.arange(min(sample, len(ev.view)))
-    again = predict(ev.model, ev.view, idx)
     metrics = {
         "nonfinite": int((~np.isfinite(p)).any(axis=1).sum()),
         "max_norm_error": float(np.abs(norms - 1.0).max()) if len(norms) else float("nan"),  # NaN if any row is NaN
-        "max_repeat_diff": float(np.abs(again - p[idx]).max()) if len(idx) else 0.0,
     }
+    if not ev.callable:
+        return judge("output_sanity", metrics, profile, unmeasured={"max_repeat_diff": NOT_CALLABLE}, **ev.where())
+    idx = np.arange(min(gate_params(profile, "output_sanity")["sample"], len(ev.view)))
+    again = predict(ev.model, ev.view, idx)
+    metrics["max_repeat_diff"] = float(np.abs(again - p[idx]).max()) if len(idx) else 0.0
     return judge("output_sanity", metrics, profile, **ev.where())
 
 
@@ -74,7 +86,7 @@ def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int 
     ``baselines`` maps a name to a model (or a ``ModelEval``); all are scored on the same seeded
     sample of sequences (the profile's ``sample``; all sequences when it is larger), streamed.
     """
-    idx = ev.sample(profile.gate("beats_baselines").get("sample"), seed)
+    idx = ev.sample(gate_params(profile, "beats_baselines")["sample"], seed)
     target = ev.target[idx]
     base_cos = {name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()}
     scores = {name: float(c.mean()) for name, c in base_cos.items()}
@@ -101,9 +113,9 @@ def offset_sweep(ev: ModelEval, profile: Profile) -> GateResult:
     return judge("offset_sweep", metrics, profile, **ev.where())
 
 
-def no_collapse(ev: ModelEval, profile: Profile, sample: int = 4096) -> GateResult:
+def no_collapse(ev: ModelEval, profile: Profile) -> GateResult:
     other = M.other_article_cos(ev.pred, ev.target, ev.view.article_ids)
-    sub = ev.pred[: min(sample, len(ev.pred))]
+    sub = ev.pred[: min(gate_params(profile, "no_collapse")["sample"], len(ev.pred))]
     metrics = {
         "margin": float(ev.cos.mean() - other.mean()),
         "mean_pairwise_cos": M.mean_pairwise_cos(sub),
@@ -114,7 +126,9 @@ def no_collapse(ev: ModelEval, profile: Profile, sample: int = 4096) -> GateResu
 
 
 def context_ablations(ev: ModelEval, profile: Profile, seed: int = 0) -> GateResult:
-    idx = ev.sample(profile.gate("context_ablations").get("sample"), seed)
+    if not ev.callable:
+        return skipped("context_ablations", NOT_CALLABLE, **ev.where())
+    idx = ev.sample(gate_params(profile, "context_ablations")["sample"], seed)
     base = float(ev.cos[idx].mean())
     metrics = {"sample": int(len(idx))}
     for kind in ABLATIONS:
@@ -123,10 +137,12 @@ def context_ablations(ev: ModelEval, profile: Profile, seed: int = 0) -> GateRes
     return judge("context_ablations", metrics, profile, **ev.where())
 
 
-def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None, k: int = 50) -> GateResult:
+def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None) -> GateResult:
     if nprobe is not None and hasattr(index, "nprobe"):
         index.nprobe = nprobe
-    idx = ev.sample(profile.gate("retrieval").get("sample"))
+    params = gate_params(profile, "retrieval")
+    k = params["k"]
+    idx = ev.sample(params["sample"])
     pred, target = ev.pred[idx], ev.target[idx]
     t0 = time.perf_counter()
     _, found = index.search(np.ascontiguousarray(pred, dtype=np.float32), k)
@@ -141,9 +157,11 @@ def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None,
 
 
 def latency(ev: ModelEval, profile: Profile, seconds: np.ndarray | None = None, threads: int = 1) -> GateResult:
-    params = profile.gate("latency")
+    if not ev.callable:
+        return skipped("latency", NOT_CALLABLE, **ev.where())
+    params = gate_params(profile, "latency")
     if seconds is None:
-        seconds = batch1_latency(ev.model, ev.view, params.get("calls", 500), params.get("warmup", 50), threads)
+        seconds = batch1_latency(ev.model, ev.view, params["calls"], params["warmup"], threads)
     metrics = {**M.latency_percentiles(seconds), "threads": threads}
     return judge("latency", metrics, profile, **ev.where())
 
@@ -155,13 +173,10 @@ def training_health(history: dict | None, profile: Profile, epoch: int | None = 
     epochs = [e for e in history["epochs"] if e.get("epoch", 0) >= 1]
     if not epochs:
         return skipped("training_health", "baseline without training epochs", **where)
-    schedule = []
-    status_by_rule = GREEN
-    for e in epochs:
-        for rule in profile.rules_at("val_cosine", e["epoch"]):
-            if e["val_cosine"] < rule.min:
-                schedule.append({"epoch": e["epoch"], "value": e["val_cosine"], "threshold": rule.min, "action": rule.action})
-                status_by_rule = worst([status_by_rule, RED if rule.action == "abort" else AMBER])
+    # the val-cosine schedule, judged as the trainer's kill switches judge it
+    violations = profile.schedule_violations(epochs, kinds=("val_cosine",))
+    schedule = [{k: v[k] for k in ("epoch", "value", "threshold", "action")} for v in violations]
+    status_by_rule = worst([GREEN, *(v["status"] for v in violations)])
     ratios = []
     info_enabled = False
     for e in epochs:

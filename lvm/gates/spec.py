@@ -5,7 +5,7 @@ are per dataset) and the regression check all read it; nothing else lists the ga
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DATA, MODEL = "data", "model"
 
@@ -17,6 +17,9 @@ class GateSpec:
     headline: str | None = None  # the one metric a reader wants in the stoplight table
     calls_model: bool = False  # needs to call the model (SKIPs for predictions-only checkpoints)
     hardware_bound: bool = False  # its numbers depend on the machine (compared within a hardware class only)
+    # the gate's parameters and their defaults, declared here only; a profile's [gates.ID] table overrides them.
+    # alignment's ctx/min_ctx are the sequences the data gates read when no model is gated (else the models')
+    params: dict = field(default_factory=dict)
 
     @property
     def marker(self) -> str:
@@ -27,22 +30,23 @@ class GateSpec:
 GATES: tuple[GateSpec, ...] = (
     GateSpec("encoder_fingerprint", DATA, "fingerprint_match"),
     GateSpec("normalization", DATA, "abs_mean_minus_1"),
-    GateSpec("oracle_recall", DATA, "recall_at_5"),
-    GateSpec("alignment", DATA, "next_margin"),
+    GateSpec("oracle_recall", DATA, "recall_at_5", params={"sample": 1000, "ks": [1, 5, 1000]}),
+    GateSpec("alignment", DATA, "next_margin", params={"sample": 5000, "tie_tolerance": 0.0, "ctx": 5, "min_ctx": 1}),
     GateSpec("coherence", DATA, "mean"),
-    GateSpec("coherence_drift", DATA, "mean_drift_rel"),
+    GateSpec("coherence_drift", DATA, "mean_drift_rel", params={"segments": 10, "segment_by": "article_range"}),
     GateSpec("split_hygiene", DATA, "shared_articles"),
-    GateSpec("batch_hygiene", DATA, "same_article_negatives"),
+    GateSpec("batch_hygiene", DATA, "same_article_negatives",
+             params={"batches": 50, "batch_size": 256, "max_per_article": 2}),
     GateSpec("checkpoint_integrity", MODEL, "fingerprint_match"),
-    GateSpec("output_sanity", MODEL, "max_norm_error", calls_model=True),
+    GateSpec("output_sanity", MODEL, "max_norm_error", calls_model=True, params={"sample": 512}),
     GateSpec("val_cosine", MODEL, "val_cosine"),
     GateSpec("ood_cosine", MODEL, "ood_cosine"),
-    GateSpec("beats_baselines", MODEL, "margin"),
+    GateSpec("beats_baselines", MODEL, "margin", params={"sample": 20000, "ridge_fit_sample": 8000}),
     GateSpec("offset_sweep", MODEL, "copy_gap"),
-    GateSpec("no_collapse", MODEL, "margin"),
-    GateSpec("context_ablations", MODEL, "delta_cross_article", calls_model=True),
-    GateSpec("retrieval", MODEL, "contain_at_50"),
-    GateSpec("latency", MODEL, "p95_ms", calls_model=True, hardware_bound=True),
+    GateSpec("no_collapse", MODEL, "margin", params={"sample": 4096}),
+    GateSpec("context_ablations", MODEL, "delta_cross_article", calls_model=True, params={"sample": 10000}),
+    GateSpec("retrieval", MODEL, "contain_at_50", params={"sample": 2000, "k": 50}),
+    GateSpec("latency", MODEL, "p95_ms", calls_model=True, hardware_bound=True, params={"calls": 500, "warmup": 50}),
     GateSpec("training_health", MODEL, "loss_balance_max"),
     GateSpec("regression", MODEL, None),
 )
@@ -61,3 +65,6 @@ MARKERS: dict[str, str] = {
 
 def spec(gate: str) -> GateSpec | None:
     return BY_ID.get(gate)
+
+
+PROFILE_KEYS = ("cause", "rules")  # the parts of a [gates.ID] table that are not parameters

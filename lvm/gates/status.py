@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from lvm.errors import LvmError
+from lvm.gates.spec import BY_ID, PROFILE_KEYS
 from lvm.profiles import Profile
 
 GREEN, AMBER, RED, SKIP = "GREEN", "AMBER", "RED", "SKIP"
@@ -64,10 +65,15 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, **where) -> GateResult:
-    """Apply every rule of ``[gates.<gate>]`` to ``metrics``; the message names what failed and why."""
+def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, unmeasured: dict | None = None, **where) -> GateResult:
+    """Apply every rule of ``[gates.<gate>]`` to ``metrics``; the message names what failed and why.
+
+    ``unmeasured`` maps a metric that could not be measured for this model (e.g. determinism of a
+    predictions-only model) to the reason; its rules are not applied and the message says so.
+    """
     spec = profile.gate(gate)
-    rules = [r for r in spec.get("rules", []) if r.get("split") in (None, split)]
+    unmeasured = unmeasured or {}
+    rules = [r for r in spec.get("rules", []) if r.get("split") in (None, split) and r.get("metric") not in unmeasured]
     statuses, failed = [], []
     for rule in rules:
         if rule["metric"] not in metrics:
@@ -85,6 +91,9 @@ def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, 
     message = ""
     if failed:
         message = f"{gate} {status}: " + "; ".join(failed) + (f". Likely cause: {spec['cause']}" if spec.get("cause") else "")
+    if unmeasured:
+        note = "; ".join(f"{k} not measured ({why})" for k, why in unmeasured.items())
+        message = f"{message} ({note})" if message else note
     return GateResult(gate, status, metrics, rules, message, split=split, **where)
 
 
@@ -95,3 +104,16 @@ def annotate(result: GateResult, text: str) -> GateResult:
     """Append context (why a metric could not be trusted) to a result's message."""
     result.message = f"{result.message} {text}".strip()
     return result
+
+
+def gate_params(profile: Profile, gate: str) -> dict:
+    """The gate's parameters: the defaults declared in ``lvm.gates.spec`` overridden by the profile's
+    ``[gates.<gate>]`` table. A profile key the gate does not declare is an error (a typo would
+    otherwise be ignored silently)."""
+    declared = BY_ID[gate].params
+    table = {k: v for k, v in profile.gate(gate).items() if k not in PROFILE_KEYS}
+    unknown = sorted(set(table) - set(declared))
+    if unknown:
+        raise LvmError(f"gate profile {profile.name}: [gates.{gate}] has unknown parameter(s) {', '.join(unknown)}; "
+                       f"known: {', '.join(declared) or 'none'}")
+    return {**declared, **table}

@@ -1,0 +1,87 @@
+"""Model gates (per checkpoint × dataset). Thresholds come from the gate profile."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lvm import gates
+from lvm.pytest_plugin import _label
+
+
+def test_checkpoint_integrity(lvm_model, gate_status):
+    gate_status(lvm_model[1])
+
+
+def test_output_sanity(val_eval, gate_profile, gate_status):
+    gate_status(gates.output_sanity(val_eval, gate_profile))
+
+
+def test_val_cosine(val_eval, gate_profile, gate_status):
+    gate_status(gates.cosine_gate("val_cosine", val_eval, gate_profile), per_sequence=val_eval.cos)
+
+
+def test_ood_cosine(ood_eval, val_eval, gate_profile, gate_status):
+    gate_status(gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval), per_sequence=ood_eval.cos)
+
+
+@pytest.mark.parametrize("split", ["val", "ood"])
+def test_beats_baselines(split, gate_session, lvm_dataset, val_eval, ood_eval, gate_profile, gate_status):
+    ev = val_eval if split == "val" else ood_eval
+    base = gate_session.baselines(lvm_dataset, ev.view.ctx, ev.view.min_ctx)
+    gate_status(gates.beats_baselines(ev, base, gate_profile))
+
+
+@pytest.mark.parametrize("split", ["val", "ood"])
+def test_offset_sweep(split, val_eval, ood_eval, gate_profile, gate_status):
+    gate_status(gates.offset_sweep(val_eval if split == "val" else ood_eval, gate_profile))
+
+
+def test_no_collapse(val_eval, gate_profile, gate_status):
+    gate_status(gates.no_collapse(val_eval, gate_profile))
+
+
+def test_context_ablations(val_eval, gate_profile, gate_status):
+    gate_status(gates.context_ablations(val_eval, gate_profile))
+
+
+def test_retrieval(gate_session, lvm_dataset, val_eval, gate_profile, gate_status, request):
+    gate_status(gates.retrieval(val_eval, gate_session.index(lvm_dataset), gate_profile, request.config.getoption("--nprobe")))
+
+
+def test_latency(val_eval, gate_profile, gate_status, request, benchmark):
+    """Batch-1 forward latency; timed through pytest-benchmark when it is active (not under xdist)."""
+    import numpy as np
+    import torch
+
+    from lvm.evaluation import batch1_latency
+    from lvm.gates.status import gate_params
+
+    threads = request.config.getoption("--latency-threads")
+    seconds = None
+    if not val_eval.callable:
+        pass  # predictions only: the gate SKIPs
+    elif not benchmark.disabled:
+        params = gate_params(gate_profile, "latency")
+        x, mask, _ = val_eval.view.batch(np.arange(min(64, len(val_eval.view))))
+        xt, mt = torch.from_numpy(x[:1]), torch.from_numpy(mask[:1])
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                benchmark.pedantic(val_eval.model, args=(xt, mt), rounds=params["calls"], warmup_rounds=params["warmup"], iterations=1)
+        finally:
+            torch.set_num_threads(previous)
+        seconds = np.asarray(benchmark.stats.stats.data)
+    else:
+        seconds = batch1_latency(val_eval.model, val_eval.view, threads=threads)
+    gate_status(gates.latency(val_eval, gate_profile, seconds=seconds, threads=threads))
+
+
+def test_training_health(lvm_model, checkpoint_path, gate_profile, gate_status):
+    loaded, _ = lvm_model
+    card = loaded.card if loaded else None
+    hist_path = Path(card.history_path) if card and card.history_path else None
+    history = json.loads(hist_path.read_text()) if hist_path and hist_path.is_file() else None
+    gate_status(gates.training_health(history, gate_profile, epoch=card.epoch if card else None,
+                                      checkpoint=_label(checkpoint_path), dataset=None))

@@ -1,0 +1,315 @@
+"""Model adapters: every way a model reaches the gates ends in one ``LoadedModel`` — a predictor
+``x (B, T, D) float32, mask (B, T) bool -> (B, D)`` and a ``ModelCard`` that the gates, the results
+file and the leaderboard read. The gates normalise nothing for a predictor: output_sanity sees its
+raw output. ``--checkpoint`` accepts:
+
+- an lvm run folder, ``NAME.json`` or ``NAME.safetensors`` (written by ``lvm train`` or
+  ``lvm import-checkpoint``): rebuilt from the registry of model types, no code from the file runs;
+- ``py:path/to/file.py:factory`` or ``py:package.module:factory``: the user's own code, imported and
+  called explicitly (as pytest runs a conftest). **This is the only way that executes the user's
+  code**; the factory returns a module/callable, or ``(model, card)``, and the card may come from
+  ``--model-card FILE.json`` instead;
+- ``NAME.pt2`` (a ``torch.export`` program, written by ``lvm export``) with its ``NAME.json`` card:
+  loaded as a graph of ATen ops, no Python code from the file runs; its batch dimension is dynamic;
+- predictions only (``--predictions DIR``, see ``lvm.models.predictions``): no model to call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lvm.errors import LvmError
+from lvm.io import sha256_file
+
+PY_PREFIX = "py:"
+EXPORT_SUFFIX = ".pt2"
+CARD_KINDS = ("lvm", "python", "export", "predictions")
+
+
+@dataclass
+class ModelCard:
+    """What the gates know about a model, whatever its source."""
+
+    name: str
+    type: str
+    ctx: int
+    input_dim: int
+    min_ctx: int = 1
+    encoder_fingerprint: str | None = None
+    n_params: int | None = None
+    accepts_mask: bool = True  # False: cannot take padding; gate views use min_ctx = ctx for it
+    kind: str = "lvm"  # one of CARD_KINDS: how the model reached the gates
+    source: str = ""  # the path or spec it was loaded from
+    source_sha256: str | None = None
+    model_config: dict | None = None
+    training: dict | None = None  # training config, if known
+    loss_config: dict | None = None
+    epoch: int | None = None
+    dataset_hash: str | None = None
+    history_path: str | None = None  # training_history.json beside the checkpoint, if any
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def gated_min_ctx(self) -> int:
+        """The min_ctx of the sequences the gates score this model on."""
+        return self.min_ctx if self.accepts_mask else self.ctx
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "model card") -> ModelCard:
+        """A card from JSON-like data; one clear line on a missing field or a wrong type."""
+        if not isinstance(d, dict):
+            raise LvmError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        for key in ("ctx", "input_dim"):
+            if key not in known:
+                raise LvmError(f"{where}: missing required field {key!r} (an integer)")
+        known.setdefault("name", str(d.get("name") or "model"))
+        known.setdefault("type", str(d.get("type") or d.get("model_type") or "custom"))
+        card = cls(**known)
+        card.validate(where)
+        return card
+
+    def validate(self, where: str = "model card") -> None:
+        def whole(key: str, low: int, high: int) -> None:
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise LvmError(f"{where}: {key} must be an integer in [{low}, {high}]; got {v!r}")
+
+        whole("ctx", 1, 4096)
+        whole("min_ctx", 1, self.ctx if isinstance(self.ctx, int) else 4096)
+        whole("input_dim", 1, 65536)
+        if not isinstance(self.accepts_mask, bool):
+            raise LvmError(f"{where}: accepts_mask must be true or false; got {self.accepts_mask!r}")
+        if self.kind not in CARD_KINDS:
+            raise LvmError(f"{where}: kind must be one of {', '.join(CARD_KINDS)}; got {self.kind!r}")
+        if self.encoder_fingerprint is not None and not isinstance(self.encoder_fingerprint, str):
+            raise LvmError(f"{where}: encoder_fingerprint must be a string; got {self.encoder_fingerprint!r}")
+        for key in ("name", "type"):
+            if not isinstance(getattr(self, key), str):
+                raise LvmError(f"{where}: {key} must be a string; got {getattr(self, key)!r}")
+
+
+class Predictor(nn.Module):
+    """A user's module or callable behind the one contract ``(x, mask) -> (B, D)``.
+
+    It adds nothing to the output (no normalisation, no casting beyond float32 inputs): the gates
+    must see what the model emits.
+    """
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn  # an nn.Module is registered as a submodule, so eval()/parameters() reach it
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, D), (B, T) -> (B, D)
+        return self.fn(x, mask)
+
+
+@dataclass
+class LoadedModel:
+    """A predictor (None for predictions-only) and its card; ``predictions`` maps split -> (N, D)."""
+
+    card: ModelCard
+    predictor: nn.Module | None = None
+    predictions: dict = field(default_factory=dict)
+
+    @property
+    def callable(self) -> bool:
+        return self.predictor is not None
+
+
+def count_params(model) -> int | None:
+    return sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
+
+
+def read_card_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise LvmError(f"model card {p} not found")
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise LvmError(f"{p}: not a JSON model card ({str(exc)[:120]})") from None
+    if not isinstance(data, dict):
+        raise LvmError(f"{p}: a model card is a JSON object; got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- py: factories (user code)
+
+
+def _import_factory(spec: str):
+    """``py:path/to/file.py:factory`` or ``py:package.module:factory`` -> (the factory, its source file)."""
+    body = spec[len(PY_PREFIX) :]
+    target, sep, attr = body.rpartition(":")
+    if not sep or not target or not attr:
+        raise LvmError(f"{spec}: expected py:path/to/file.py:factory or py:package.module:factory")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise LvmError(f"{spec}: file {target} not found")
+        mod_name = f"lvm_user_model_{abs(hash(str(path)))}"
+        mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise LvmError(f"{spec}: cannot import {target}")
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, str(path.parent))  # the user's file may import its neighbours
+        try:
+            mod_spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        source = path
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise LvmError(f"{spec}: cannot import module {target} ({exc})") from None
+        source = Path(module.__file__) if getattr(module, "__file__", None) else None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise LvmError(f"{spec}: {target} has no callable {attr!r}")
+    return factory, source
+
+
+def _split_factory_result(out, spec: str):
+    """A factory returns a model, ``(model, card)`` or ``{"model": ..., "card": ...}``."""
+    if isinstance(out, dict) and "model" in out:
+        return out["model"], out.get("card")
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    if callable(out):
+        return out, None
+    raise LvmError(f"{spec}: the factory must return a model (a callable), (model, card) or {{'model', 'card'}}; "
+                   f"got {type(out).__name__}")
+
+
+def load_python(spec: str, card_path: str | Path | None = None, **factory_kwargs) -> LoadedModel:
+    """Import the user's code and call the factory: the one place lvm runs a user's Python."""
+    factory, source = _import_factory(spec)
+    try:
+        model, card_data = _split_factory_result(factory(**factory_kwargs), spec)
+    except LvmError:
+        raise
+    except Exception as exc:  # the user's code failed: say where, in one line
+        raise LvmError(f"{spec}: the factory raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    data = dict(card_data or {})
+    if card_path is not None:
+        data.update(read_card_file(card_path))
+    if not data:
+        raise LvmError(f"{spec}: no model card (return (model, card) from the factory or pass --model-card FILE.json)")
+    data.setdefault("name", spec.rpartition(":")[2])
+    data.setdefault("type", type(model).__name__)
+    data.update(kind="python", source=spec, source_sha256=sha256_file(source) if source else None)
+    if data.get("n_params") is None:
+        data["n_params"] = count_params(model)
+    card = ModelCard.from_dict(data, where=f"{spec} card")
+    if isinstance(model, nn.Module):
+        model.eval()
+    return LoadedModel(card, Predictor(model))
+
+
+# ----------------------------------------------------------------------------- torch.export programs
+
+
+def load_export(path: str | Path, card_path: str | Path | None = None) -> LoadedModel:
+    """A ``torch.export`` program: a graph of ATen ops and weights, no Python code from the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise LvmError(f"exported program {p} not found")
+    card_file = Path(card_path) if card_path else p.with_suffix(".json")
+    data = read_card_file(card_file)
+    data.update(kind="export", source=str(p), source_sha256=sha256_file(p))
+    card = ModelCard.from_dict(data, where=str(card_file))
+    try:
+        program = torch.export.load(str(p))
+    except Exception as exc:  # a corrupt archive surfaces as many exception types
+        raise LvmError(f"{p}: not a torch.export program ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return LoadedModel(card, Predictor(program.module()))
+
+
+def export_model(loaded: LoadedModel, out: str | Path, batch_hint: int = 4) -> dict:
+    """Write ``out`` (.pt2, dynamic batch dimension) and its JSON card beside it; returns the card."""
+    from lvm.io import write_atomic, write_json_atomic
+
+    if loaded.predictor is None:
+        raise LvmError("predictions cannot be exported: there is no model")
+    out = Path(out)
+    if out.suffix != EXPORT_SUFFIX:
+        raise LvmError(f"{out}: an exported program is written as NAME{EXPORT_SUFFIX}")
+    card = loaded.card
+    x = torch.zeros(batch_hint, card.ctx, card.input_dim)
+    mask = torch.ones(batch_hint, card.ctx, dtype=torch.bool)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    module = loaded.predictor.eval()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, (x, mask), dynamic_shapes={"x": {0: batch}, "mask": {0: batch}})
+    except Exception as exc:
+        raise LvmError(f"torch.export failed for {card.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lambda tmp: torch.export.save(program, str(tmp)))
+    exported = {**card.to_dict(), "kind": "export", "exported_from": card.source, "source": str(out), "source_sha256": sha256_file(out)}
+    write_json_atomic(out.with_suffix(".json"), exported)
+    return exported
+
+
+# ----------------------------------------------------------------------------- lvm checkpoints
+
+
+def card_from_checkpoint_meta(meta: dict) -> ModelCard:
+    """The card of an lvm checkpoint (its JSON config, already checked by ``read_checkpoint_meta``)."""
+    path = Path(meta["_path"])
+    hist = path.parent / "training_history.json"
+    cfg = meta.get("train_config") or {}
+    return ModelCard(
+        name=meta.get("name") or (path.parent.name if path.stem in ("best", "last") else path.stem),
+        type=str(meta["model_type"]), ctx=int(meta["ctx"]), min_ctx=int(meta.get("min_ctx", 1)), input_dim=int(meta["input_dim"]),
+        encoder_fingerprint=meta.get("encoder_fingerprint"), n_params=meta.get("n_params"),
+        accepts_mask=bool(meta.get("accepts_mask", True)), kind="lvm", source=str(path),
+        source_sha256=meta.get("weights_sha256"), model_config=meta.get("model_config"), training=cfg or None,
+        loss_config=meta.get("loss_config") or cfg.get("loss"), epoch=meta.get("epoch"), dataset_hash=meta.get("dataset_hash"),
+        history_path=str(hist) if hist.is_file() else None,
+    )
+
+
+def load_lvm_checkpoint(path: str | Path) -> LoadedModel:
+    from lvm.models.checkpoints import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    return LoadedModel(card_from_checkpoint_meta(meta), model)
+
+
+# ----------------------------------------------------------------------------- one entry point
+
+
+def load_model(spec: str | Path, card_path: str | Path | None = None) -> LoadedModel:
+    """Whatever ``--checkpoint`` names, as a ``LoadedModel``; ``LvmError`` with one line otherwise."""
+    s = str(spec)
+    if s.startswith(PY_PREFIX):
+        return load_python(s, card_path)
+    if s.endswith(EXPORT_SUFFIX):
+        return load_export(s, card_path)
+    return load_lvm_checkpoint(s)
+
+
+def model_label(spec: str | Path) -> str:
+    """A short name for a checkpoint spec (the stoplight table's checkpoint column)."""
+    s = str(spec)
+    if s.startswith(PY_PREFIX):
+        return s.rpartition(":")[2] if not s[len(PY_PREFIX):].rpartition(":")[0].endswith(".py") else \
+            f"{Path(s[len(PY_PREFIX):].rpartition(':')[0]).stem}:{s.rpartition(':')[2]}"
+    p = Path(s)
+    return p.name if p.is_dir() else f"{p.parent.name}/{p.stem}"
