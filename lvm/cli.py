@@ -186,8 +186,8 @@ def cmd_fingerprint(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from lvm.losses import LossConfig
-    from lvm.train.trainer import EXIT_KILL_SWITCH, KillSwitch, TrainConfig, Trainer
+    from lvm.train import EXIT_KILL_SWITCH, KillSwitch, TrainConfig, Trainer
+    from lvm.train.config import config_from_args
 
     if args.resume:
         run = Path(args.resume)
@@ -196,22 +196,7 @@ def cmd_train(args) -> int:
         cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
         out, resume = run, True
     else:
-        try:
-            model_config = json.loads(args.model_config) if args.model_config else {}
-        except ValueError as exc:
-            raise LvmError(f"--model-config is not valid JSON ({exc})") from None
-        loss = LossConfig(
-            lambda_mse=args.lambda_mse, lambda_cos=args.lambda_cos, lambda_info=args.lambda_info,
-            lambda_moment=args.lambda_moment, lambda_variance=args.lambda_variance, tau=args.tau,
-            adaptive_info=args.adaptive_info,
-        )
-        cfg = TrainConfig(
-            dataset=args.dataset, model=args.model, model_config=model_config, ctx=args.ctx, min_ctx=args.min_ctx,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip, ema_decay=args.ema_decay, max_per_article=args.max_per_article, loss=loss,
-            seed=args.seed, warm_start=args.warm_start, warm_start_lr_scale=args.warm_start_lr_scale,
-            gate_profile=args.gate_profile, kill_switches=not args.no_kill_switches, device=args.device, threads=args.threads,
-        )
+        cfg = config_from_args(TrainConfig, args)
         out = Path(args.out or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         resume = False
     try:
@@ -226,12 +211,12 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from lvm.data.datasets import open_dataset
+    from lvm.evaluation import evaluate
     from lvm.models.checkpoints import (
         check_compatible,
         load_checkpoint,
         load_legacy_state_dict,
     )
-    from lvm.train.trainer import evaluate
 
     path = Path(args.checkpoint)
     if path.suffix in (".pt", ".pth", ".pkl", ".bin") and path.is_file():
@@ -348,36 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     from lvm.models.checkpoints import model_types
 
     p = sub.add_parser("train", help="train a model (or fit a null baseline) with kill switches; writes a run folder")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset folder (default %(default)s)")
-    p.add_argument("--model", default="amn", choices=model_types(), help="architecture or null baseline (default %(default)s)")
-    p.add_argument("--model-config", default=None, metavar="JSON", help='architecture overrides, e.g. \'{"hidden_dim": 512}\'')
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder from its last finished epoch")
-    p.add_argument("--ctx", type=int, default=5)
-    p.add_argument("--min-ctx", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch size (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of weights for eval and checkpoints (0: off)")
-    p.add_argument("--max-per-article", type=int, default=2, help="cap of items per article per batch (0: no cap)")
-    g = p.add_argument_group("loss")
-    g.add_argument("--lambda-mse", type=float, default=1.0)
-    g.add_argument("--lambda-cos", type=float, default=0.0)
-    g.add_argument("--lambda-info", type=float, default=0.0)
-    g.add_argument("--lambda-moment", type=float, default=0.0)
-    g.add_argument("--lambda-variance", type=float, default=0.0)
-    g.add_argument("--tau", type=float, default=0.07, help="InfoNCE temperature")
-    g.add_argument("--adaptive-info", action="store_true", help="scale λ_info by the EMA ratio of MSE to InfoNCE (clamped)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warm-start", default=None, metavar="CKPT", help="initialise from a checkpoint (same type and config)")
-    p.add_argument("--warm-start-lr-scale", type=float, default=0.5)
-    p.add_argument("--gate-profile", default=None, help="kill-switch thresholds (default: from the dataset's encoder)")
-    p.add_argument("--no-kill-switches", action="store_true")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # one option per TrainConfig / LossConfig field: --field-name, with the field's type, default and help
+    from lvm.train.config import TrainConfig, add_config_arguments
+
+    add_config_arguments(p, TrainConfig, "training", overrides={"model": {"choices": model_types()}})
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="mean val/OOD cosine of a checkpoint on a dataset (refuses mismatches)")

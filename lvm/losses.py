@@ -7,7 +7,7 @@ gate can check) the balance between them: the seeds' failed run had InfoNCE ~700
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -140,18 +140,27 @@ class AdaptiveLambda:
 
 @dataclass
 class LossConfig:
-    lambda_mse: float = 1.0  # the seeds' working runs were MSE-led
-    lambda_cos: float = 0.0  # 1 − mean cos
-    lambda_info: float = 0.0  # InfoNCE; the seeds' 0.5 made it dominate (700× MSE)
-    lambda_moment: float = 0.0  # seeds: 0.001 when used
-    lambda_variance: float = 0.0  # seeds: 0.001 when used
-    tau: float = 0.07  # InfoNCE temperature (seeds)
-    adaptive_info: bool = False  # replace lambda_info by AdaptiveLambda's EMA-balanced value
-    adaptive_base: float = 0.5  # seeds' base of the adaptive λ_info
-    adaptive_min: float = 0.01  # seeds' clamp, lower end
-    adaptive_max: float = 0.5  # seeds' clamp, upper end
-    adaptive_decay: float = 0.99  # seeds' EMA decay
-    variance_floor_ratio: float = DEFAULT_VARIANCE_FLOOR_RATIO  # floor of variance_penalty
+    lambda_mse: float = field(default=1.0, metadata={"help": "weight of the MSE (the seeds' working runs were MSE-led)"})
+    lambda_cos: float = field(default=0.0, metadata={"help": "weight of 1 − mean cos"})
+    lambda_info: float = field(
+        default=0.0, metadata={"help": "weight of InfoNCE (the seeds' 0.5 made it dominate: 700× the MSE)"}
+    )
+    lambda_moment: float = field(default=0.0, metadata={"help": "weight of the moment matching (seeds: 0.001 when used)"})
+    lambda_variance: float = field(
+        default=0.0, metadata={"help": "weight of the variance penalty (seeds: 0.001 when used)"}
+    )
+    tau: float = field(default=0.07, metadata={"help": "InfoNCE temperature, as in the seeds"})
+    adaptive_info: bool = field(
+        default=False, metadata={"help": "scale λ_info by the EMA ratio of MSE to InfoNCE (clamped; AdaptiveLambda)"}
+    )
+    adaptive_base: float = field(default=0.5, metadata={"help": "base of the adaptive λ_info, as in the seeds"})
+    adaptive_min: float = field(default=0.01, metadata={"help": "lower clamp of the adaptive λ_info, as in the seeds"})
+    adaptive_max: float = field(default=0.5, metadata={"help": "upper clamp of the adaptive λ_info, as in the seeds"})
+    adaptive_decay: float = field(default=0.99, metadata={"help": "EMA decay of the adaptive λ_info, as in the seeds"})
+    variance_floor_ratio: float = field(
+        default=DEFAULT_VARIANCE_FLOOR_RATIO,
+        metadata={"help": "floor of the variance penalty, as a share of the targets' per-dimension std"},
+    )
 
     def make_adaptive(self) -> AdaptiveLambda | None:
         """The ``AdaptiveLambda`` this config asks for (None when ``adaptive_info`` is off)."""

@@ -6,6 +6,7 @@ metadata: the first shipped profile that lists the dataset's encoder model id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from lvm.errors import LvmError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 ACTIONS = ("abort", "warn")
+# The status a broken epoch rule gives: an abort is a RED kill switch, a warning AMBER.
+ACTION_STATUS = {"abort": "RED", "warn": "AMBER"}
+# Epoch-rule tables under ``[training]`` and the training-history field each one judges.
+SCHEDULE_METRICS = {"val_cosine": "val_cosine", "ood_sentinel": "ood_cosine"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,30 @@ class Profile:
 
     def rules_at(self, kind: str, epoch: int) -> list[EpochRule]:
         return [r for r in getattr(self, kind) if r.epoch == epoch]
+
+    def schedule_violations(self, epochs: Iterable[Mapping], kinds: Sequence[str] = tuple(SCHEDULE_METRICS)) -> list[dict]:
+        """The epoch rules (kill switches) that training-history rows break, in row, kind, rule order.
+
+        A row (``epoch``, ``val_cosine``, optionally ``ood_cosine``) breaks a ``training.<kind>``
+        rule of its epoch when ``value < min``; a row without the rule's field (no OOD evaluation
+        that epoch) is not judged by it, and NaN breaks no rule. Each violation holds ``epoch``,
+        ``metric`` (the rule table: ``val_cosine`` or ``ood_sentinel``), ``value``, ``threshold``,
+        ``action``, ``status`` (RED for abort, AMBER for warn) and ``why``. The trainer and the
+        ``training_health`` gate both judge the schedule here.
+        """
+        violations = []
+        for row in epochs:
+            for kind in kinds:
+                value = row.get(SCHEDULE_METRICS[kind])
+                if value is None:
+                    continue
+                for rule in self.rules_at(kind, row["epoch"]):
+                    if value < rule.min:
+                        violations.append({
+                            "epoch": row["epoch"], "metric": kind, "value": value, "threshold": rule.min,
+                            "action": rule.action, "status": ACTION_STATUS[rule.action], "why": rule.why,
+                        })
+        return violations
 
 
 def _rules(data: dict, key: str, path: Path) -> list[EpochRule]:

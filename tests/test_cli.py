@@ -83,3 +83,52 @@ def test_inspect_reports_counts_norms_coherence_and_splits(small_dataset):
     assert info["sequences"]["train"] > 0 and info["index"]["kind"] == "flat-ip"
     text = run_lvm("inspect", str(small_dataset))
     assert text.returncode == 0 and "coherence" in text.stdout and "fingerprint" in text.stdout
+
+
+def _train_parser():
+    import argparse
+
+    from lvm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_every_training_config_field_is_a_train_flag_with_the_dataclass_default():
+    from dataclasses import MISSING, fields
+
+    from lvm.losses import LossConfig
+    from lvm.train import TrainConfig
+
+    options = _train_parser()._option_string_actions
+    for cls in (TrainConfig, LossConfig):
+        for f in fields(cls):
+            if f.name == "loss":  # the nested LossConfig: its own fields are the flags
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            assert flag in options, flag
+            default = f.default_factory() if f.default is MISSING else f.default
+            assert options[flag].default == default, (flag, options[flag].default, default)
+            assert options[flag].help and f.metadata["help"] in options[flag].help, flag
+    assert "--no-kill-switches" in options and "--no-adaptive-info" in options
+
+
+def test_train_flags_parse_to_the_training_config():
+    from lvm.losses import LossConfig
+    from lvm.train import TrainConfig
+    from lvm.train.config import config_from_args
+
+    parser = _train_parser()
+    assert config_from_args(TrainConfig, parser.parse_args([])) == TrainConfig()
+    args = parser.parse_args(["--no-kill-switches", "--adaptive-info", "--lambda-info", "0.5", "--model-config", '{"hidden_dim": 8}',
+                              "--threads", "2", "--warm-start", "runs/a", "--epochs", "3"])
+    assert config_from_args(TrainConfig, args) == TrainConfig(
+        kill_switches=False, loss=LossConfig(adaptive_info=True, lambda_info=0.5), model_config={"hidden_dim": 8}, threads=2,
+        warm_start="runs/a", epochs=3,
+    )
+
+
+def test_train_model_config_must_be_a_json_object(tmp_path):
+    res = run_lvm("train", "--dataset", str(tmp_path), "--model-config", "{not json", "--out", str(tmp_path / "run"))
+    assert_one_line_error(res, "--model-config", "not valid JSON")
+    assert not (tmp_path / "run").exists()

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from conftest import ROOT, run_lvm
 from lvm.data.datasets import open_dataset
 from lvm.errors import LvmError
+from lvm.evaluation import evaluate
 from lvm.losses import COMPONENTS
 from lvm.models.checkpoints import check_compatible, load_checkpoint
+from lvm.train import EXIT_KILL_SWITCH, TrainConfig, Trainer
 from lvm.train.sampler import article_capped_batches
-from lvm.train.trainer import EXIT_KILL_SWITCH, TrainConfig, Trainer, evaluate
 
 
 def train(dataset, out, **kw):

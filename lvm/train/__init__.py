@@ -3,3 +3,8 @@ rate schedule and EMA weights (``schedule``) and the article-capped batch sample
 Kill switches are the gate profile's epoch rules, judged by ``lvm.profiles`` for both the trainer
 and the ``training_health`` gate.
 """
+
+from lvm.train.config import TrainConfig
+from lvm.train.trainer import EXIT_KILL_SWITCH, KillSwitch, Trainer
+
+__all__ = ["EXIT_KILL_SWITCH", "KillSwitch", "TrainConfig", "Trainer"]

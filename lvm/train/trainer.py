@@ -28,16 +28,17 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lvm.data.datasets import Dataset, SequenceView, open_dataset
+from lvm.data.datasets import Dataset, open_dataset
 from lvm.errors import LvmError
+from lvm.evaluation import evaluate
 from lvm.io import utc_timestamp, write_atomic, write_json_atomic
-from lvm.losses import COMPONENTS, LossConfig, compute_loss
+from lvm.losses import COMPONENTS, AdaptiveLambda, compute_loss
 from lvm.models import MODEL_TYPES, config_dict, count_parameters
 from lvm.models.baselines import BASELINES
 from lvm.models.checkpoints import (
@@ -47,11 +48,14 @@ from lvm.models.checkpoints import (
     save_checkpoint,
 )
 from lvm.profiles import Profile, profile_for_dataset
+from lvm.train.config import TrainConfig
 from lvm.train.sampler import article_capped_batches
+from lvm.train.schedule import EMA, lr_lambda
+
+__all__ = ["EXIT_KILL_SWITCH", "KillSwitch", "RunState", "TrainConfig", "Trainer", "check_kill_switches"]
 
 EXIT_KILL_SWITCH = 3  # distinct from 1 (pytest/gates RED) and 2 (bad input)
 HISTORY_VERSION = 1
-EMA_WARMUP = 10  # EMA decay ramps as (1+t)/(EMA_WARMUP+t) so early epochs are not the init weights
 
 
 class KillSwitch(Exception):
@@ -60,47 +64,6 @@ class KillSwitch(Exception):
     def __init__(self, event: dict):
         super().__init__(f"kill switch: {event['gate']} at epoch {event['epoch']}: {event['value']:.4f} < {event['threshold']}")
         self.event = event
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "data/wiki-minilm"
-    model: str = "amn"
-    model_config: dict = field(default_factory=dict)  # overrides of the architecture's defaults
-    ctx: int = 5
-    min_ctx: int = 1
-    epochs: int = 6
-    batch_size: int = 256  # global, across DDP ranks
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.05  # share of steps with linear LR warm-up
-    min_lr_ratio: float = 0.05  # cosine decay floor, as a share of lr
-    grad_clip: float = 1.0  # seeds: max_norm 1.0
-    ema_decay: float = 0.999  # seeds: EMA 0.999 for eval (0 disables)
-    max_per_article: int = 2  # seeds' triage: cap ≤2 samples per article per batch
-    loss: LossConfig = field(default_factory=LossConfig)
-    seed: int = 0
-    warm_start: str | None = None  # checkpoint to start from
-    warm_start_lr_scale: float = 0.5  # seeds: LR × 0.5 when warm-starting
-    gate_profile: str | None = None  # default: from the dataset's encoder
-    kill_switches: bool = True
-    eval_batch_size: int = 2048
-    device: str = "auto"
-    threads: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise LvmError(f"unknown training config key(s): {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if isinstance(d.get("loss"), dict):
-            d["loss"] = LossConfig(**d["loss"])
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -119,80 +82,35 @@ def to_torch(batch, device):
     return (torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device), torch.from_numpy(y).to(device))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, view: SequenceView, loss_cfg: LossConfig | None = None, batch_size: int = 2048, device=None) -> dict:
-    """Mean cos(ŷ, y) over every sequence of ``view`` (streamed in batches), plus mean loss."""
-    device = device or next(iter(model.parameters()), torch.empty(0)).device
-    was_training = model.training
-    model.eval()
-    cos_sum, loss_sum, n = 0.0, 0.0, 0
-    # eval loss with a fixed λ_info: the adaptive EMA must only advance on training steps
-    cfg = LossConfig(**{**asdict(loss_cfg), "adaptive_info": False}) if loss_cfg is not None else None
-    for idx, x, mask, y in view.iter_batches(batch_size):
-        xt, mt, yt = to_torch((x, mask, y), device)
-        pred = model(xt, mt)
-        cos_sum += float((pred * yt).sum())
-        if cfg is not None:
-            total, _ = compute_loss(pred, yt, cfg, torch.from_numpy(view.article_ids[idx]).to(device))
-            loss_sum += float(total) * len(idx)
-        n += len(idx)
-    model.train(was_training)
-    if n == 0:
-        return {"cosine": float("nan"), "loss": float("nan"), "n": 0}
-    return {"cosine": cos_sum / n, "loss": loss_sum / n if loss_cfg is not None else float("nan"), "n": n}
+def check_kill_switches(
+    profile: Profile, epoch: int, val_cos: float, ood_cos: float | None
+) -> tuple[list[dict], dict | None]:
+    """Events (one per epoch rule broken, warnings included) and the first abort event (or None)."""
+    row = {"epoch": epoch, "val_cosine": val_cos, "ood_cosine": ood_cos}
+    events = [
+        {
+            "gate": f"training.{v['metric']}", "epoch": epoch, "value": round(float(v["value"]), 6),
+            "threshold": v["threshold"], "action": v["action"], "status": v["status"], "why": v["why"],
+            "profile": profile.name,
+        }
+        for v in profile.schedule_violations([row])
+    ]
+    return events, next((e for e in events if e["action"] == "abort"), None)
 
 
-class EMA:
-    """Exponential moving average of the weights: θ̄ ← d·θ̄ + (1−d)·θ, d = min(decay, (1+t)/(10+t))."""
+@dataclass
+class RunState:
+    """What the steps of one training run share."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.steps = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.steps += 1
-        d = min(self.decay, (1 + self.steps) / (EMA_WARMUP + self.steps))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict(self.shadow)
-
-
-def lr_lambda(total_steps: int, warmup_frac: float, min_ratio: float):
-    warm = max(1, int(total_steps * warmup_frac))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
-def check_kill_switches(profile: Profile, epoch: int, val_cos: float, ood_cos: float | None) -> tuple[list[dict], dict | None]:
-    """Events (warnings) and the abort event (or None) for this epoch under ``profile``."""
-    events, abort = [], None
-    checks = [("val_cosine", val_cos)] + ([("ood_sentinel", ood_cos)] if ood_cos is not None else [])
-    for kind, value in checks:
-        for rule in profile.rules_at(kind, epoch):
-            if not value < rule.min:
-                continue
-            event = {
-                "gate": f"training.{kind}", "epoch": epoch, "value": round(float(value), 6), "threshold": rule.min,
-                "action": rule.action, "status": "RED" if rule.action == "abort" else "AMBER", "why": rule.why,
-                "profile": profile.name,
-            }
-            events.append(event)
-            if rule.action == "abort" and abort is None:
-                abort = event
-    return events, abort
+    model: nn.Module  # the weights being trained
+    train_model: nn.Module  # ``model`` or its DDP wrapper: training forward passes go through it
+    eval_model: nn.Module  # the EMA weights (or a copy of ``model``'s), evaluated and saved
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    adaptive: AdaptiveLambda | None
+    history: dict
+    start_epoch: int = 1
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -307,6 +225,8 @@ class Trainer:
 
     # -- trainable models
 
+    # -- trainable models
+
     def run(self) -> dict:
         if self.cfg.model in BASELINES:
             return self._run_baseline()
@@ -320,146 +240,217 @@ class Trainer:
                     dist.destroy_process_group()
 
     def _train(self) -> dict:
-        cfg = self.cfg
-        ddp = self.world > 1
-        if ddp:
-            import torch.distributed as dist
+        """Set up (or resume), then per epoch: train, evaluate, record, judge the kill switches, save."""
+        run = self._setup()
+        for epoch in range(run.start_epoch, self.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            sums, seen = self._train_epoch(run, epoch)
+            train_seconds = time.perf_counter() - t0
+            val, ood = self._evaluate_epoch(run, epoch)
+            row = self._epoch_row(run, epoch, sums, seen, val, ood, time.perf_counter() - t0, train_seconds)
+            metrics, improved = self._record_epoch(run, row)
+            self._log_epoch(row)
+            abort = self._check_kill_switches(run, epoch, val, ood)
+            self._save_epoch(run, epoch, metrics, improved, abort)
+            if abort:
+                self.log.info(f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; checkpoints kept in {self.out}")
+                raise KillSwitch(abort)
+        return self._finish(run)
 
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
+    def _setup(self) -> RunState:
+        """Model (warm-started), DDP wrapper, AdamW, LR schedule, EMA, eval copy and history; resumed
+        from resume.pt when asked. The order is fixed: every model built draws from the seeded RNG."""
+        cfg = self.cfg
+        self._init_distributed()
         torch.manual_seed(cfg.seed)
         model = make_model(cfg.model, self._model_config()).to(self.device)
-        lr = cfg.lr
-        if cfg.warm_start and not self.resume:
-            warm, warm_meta = load_checkpoint(cfg.warm_start)
-            check_compatible(warm_meta, self.ds)
-            if warm_meta["model_type"] != cfg.model or warm_meta["model_config"] != config_dict(model):
-                raise LvmError(f"warm start {cfg.warm_start}: a {warm_meta['model_type']} with another config cannot initialise this {cfg.model}")
-            model.load_state_dict(warm.state_dict())
-            lr = cfg.lr * cfg.warm_start_lr_scale
+        lr = self._warm_start(model)
         train_model = model
-        if ddp:
+        if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             train_model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         batches_per_epoch = len(article_capped_batches(self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, 1))
-        total_steps = batches_per_epoch * cfg.epochs
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, cfg.warmup_frac, cfg.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(batches_per_epoch * cfg.epochs, cfg.warmup_frac, cfg.min_lr_ratio))
         ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         adaptive = cfg.loss.make_adaptive()
-        eval_model = make_model(cfg.model, self._model_config()).to(self.device)  # holds EMA weights
+        eval_model = make_model(cfg.model, self._model_config()).to(self.device)
         history = self._history_head(model) | {"epochs": [], "status": "running", "best_epoch": None, "best_val_cosine": None}
-        start_epoch = 1
+        run = RunState(model, train_model, eval_model, opt, sched, ema, adaptive, history)
         if self.resume:
-            state = torch.load(self.out / "resume.pt", map_location=self.device, weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if ema is not None:
-                ema.shadow, ema.steps = state["ema"], int(state["ema_steps"])
-            if adaptive is not None and state.get("adaptive"):
-                adaptive.load_state_dict(state["adaptive"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            history = json.loads((self.out / "training_history.json").read_text())
-            history["status"] = "running"
-            history.setdefault("resumed_at_epoch", []).append(int(state["epoch"]) + 1)
-            start_epoch = int(state["epoch"]) + 1
-            self.log.info(f"resuming {self.out} at epoch {start_epoch}")
+            self._restore(run)
         elif self.is_main:
             write_json_atomic(self.out / "config.json", cfg.to_dict())
         self.log.info(
             f"training {cfg.model} ({count_parameters(model):,} params) on {len(self.train_view)} sequences "
             f"(ctx={cfg.ctx}, min_ctx={cfg.min_ctx}), {cfg.epochs} epochs, device {self.device}, world {self.world}"
         )
+        return run
+
+    def _init_distributed(self) -> None:
+        """Under torchrun: join the process group; on GPU each rank takes its LOCAL_RANK device."""
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+
+    def _warm_start(self, model: nn.Module) -> float:
+        """Load ``cfg.warm_start`` into ``model`` (not on resume: resume.pt has newer weights); the starting LR."""
+        cfg = self.cfg
+        if not cfg.warm_start or self.resume:
+            return cfg.lr
+        warm, warm_meta = load_checkpoint(cfg.warm_start)
+        check_compatible(warm_meta, self.ds)
+        if warm_meta["model_type"] != cfg.model or warm_meta["model_config"] != config_dict(model):
+            raise LvmError(f"warm start {cfg.warm_start}: a {warm_meta['model_type']} with another config cannot initialise this {cfg.model}")
+        model.load_state_dict(warm.state_dict())
+        return cfg.lr * cfg.warm_start_lr_scale
+
+    def _restore(self, run: RunState) -> None:
+        """Continue from resume.pt: weights, optimizer, scheduler, EMA, adaptive λ, RNG and history."""
+        state = torch.load(self.out / "resume.pt", map_location=self.device, weights_only=True)
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        if run.ema is not None:
+            run.ema.shadow, run.ema.steps = state["ema"], int(state["ema_steps"])
+        if run.adaptive is not None and state.get("adaptive"):
+            run.adaptive.load_state_dict(state["adaptive"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        run.start_epoch = int(state["epoch"]) + 1
+        run.history = json.loads((self.out / "training_history.json").read_text())
+        run.history["status"] = "running"
+        run.history.setdefault("resumed_at_epoch", []).append(run.start_epoch)
+        self.log.info(f"resuming {self.out} at epoch {run.start_epoch}")
+
+    def _train_epoch(self, run: RunState, epoch: int) -> tuple[dict, int]:
+        """One pass over the article-capped batches (under DDP, this rank's slice of each global batch).
+
+        Returns the sums of every logged value weighted by batch size, and the sequences seen.
+        """
         from tqdm.auto import tqdm
 
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            batches = article_capped_batches(self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, epoch)
-            if ddp:
-                batches = [b[self.rank :: self.world] for b in batches if len(b) >= self.world]
-            sums = {k: 0.0 for k in (*COMPONENTS, "total", "lambda_info", "cosine")}
-            seen = 0
-            bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (self.progress and self.is_main), leave=False)
-            for idx in bar:
-                x, mask, y = to_torch(self.train_view.batch(idx), self.device)
-                art = torch.from_numpy(self.train_view.article_ids[idx]).to(self.device)
-                pred = train_model(x, mask)
-                loss, comps = compute_loss(pred, y, cfg.loss, art, adaptive)
-                if not math.isfinite(comps["total"]):
-                    raise LvmError(f"epoch {epoch}: loss became {comps['total']} (NaN/Inf); lower the learning rate or check the data")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update(model)
-                comps["cosine"] = float((pred.detach() * y).sum(dim=1).mean())
-                for k in sums:
-                    sums[k] += comps[k] * len(idx)
-                seen += len(idx)
-                bar.set_postfix(loss=f"{comps['total']:.4f}", cos=f"{comps['cosine']:.3f}")
-            train_seconds = time.perf_counter() - t0
-            if ema is not None:
-                ema.copy_to(eval_model)
-            else:
-                eval_model.load_state_dict(model.state_dict())
-            val = evaluate(eval_model, self.val_view, cfg.loss, cfg.eval_batch_size, self.device)
-            ood_rules = self.profile.rules_at("ood_sentinel", epoch) if self.profile else []
-            ood = evaluate(eval_model, self.ood_view, None, cfg.eval_batch_size, self.device) if (ood_rules and len(self.ood_view)) else None
-            row = {
-                "epoch": epoch,
-                "train_loss": sums["total"] / seen,
-                "train_cosine": sums["cosine"] / seen,
-                "val_loss": val["loss"],
-                "val_cosine": val["cosine"],
-                **{f"train_loss_{k}": sums[k] / seen for k in COMPONENTS},
-                "lambda_info": sums["lambda_info"] / seen,
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-                "train_seq_per_s": seen * self.world / train_seconds,
-            }
-            if ood is not None:
-                row["ood_cosine"] = ood["cosine"]
-            history["epochs"].append(row)
-            metrics = {"val_cosine": val["cosine"], **({"ood_cosine": ood["cosine"]} if ood else {})}
-            improved = history["best_val_cosine"] is None or val["cosine"] > history["best_val_cosine"]
-            if improved:
-                history["best_epoch"], history["best_val_cosine"] = epoch, val["cosine"]
-            events, abort = check_kill_switches(self.profile, epoch, val["cosine"], ood["cosine"] if ood else None) if self.profile else ([], None)
-            history["events"].extend(events)
-            self.log.info(
-                f"epoch {epoch}: train loss {row['train_loss']:.5f} (mse {row['train_loss_mse']:.5f} info {row['train_loss_info']:.4f} "
-                f"λ_info {row['lambda_info']:.3f}) train cos {row['train_cosine']:.4f} | val cos {val['cosine']:.4f}"
-                + (f" | ood cos {ood['cosine']:.4f}" if ood else "")
-                + f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['train_seq_per_s']:.0f} seq/s"
-            )
-            for e in events:
-                self.log.info(f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} ({e['action']}): {e['why']}")
-            if self.is_main:
-                save_checkpoint(self.out / "last", eval_model, self._ckpt_meta(eval_model, epoch, metrics))
-                if improved:
-                    save_checkpoint(self.out / "best", eval_model, self._ckpt_meta(eval_model, epoch, metrics))
-                if abort:
-                    history["status"], history["aborted"] = "aborted", abort
-                self._write_history(history)  # history before resume.pt: a resumed run never lacks rows
-                state = {
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "ema": ema.shadow if ema else {}, "ema_steps": ema.steps if ema else 0,
-                    "adaptive": adaptive.state_dict() if adaptive else {}, "torch_rng": torch.get_rng_state(),
-                }
-                write_atomic(self.out / "resume.pt", lambda tmp: torch.save(state, tmp))
-            if abort:
-                self.log.info(f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; checkpoints kept in {self.out}")
-                raise KillSwitch(abort)
-        history["status"] = "completed"
-        self._write_history(history)
-        self.log.info(f"done: best val cosine {history['best_val_cosine']:.4f} at epoch {history['best_epoch']} -> {self.out}")
-        return history
+        cfg = self.cfg
+        run.model.train()
+        batches = article_capped_batches(self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, epoch)
+        if self.world > 1:
+            batches = [b[self.rank :: self.world] for b in batches if len(b) >= self.world]
+        sums = {k: 0.0 for k in (*COMPONENTS, "total", "lambda_info", "cosine")}
+        seen = 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (self.progress and self.is_main), leave=False)
+        for idx in bar:
+            comps = self._train_step(run, idx, epoch)
+            for k in sums:
+                sums[k] += comps[k] * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{comps['total']:.4f}", cos=f"{comps['cosine']:.3f}")
+        return sums, seen
+
+    def _train_step(self, run: RunState, idx, epoch: int) -> dict:
+        """One optimizer step on the training sequences ``idx``: loss components and the mean cosine."""
+        cfg = self.cfg
+        x, mask, y = to_torch(self.train_view.batch(idx), self.device)
+        art = torch.from_numpy(self.train_view.article_ids[idx]).to(self.device)
+        pred = run.train_model(x, mask)
+        loss, comps = compute_loss(pred, y, cfg.loss, art, run.adaptive)
+        if not math.isfinite(comps["total"]):
+            raise LvmError(f"epoch {epoch}: loss became {comps['total']} (NaN/Inf); lower the learning rate or check the data")
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.opt.step()
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        comps["cosine"] = float((pred.detach() * y).sum(dim=1).mean())
+        return comps
+
+    def _evaluate_epoch(self, run: RunState, epoch: int) -> tuple[dict, dict | None]:
+        """Val scores of the EMA weights, and OOD scores at an epoch with an OOD-sentinel rule."""
+        cfg = self.cfg
+        if run.ema is not None:
+            run.ema.copy_to(run.eval_model)
+        else:
+            run.eval_model.load_state_dict(run.model.state_dict())
+        val = evaluate(run.eval_model, self.val_view, cfg.loss, cfg.eval_batch_size, self.device)
+        sentinel = bool(self.profile and self.profile.rules_at("ood_sentinel", epoch)) and len(self.ood_view) > 0
+        ood = evaluate(run.eval_model, self.ood_view, None, cfg.eval_batch_size, self.device) if sentinel else None
+        return val, ood
+
+    def _epoch_row(
+        self, run: RunState, epoch: int, sums: dict, seen: int, val: dict, ood: dict | None, seconds: float, train_seconds: float
+    ) -> dict:
+        """The epoch's row of training_history.json: means over its sequences, val/OOD scores, LR, speed."""
+        row = {
+            "epoch": epoch,
+            "train_loss": sums["total"] / seen,
+            "train_cosine": sums["cosine"] / seen,
+            "val_loss": val["loss"],
+            "val_cosine": val["cosine"],
+            **{f"train_loss_{k}": sums[k] / seen for k in COMPONENTS},
+            "lambda_info": sums["lambda_info"] / seen,
+            "lr": run.opt.param_groups[0]["lr"],
+            "seconds": seconds,
+            "train_seq_per_s": seen * self.world / train_seconds,
+        }
+        if ood is not None:
+            row["ood_cosine"] = ood["cosine"]
+        return row
+
+    def _record_epoch(self, run: RunState, row: dict) -> tuple[dict, bool]:
+        """Append ``row`` to the history, track the best epoch; the checkpoint metrics and whether it improved."""
+        history = run.history
+        history["epochs"].append(row)
+        metrics = {k: row[k] for k in ("val_cosine", "ood_cosine") if k in row}
+        improved = history["best_val_cosine"] is None or row["val_cosine"] > history["best_val_cosine"]
+        if improved:
+            history["best_epoch"], history["best_val_cosine"] = row["epoch"], row["val_cosine"]
+        return metrics, improved
+
+    def _log_epoch(self, row: dict) -> None:
+        self.log.info(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.5f} (mse {row['train_loss_mse']:.5f} info {row['train_loss_info']:.4f} "
+            f"λ_info {row['lambda_info']:.3f}) train cos {row['train_cosine']:.4f} | val cos {row['val_cosine']:.4f}"
+            + (f" | ood cos {row['ood_cosine']:.4f}" if "ood_cosine" in row else "")
+            + f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['train_seq_per_s']:.0f} seq/s"
+        )
+
+    def _check_kill_switches(self, run: RunState, epoch: int, val: dict, ood: dict | None) -> dict | None:
+        """Judge the profile's epoch rules: record and log every event; the abort event, if any."""
+        if self.profile is None:
+            return None
+        events, abort = check_kill_switches(self.profile, epoch, val["cosine"], ood["cosine"] if ood else None)
+        run.history["events"].extend(events)
+        for e in events:
+            self.log.info(f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} ({e['action']}): {e['why']}")
+        return abort
+
+    def _save_epoch(self, run: RunState, epoch: int, metrics: dict, improved: bool, abort: dict | None) -> None:
+        """Rank 0: last (and best) checkpoints of the EMA weights, the history, then resume.pt."""
+        if not self.is_main:
+            return
+        save_checkpoint(self.out / "last", run.eval_model, self._ckpt_meta(run.eval_model, epoch, metrics))
+        if improved:
+            save_checkpoint(self.out / "best", run.eval_model, self._ckpt_meta(run.eval_model, epoch, metrics))
+        if abort:
+            run.history["status"], run.history["aborted"] = "aborted", abort
+        self._write_history(run.history)  # history before resume.pt: a resumed run never lacks rows
+        state = {
+            "epoch": epoch, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(), "ema": run.ema.shadow if run.ema else {}, "ema_steps": run.ema.steps if run.ema else 0,
+            "adaptive": run.adaptive.state_dict() if run.adaptive else {}, "torch_rng": torch.get_rng_state(),
+        }
+        write_atomic(self.out / "resume.pt", lambda tmp: torch.save(state, tmp))
+
+    def _finish(self, run: RunState) -> dict:
+        run.history["status"] = "completed"
+        self._write_history(run.history)
+        self.log.info(f"done: best val cosine {run.history['best_val_cosine']:.4f} at epoch {run.history['best_epoch']} -> {self.out}")
+        return run.history
