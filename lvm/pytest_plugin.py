@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 RESULT_PROPERTY = "lvm_gate_result"
+WHERE_PROPERTY = "lvm_gate_where"
 DEFAULT_RESULTS = "reports/gate_results.json"
 PLUGIN_KEY = pytest.StashKey["LvmGatesPlugin"]()
 
@@ -375,6 +376,15 @@ class LvmGatesPlugin:
                 if gs.hardware_bound:
                     item.add_marker(pytest.mark.latency)
 
+    def pytest_runtest_setup(self, item) -> None:
+        """Where a gate test runs (checkpoint, dataset, split), for rows it cannot record itself."""
+        if item.get_closest_marker("lvm_gate") is None or not hasattr(item, "callspec"):
+            return
+        params = item.callspec.params
+        spec, ds = params.get("checkpoint_path"), params.get("dataset_path")
+        item.user_properties.append((WHERE_PROPERTY, {"checkpoint": _label(spec) if spec else None,
+                                                      "dataset": Path(ds).name if ds else None, "split": params.get("split")}))
+
     # -- one result row, with where it came from
     def describe(self, request, data: dict) -> dict:
         """Attach the comparability key, the model card and the paths of the run to a result row."""
@@ -408,17 +418,19 @@ class LvmGatesPlugin:
         elif report.failed and RESULT_PROPERTY not in props and is_gate:
             # a gate that crashed is RED, never silently missing
             last = str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ""
-            self.results.append(self._unrecorded(report, "RED", f"gate crashed: {last}"))
+            self.results.append(self._unrecorded(report, props, "RED", f"gate crashed: {last}"))
         elif report.skipped and is_gate:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            self.results.append(self._unrecorded(report, "SKIP", reason.removeprefix("Skipped: ")))
+            self.results.append(self._unrecorded(report, props, "SKIP", reason.removeprefix("Skipped: ")))
 
     @staticmethod
-    def _unrecorded(report, status: str, message: str) -> dict:
+    def _unrecorded(report, props: dict, status: str, message: str) -> dict:
         from lvm.gates.status import GateResult
 
         gate = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
-        return {**GateResult(gate, status, message=message, seconds=round(report.duration, 4)).to_dict(), "nodeid": report.nodeid}
+        where = props.get(WHERE_PROPERTY) or {}
+        result = GateResult(gate, status, message=message, seconds=round(report.duration, 4), **where)
+        return {**result.to_dict(), "nodeid": report.nodeid}
 
     def _is_controller(self) -> bool:
         return not hasattr(self.config, "workerinput")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -109,9 +110,16 @@ class Predictor(nn.Module):
     must see what the model emits.
     """
 
-    def __init__(self, fn):
+    def __init__(self, fn, trainable: bool = True):
         super().__init__()
         self.fn = fn  # an nn.Module is registered as a submodule, so eval()/parameters() reach it
+        self.trainable = trainable  # False: a torch.export graph, which has no train/eval mode to set
+
+    def train(self, mode: bool = True):
+        if self.trainable:
+            return super().train(mode)
+        self.training = mode
+        return self
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, D), (B, T) -> (B, D)
         return self.fn(x, mask)
@@ -196,18 +204,30 @@ def _split_factory_result(out, spec: str):
                    f"got {type(out).__name__}")
 
 
-def load_python(spec: str, card_path: str | Path | None = None, **factory_kwargs) -> LoadedModel:
-    """Import the user's code and call the factory: the one place lvm runs a user's Python."""
+def load_python(spec: str, card_path: str | Path | None = None) -> LoadedModel:
+    """Import the user's code and call the factory: the one place lvm runs a user's Python.
+
+    With a card that names ``weights`` (as ``lvm import-checkpoint`` writes), the factory is called
+    with the card's ``model_config`` and the safetensors weights are loaded into it strictly.
+    """
+    file_card = read_card_file(card_path) if card_path is not None else {}
+    weights = file_card.get("weights")
+    kwargs = file_card.get("model_config") or {} if weights else {}
+    if not isinstance(kwargs, dict):
+        raise LvmError(f"{card_path}: model_config must be an object of constructor arguments")
     factory, source = _import_factory(spec)
     try:
-        model, card_data = _split_factory_result(factory(**factory_kwargs), spec)
+        model, card_data = _split_factory_result(factory(**kwargs), spec)
     except LvmError:
         raise
     except Exception as exc:  # the user's code failed: say where, in one line
         raise LvmError(f"{spec}: the factory raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    if weights:
+        _load_weights(model, Path(card_path).parent / str(weights))
     data = dict(card_data or {})
-    if card_path is not None:
-        data.update(read_card_file(card_path))
+    data.update(file_card)
+    for key in ("format", "factory", "weights", "factory_source_sha256", "exported_from"):
+        data.pop(key, None)
     if not data:
         raise LvmError(f"{spec}: no model card (return (model, card) from the factory or pass --model-card FILE.json)")
     data.setdefault("name", spec.rpartition(":")[2])
@@ -219,6 +239,21 @@ def load_python(spec: str, card_path: str | Path | None = None, **factory_kwargs
     if isinstance(model, nn.Module):
         model.eval()
     return LoadedModel(card, Predictor(model))
+
+
+def _load_weights(model, path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lvm.models.legacy import load_strict
+
+    if not isinstance(model, nn.Module):
+        raise LvmError(f"{path}: the factory returned {type(model).__name__}, not a torch.nn.Module; weights cannot be loaded")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise LvmError(f"{path}: cannot read safetensors weights ({str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    load_strict(model, state, str(path))
 
 
 # ----------------------------------------------------------------------------- torch.export programs
@@ -237,7 +272,7 @@ def load_export(path: str | Path, card_path: str | Path | None = None) -> Loaded
         program = torch.export.load(str(p))
     except Exception as exc:  # a corrupt archive surfaces as many exception types
         raise LvmError(f"{p}: not a torch.export program ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    return LoadedModel(card, Predictor(program.module()))
+    return LoadedModel(card, Predictor(program.module(), trainable=False))
 
 
 def export_model(loaded: LoadedModel, out: str | Path, batch_hint: int = 4) -> dict:
@@ -260,7 +295,9 @@ def export_model(loaded: LoadedModel, out: str | Path, batch_hint: int = 4) -> d
     except Exception as exc:
         raise LvmError(f"torch.export failed for {card.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda tmp: torch.export.save(program, str(tmp)))
+    buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the file is then written atomically
+    torch.export.save(program, buffer)
+    write_atomic(out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     exported = {**card.to_dict(), "kind": "export", "exported_from": card.source, "source": str(out), "source_sha256": sha256_file(out)}
     write_json_atomic(out.with_suffix(".json"), exported)
     return exported

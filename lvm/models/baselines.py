@@ -60,6 +60,8 @@ def masked_context(
     if mask.shape != (B, T):
         raise LvmError(f"mask must have shape {(B, T)} to match the context; got {tuple(mask.shape)}")
     mask = mask.to(device=x.device, dtype=torch.bool)
+    if torch.compiler.is_exporting():  # data-dependent checks cannot be traced into a torch.export graph
+        return x.masked_fill(~mask[..., None], 0.0), mask
     if B and not bool(mask[:, -1].all()):
         raise LvmError("the last context position must be a real chunk (mask[:, -1] all True)")
     # Left padding: once a row turns real it stays real, i.e. no True followed by a False.

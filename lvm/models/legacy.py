@@ -1,0 +1,132 @@
+"""The seeds' trainer checkpoints (``best_model.pt``: a pickled dict holding ``model_type``,
+``model_state_dict``, ``model_config``, ``epoch``, ``args``, ...) -> safetensors + a JSON model card
++ a ``torch.export`` program. The file is read with ``torch.load(weights_only=True)``: tensors and
+plain data only, plus an allow-list of the harmless types their ``args`` may hold; anything else
+(a ``__reduce__`` payload, an unknown class) is refused before any of it runs. The user's class,
+named by ``--factory py:...``, is built from the file's ``model_config`` and loaded strictly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from lvm.errors import LvmError
+from lvm.io import atomic_dir, refuse_foreign_folder, sha256_file, write_atomic, write_json_atomic
+from lvm.models.adapters import LoadedModel, ModelCard, Predictor, _import_factory, _split_factory_result, count_params, export_model
+
+CARD_FILE = "model.json"
+# what the seeds' `args` may hold besides str/int/float/bool/None/list/dict: rebuilt by their constructors, no code
+SAFE_ARG_TYPES = (argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath)
+CTX_KEYS = ("ctx", "context_length", "context_len", "context_size", "seq_len")
+DIM_KEYS = ("input_dim", "d_model", "dim", "embedding_dim")
+
+
+def read_seed_checkpoint(path: str | Path) -> dict:
+    """The pickled dict, loaded with ``weights_only=True``; one line when it is refused."""
+    p = Path(path)
+    if not p.is_file():
+        raise LvmError(f"{p} not found")
+    try:
+        with torch.serialization.safe_globals(list(SAFE_ARG_TYPES)):
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise LvmError(f"{p}: refused (not plain tensors and data; loading it could execute code): {first}") from None
+    if isinstance(obj, dict) and "model_state_dict" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {"model_state_dict": obj}  # a bare state dict
+    if not isinstance(obj, dict) or not isinstance(obj.get("model_state_dict"), dict):
+        raise LvmError(f"{p}: no model_state_dict inside (expected the seeds' checkpoint dict or a bare state dict)")
+    return obj
+
+
+def _first(sources: list[dict], keys: tuple[str, ...]):
+    for src in sources:
+        for k in keys:
+            if isinstance(src.get(k), int) and not isinstance(src.get(k), bool):
+                return src[k]
+    return None
+
+
+def load_strict(model: torch.nn.Module, state: dict, where: str) -> None:
+    """``load_state_dict(strict=True)``, with the missing and unexpected keys named on a mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
+              if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches: {', '.join(shapes[:4])}")
+        raise LvmError(f"{where}: the state dict does not fit the model ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)
+
+
+def _plain(obj):
+    """JSON-safe copy of the seeds' args (Namespace and paths become dicts and strings)."""
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def import_checkpoint(pt_path: str | Path, factory: str, out: str | Path, *, encoder_fingerprint: str | None = None,
+                      ctx: int | None = None, min_ctx: int | None = None, input_dim: int | None = None,
+                      name: str | None = None, accepts_mask: bool = True, export: bool = True) -> dict:
+    """Convert a seeds' checkpoint into ``out/model.safetensors``, ``out/model.json`` (card) and
+    ``out/model.pt2``; returns the card. Nothing from the ``.pt`` file runs; the factory's code does."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    refuse_foreign_folder(out, CARD_FILE, "imported checkpoint")
+    obj = read_seed_checkpoint(pt_path)
+    config = obj.get("model_config") or {}
+    if not isinstance(config, dict):
+        raise LvmError(f"{pt_path}: model_config must be a dict of constructor arguments; got {type(config).__name__}")
+    args = _plain(obj.get("args") or {})
+    fn, source = _import_factory(factory)
+    try:
+        model, _ = _split_factory_result(fn(**config), factory)
+    except LvmError:
+        raise
+    except Exception as exc:
+        raise LvmError(f"{factory}: building it from the file's model_config {sorted(config)} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise LvmError(f"{factory}: returned {type(model).__name__}, not a torch.nn.Module (weights cannot be loaded into it)")
+    load_strict(model, obj["model_state_dict"], str(pt_path))
+    model.eval()
+    sources = [config, args if isinstance(args, dict) else {}]
+    card = ModelCard(
+        name=name or Path(pt_path).parent.name or Path(pt_path).stem, type=str(obj.get("model_type") or type(model).__name__),
+        ctx=ctx or _first(sources, CTX_KEYS) or 0, min_ctx=min_ctx or 1, input_dim=input_dim or _first(sources, DIM_KEYS) or 0,
+        encoder_fingerprint=encoder_fingerprint, n_params=count_params(model), accepts_mask=accepts_mask, kind="python",
+        source=str(Path(pt_path).resolve()), source_sha256=sha256_file(pt_path), model_config=_plain(config),
+        training=args or None, epoch=obj.get("epoch") if isinstance(obj.get("epoch"), int) else None,
+    )
+    if card.ctx == 0 or card.input_dim == 0:
+        raise LvmError(f"{pt_path}: ctx / input_dim not found in model_config or args; pass --ctx and --input-dim")
+    card.validate(str(pt_path))
+    data = {**card.to_dict(), "format": "lvm-model-card", "factory": factory, "weights": "model.safetensors",
+            "factory_source_sha256": sha256_file(source) if source else None}
+    with atomic_dir(out) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        write_atomic(tmp / "model.safetensors", lambda t: save_file(state, str(t)))
+        if export:  # model.pt2 + its card model.json: gated without the factory's source
+            data = {**export_model(LoadedModel(card, Predictor(model)), tmp / "model.pt2"), **{k: data[k] for k in
+                    ("format", "factory", "weights", "factory_source_sha256")}, "source": str(out / "model.pt2")}
+        write_json_atomic(tmp / CARD_FILE, data)
+    return data
