@@ -408,7 +408,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("baseline", help="results file to compare against, e.g. reports/baseline.json")
     p.add_argument("--gate-profile", default=None, help="profile whose [regression] tolerances apply (default: the one recorded in NEW)")
     p.set_defaults(func=cmd_compare)
+    _add_model_commands(sub)
     return parser
+
+
+# ----------------------------------------------------------------------------- any model: export, sequences, import
+
+
+def cmd_export(args) -> int:
+    from lvm.models.adapters import export_model, load_model
+
+    card = export_model(load_model(args.model, args.model_card), args.out)
+    print(f"{args.out}: torch.export program of {card['name']} ({card['type']}, ctx {card['ctx']}, dim {card['input_dim']}, "
+          f"dynamic batch) + {Path(args.out).with_suffix('.json').name}")
+    return 0
+
+
+def cmd_sequences(args) -> int:
+    from lvm.data.datasets import open_dataset
+    from lvm.models.predictions import write_manifest
+
+    ds = open_dataset(args.dataset)
+    args.min_ctx = args.ctx if args.min_ctx is None else args.min_ctx
+    if not 1 <= args.min_ctx <= args.ctx:
+        raise LvmError(f"--min-ctx must be between 1 and --ctx ({args.ctx}); got {args.min_ctx}")
+    m = write_manifest(ds, args.ctx, args.min_ctx, args.out)
+    print(f"{args.out}: sequence manifest of {ds.path} at ctx {args.ctx}, min_ctx {args.min_ctx}: "
+          + ", ".join(f"{k} {v['n']}" for k, v in m["splits"].items())
+          + "; write SPLIT.npy (N, D) float32 predictions and a card.json beside it")
+    return 0
+
+
+def cmd_import_checkpoint(args) -> int:
+    from lvm.models.legacy import import_checkpoint
+
+    fp = args.encoder_fingerprint
+    if args.dataset:
+        from lvm.data.datasets import open_dataset
+
+        fp = fp or open_dataset(args.dataset).encoder_fingerprint
+    card = import_checkpoint(args.checkpoint, args.factory, args.out, encoder_fingerprint=fp, ctx=args.ctx, min_ctx=args.min_ctx,
+                             input_dim=args.input_dim, name=args.name, accepts_mask=not args.no_mask, export=not args.no_export)
+    print(f"{args.out}: {card['type']} ({card['n_params']:,} params, ctx {card['ctx']}, dim {card['input_dim']}) -> "
+          f"model.safetensors + model.json" + ("" if args.no_export else " + model.pt2")
+          + ("" if fp else "; no encoder fingerprint recorded (pass --dataset DIR): checkpoint_integrity will be RED"))
+    return 0
+
+
+def _add_model_commands(sub) -> None:
+    p = sub.add_parser("export", help="write a torch.export program (NAME.pt2 + NAME.json card, dynamic batch) from an lvm "
+                                      "checkpoint or a py: factory, to gate it where its source is not installed")
+    p.add_argument("model", help="run folder, NAME.json, or py:file.py:factory / py:pkg.module:factory (runs that code)")
+    p.add_argument("--out", required=True, help="NAME.pt2 to write (its card goes to NAME.json)")
+    p.add_argument("--model-card", default=None, help="JSON card for a py: factory that does not return one")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sequences", help="sequence manifest of a dataset (per split: target and context chunk indices) "
+                                         "for predictions made outside lvm (gated with --predictions)")
+    p.add_argument("dataset", help="dataset folder")
+    p.add_argument("--ctx", type=int, required=True, help="context length")
+    p.add_argument("--min-ctx", type=int, default=None, help="shortest context (default: --ctx)")
+    p.add_argument("--out", required=True, help="folder to write (refused if it holds other files)")
+    p.set_defaults(func=cmd_sequences)
+
+    p = sub.add_parser("import-checkpoint", help="the seeds' best_model.pt (weights_only, no code from the file runs) -> "
+                                                 "safetensors + model card + .pt2, built with your class")
+    p.add_argument("checkpoint", help="the .pt file ({'model_state_dict', 'model_config', 'args', ...} or a bare state dict)")
+    p.add_argument("--factory", required=True, help="py:file.py:Class or py:pkg.module:factory, called with the file's model_config")
+    p.add_argument("--out", required=True, help="folder for model.safetensors, model.json and model.pt2")
+    p.add_argument("--dataset", default=None, help="dataset the model was trained on: records its encoder fingerprint")
+    p.add_argument("--encoder-fingerprint", default=None, help="encoder fingerprint to record (see `lvm inspect`)")
+    p.add_argument("--ctx", type=int, default=None, help="context length (default: from model_config/args)")
+    p.add_argument("--min-ctx", type=int, default=None, help="shortest context it was trained on (default 1)")
+    p.add_argument("--input-dim", type=int, default=None, help="vector dim (default: from model_config/args)")
+    p.add_argument("--name", default=None, help="model name for the card (default: the checkpoint's folder name)")
+    p.add_argument("--no-mask", action="store_true", help="the model cannot take padding (accepts_mask = false)")
+    p.add_argument("--no-export", action="store_true", help="do not write model.pt2")
+    p.set_defaults(func=cmd_import_checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
