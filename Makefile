@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data train gates smoke leaderboard compare bench test clean
+.PHONY: setup data train gates smoke leaderboard compare bench test lint mypy-baseline clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,18 @@ bench: setup
 ## test: the library's own test suite (builds the default dataset once if it is missing)
 test: setup
 	LVM_DEFAULT_DATASET=$(DATASET) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (rules and formatting) on the code and tests, and mypy on lvm/ against mypy-baseline.txt
+## (an error already in the baseline passes, a new one fails); writes nothing
+LINT_PATHS := lvm tests gates tools conftest.py
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/python tools/mypy_baseline.py check
+
+## mypy-baseline: rewrite mypy-baseline.txt from the current tree (after fixing type errors, or on purpose)
+mypy-baseline: setup
+	$(BIN)/python tools/mypy_baseline.py sync
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
