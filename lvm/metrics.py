@@ -98,9 +98,45 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, se
     return (float(lo), float(hi))
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
-    """Mean of d_i = a_i − b_i over the same items, with its bootstrap CI (paired bootstrap)."""
+def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Mean of ``values`` with a cluster (block) bootstrap CI: whole clusters are resampled.
+
+    Sequences of one article overlap (they share context chunks), so they are not independent;
+    resampling articles keeps that dependence. With cluster sums S_c and sizes n_c, one resample
+    draws K clusters with replacement (weights w ~ Multinomial(K, 1/K)) and its mean is
+    Σ w_c S_c / Σ w_c n_c. ``n_eff`` = Var(values) / Var(resampled means): the number of
+    independent items the data is worth (n when every cluster has one item and they are iid).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "clusters": 0, "n_eff": 0.0}
+    _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.bincount(inverse, weights=values)
+    sizes = np.bincount(inverse).astype(np.float64)
+    k = len(sums)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(0, n_boot, 100):  # blocks of resamples: memory bounded by 100 x K weights
+        w = rng.multinomial(k, np.full(k, 1.0 / k), size=min(100, n_boot - b)).astype(np.float64)
+        means[b : b + len(w)] = (w @ sums) / np.maximum(w @ sizes, 1.0)
+    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    var_means = float(means.var())
+    n_eff = float(values.var() / var_means) if var_means > 0 else float(n)
+    return {"mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": n, "clusters": k,
+            "n_eff": min(n_eff, float(n))}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                      clusters: np.ndarray | None = None) -> dict:
+    """Mean of d_i = a_i − b_i over the same items, with its bootstrap CI (paired bootstrap).
+
+    With ``clusters`` (the article of each item) whole articles are resampled, the same ones on
+    both sides since d pairs them (``cluster_bootstrap``); the result then carries ``n_eff``.
+    """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if clusters is not None:
+        return cluster_bootstrap(d, clusters, n_boot, alpha, seed)
     lo, hi = bootstrap_ci(d, n_boot, alpha, seed)
     return {"mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "n": int(len(d))}
 

@@ -16,6 +16,7 @@ atomically, also when the regression check cannot run. A misused option is a ``p
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,8 @@ import pytest
 
 RESULT_PROPERTY = "lvm_gate_result"
 WHERE_PROPERTY = "lvm_gate_where"
+STATUS_PROPERTY = "lvm_gate_status"
+PER_SEQUENCE_LIMIT = 200_000  # per-sequence scores kept for the paired regression check
 DEFAULT_RESULTS = "reports/gate_results.json"
 PLUGIN_KEY = pytest.StashKey["LvmGatesPlugin"]()
 
@@ -323,13 +326,16 @@ def gate_status(request):
 
     started = time.perf_counter()
 
-    def check(result, per_sequence=None):
+    def check(result, per_sequence=None, articles=None):
+        plugin = plugin_of(request.config)
         if not result.seconds:
             result.seconds = round(time.perf_counter() - started, 4)
-        data = result.to_dict()
-        if per_sequence is not None and len(per_sequence) <= 200_000:
-            data["per_sequence"] = [round(float(v), 5) for v in per_sequence]
-        request.node.user_properties.append((RESULT_PROPERTY, plugin_of(request.config).describe(request, data)))
+        data = plugin.describe(request, result.to_dict())
+        if per_sequence is not None:
+            data["per_sequence_file"] = plugin.save_per_sequence(request.node.nodeid, per_sequence, articles)
+        # JSON, not a Python repr: CI systems read these from JUnit XML
+        request.node.user_properties.append((RESULT_PROPERTY, json.dumps(_json_safe(data), allow_nan=False)))
+        request.node.user_properties.append((STATUS_PROPERTY, result.status))
         if result.status == SKIP:
             pytest.skip(result.message)
         if result.status == RED:
@@ -343,6 +349,23 @@ def gate_status(request):
     return check
 
 
+def _json_safe(obj):
+    """JSON-safe: numpy scalars to Python, NaN/Inf to None (JSON has no NaN)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 # ----------------------------------------------------------------------------- the session object
 
 
@@ -354,12 +377,49 @@ class LvmGatesPlugin:
     """Per-session state and hooks: results collected on the controller, table, results file."""
 
     def __init__(self, config):
+        import tempfile
+
         self.config = config
         self.gates = GateSession(config)
         self.results: list[dict] = []
         self.results_path: Path | None = None
         self.regressions: list = []
         self.finish_error: str | None = None
+        self.deselected = 0
+        self.partial_note: str | None = None
+        self._started = time.time()
+        # per-sequence scores travel beside the reports (not in them: JUnit properties stay small)
+        worker = getattr(config, "workerinput", None)
+        self.parts = Path(worker["lvm_parts_dir"]) if worker and "lvm_parts_dir" in worker else Path(tempfile.mkdtemp(prefix="lvm-gates-"))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:  # xdist: tell each worker where per-sequence files go
+        node.workerinput["lvm_parts_dir"] = str(self.parts)
+
+    def save_per_sequence(self, nodeid: str, values, articles=None) -> str | None:
+        import hashlib
+
+        import numpy as np
+
+        if len(values) > PER_SEQUENCE_LIMIT:
+            return None
+        name = hashlib.sha1(nodeid.encode()).hexdigest()[:16] + ".npz"
+        arts = np.asarray(articles if articles is not None else np.arange(len(values)), dtype=np.int64)
+        np.savez(self.parts / name, values=np.asarray(values, dtype=np.float64), articles=arts)
+        return name
+
+    def _load_per_sequence(self, row: dict) -> dict:
+        import numpy as np
+
+        name = row.pop("per_sequence_file", None)
+        if name and (self.parts / name).is_file():
+            with np.load(self.parts / name) as f:
+                row["per_sequence"] = [round(float(v), 5) for v in f["values"]]
+                row["per_sequence_article"] = [int(a) for a in f["articles"]]
+        return row
+
+    def pytest_deselected(self, items) -> None:
+        self.deselected += sum(1 for i in items if "gate_status" in getattr(i, "fixturenames", ()))
 
     # -- collection: markers from the gate table
     def pytest_collection_modifyitems(self, items) -> None:
@@ -414,7 +474,7 @@ class LvmGatesPlugin:
         props = dict(report.user_properties) if report.user_properties else {}
         is_gate = "lvm_gate" in report.keywords and report.when in ("setup", "call")
         if RESULT_PROPERTY in props and report.when == "call":
-            self.results.append(props[RESULT_PROPERTY])
+            self.results.append(self._load_per_sequence(json.loads(props[RESULT_PROPERTY])))
         elif report.failed and RESULT_PROPERTY not in props and is_gate:
             # a gate that crashed is RED, never silently missing
             last = str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ""
@@ -453,12 +513,38 @@ class LvmGatesPlugin:
         if any(r.status == "RED" for r in self.regressions) or self.finish_error:
             session.exitstatus = 1
         doc = build_document(results, profile.name if profile else "unknown", profile.version if profile else 0)
-        doc["run"] = {"argv": list(self.config.invocation_params.args), "seconds": round(time.time() - self._started, 3)}
-        self.results_path = write_results(self.config.getoption("--results") or DEFAULT_RESULTS, doc)
+        doc["run"] = self._run_record(results)
+        self.results_path = write_results(self._results_target(doc["run"]["complete"]), doc)
+        shutil.rmtree(self.parts, ignore_errors=True)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self, session) -> None:
-        self._started = time.time()
+    def _run_record(self, results: list[dict]) -> dict:
+        """What ran: the gates, whether the run was partial (-k, -m, --lf, a deselection, missing gates)."""
+        from lvm.gates.spec import DATA_GATES, MODEL_GATES
+
+        opt = self.config.getoption
+        ran = sorted({r["gate"] for r in results if r.get("gate") != "regression"})
+        expected = set(DATA_GATES) | (set(MODEL_GATES) - {"regression"} if model_specs(self.config) else set())
+        selection = {"keyword": opt("keyword", "") or None, "markexpr": opt("markexpr", "") or None,
+                     "last_failed": bool(opt("lf", False)), "deselected": self.deselected}
+        missing = sorted(expected - set(ran))
+        partial = bool(selection["keyword"] or selection["markexpr"] or selection["last_failed"] or self.deselected or missing)
+        return {"argv": list(self.config.invocation_params.args), "seconds": round(time.time() - self._started, 3),
+                "gates_ran": ran, "gates_missing": missing, "selection": selection, "complete": not partial}
+
+    def _results_target(self, complete: bool) -> Path:
+        """The results file; a partial run never replaces a complete one: it is written beside it."""
+        target = Path(self.config.getoption("--results") or DEFAULT_RESULTS)
+        if complete or not target.is_file():
+            return target
+        try:
+            existing = json.loads(target.read_text())
+            existing_complete = (existing.get("run") or {}).get("complete", True)
+        except (OSError, ValueError, AttributeError):
+            existing_complete = False  # unreadable: nothing worth keeping
+        if existing_complete:
+            self.partial_note = f"partial run: written beside {target} (kept, it holds a complete run)"
+            return target.with_name(target.stem + ".partial.json")
+        return target
 
     def _regressions(self, profile) -> list[dict]:
         base_path = self.config.getoption("--baseline-results")
@@ -481,6 +567,8 @@ class LvmGatesPlugin:
         write_stoplights(terminalreporter, self.results + [r.to_dict() for r in self.regressions])
         if self.results_path:
             terminalreporter.write_line(f"results: {self.results_path}")
+        if self.partial_note:
+            terminalreporter.write_line(self.partial_note, yellow=True)
         if self.finish_error:
             terminalreporter.write_line(f"ERROR: {self.finish_error}", red=True, bold=True)
 

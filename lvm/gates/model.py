@@ -73,8 +73,9 @@ def output_sanity(ev: ModelEval, profile: Profile) -> GateResult:
 
 def cosine_gate(gate: str, ev: ModelEval, profile: Profile, other: ModelEval | None = None) -> GateResult:
     """``val_cosine`` / ``ood_cosine``: mean cos(ŷ, y) with a bootstrap 95 % CI."""
-    lo, hi = M.bootstrap_ci(ev.cos)
-    metrics = {gate: float(ev.cos.mean()), f"{gate}_ci_low": lo, f"{gate}_ci_high": hi, "n": int(len(ev.cos))}
+    ci = M.cluster_bootstrap(ev.cos, ev.view.article_ids)  # articles resampled: their sequences overlap
+    metrics = {gate: ci["mean"], f"{gate}_ci_low": ci["ci_low"], f"{gate}_ci_high": ci["ci_high"], "n": ci["n"],
+               "articles": ci["clusters"], "n_eff": ci["n_eff"]}
     if other is not None:
         metrics["ood_minus_val"] = float(ev.cos.mean() - other.cos.mean())
     return judge(gate, metrics, profile, **ev.where())
@@ -91,9 +92,10 @@ def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int 
     base_cos = {name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()}
     scores = {name: float(c.mean()) for name, c in base_cos.items()}
     best = max(scores, key=scores.get)
-    diff = M.paired_difference(ev.cos[idx], base_cos[best])
+    diff = M.paired_difference(ev.cos[idx], base_cos[best], clusters=ev.view.article_ids[idx])  # same articles both sides
     metrics = {"model_cosine": float(ev.cos[idx].mean()), "baselines": scores, "best_baseline": best, "sample": int(len(idx)),
-               "margin": diff["mean"], "margin_ci_low": diff["ci_low"], "margin_ci_high": diff["ci_high"]}
+               "margin": diff["mean"], "margin_ci_low": diff["ci_low"], "margin_ci_high": diff["ci_high"],
+               "articles": diff["clusters"], "n_eff": diff["n_eff"]}
     return judge("beats_baselines", metrics, profile, **ev.where())
 
 

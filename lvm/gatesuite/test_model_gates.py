@@ -18,11 +18,11 @@ def test_output_sanity(val_eval, gate_profile, gate_status):
 
 
 def test_val_cosine(val_eval, gate_profile, gate_status):
-    gate_status(gates.cosine_gate("val_cosine", val_eval, gate_profile), per_sequence=val_eval.cos)
+    gate_status(gates.cosine_gate("val_cosine", val_eval, gate_profile), per_sequence=val_eval.cos, articles=val_eval.view.article_ids)
 
 
 def test_ood_cosine(ood_eval, val_eval, gate_profile, gate_status):
-    gate_status(gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval), per_sequence=ood_eval.cos)
+    gate_status(gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval), per_sequence=ood_eval.cos, articles=ood_eval.view.article_ids)
 
 
 @pytest.mark.parametrize("split", ["val", "ood"])
