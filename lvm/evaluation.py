@@ -82,9 +82,31 @@ def ablate(x: np.ndarray, mask: np.ndarray, kind: str, rng: np.random.Generator,
     return x, mask
 
 
+REFERENCE_PROBE = (32, 384, 384)  # (m, k, n) float32 matmul timed beside every model call: the machine's unit of speed
+
+
+def reference_probe(seed: int = 0):
+    """A fixed float32 matmul (about 0.1 ms on one core of the CI machine): the latency gate's unit."""
+    g = torch.Generator().manual_seed(seed)
+    m, k, n = REFERENCE_PROBE
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    return lambda: torch.mm(a, b)
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call: CPU time does not count time the process
+    waited for a core, so a busy neighbour inflates wall time but hardly CPU time."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 @torch.no_grad()
-def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, warmup: int = 50, threads: int = 1, seed: int = 0) -> np.ndarray:
-    """Seconds per batch-1 forward pass on real sequences, after ``warmup`` calls, with ``threads``."""
+def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, warmup: int = 50, threads: int = 1,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Batch-1 forward passes on real sequences after ``warmup`` calls, with ``threads``; each call
+    is followed by one reference probe in the same process. Returns per-call seconds:
+    ``wall``, ``cpu`` (the model) and ``ref_wall``, ``ref_cpu`` (the probe)."""
     model.eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -93,13 +115,15 @@ def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, war
         idx = rng.integers(0, len(view), size=n_calls + warmup)
         x, mask, _ = view.batch(idx)
         xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
-        times = np.empty(n_calls)
+        probe = reference_probe(seed)
+        out = {k: np.empty(n_calls) for k in ("wall", "cpu", "ref_wall", "ref_cpu")}
         for i in range(n_calls + warmup):
-            t0 = time.perf_counter()
-            model(xt[i : i + 1], mt[i : i + 1])
+            wall, cpu = _timed(model, xt[i : i + 1], mt[i : i + 1])
+            ref_wall, ref_cpu = _timed(probe)
             if i >= warmup:
-                times[i - warmup] = time.perf_counter() - t0
-        return times
+                j = i - warmup
+                out["wall"][j], out["cpu"][j], out["ref_wall"][j], out["ref_cpu"][j] = wall, cpu, ref_wall, ref_cpu
+        return out
     finally:
         torch.set_num_threads(previous)
 

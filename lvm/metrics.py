@@ -299,6 +299,21 @@ def contrastive_accuracy(pred: np.ndarray, target: np.ndarray, article: np.ndarr
     return float(wins / max(valid.sum(), 1))
 
 
+def latency_ratio(timings: dict) -> dict:
+    """The latency verdict's figures from per-call timings (``evaluation.batch1_latency``).
+
+    robust_ms = max(P95 of the model's CPU time, P50 of its wall time): CPU time ignores time spent
+    waiting for a core (a busy neighbour), the median wall time still counts a model that sleeps or
+    waits. ref_ms = P50 of the reference probe's CPU time, timed beside each call in the same
+    process. ratio = robust_ms / ref_ms: the model's cost in units of this machine's speed.
+    """
+    ms = {k: np.asarray(v, dtype=np.float64) * 1e3 for k, v in timings.items()}
+    robust = max(float(np.percentile(ms["cpu"], 95)), float(np.percentile(ms["wall"], 50)))
+    ref = float(np.percentile(ms["ref_cpu"], 50))
+    return {"p95_cpu_ms": float(np.percentile(ms["cpu"], 95)), "robust_ms": robust, "reference_ms": ref,
+            "reference_wall_ms": float(np.percentile(ms["ref_wall"], 50)), "ratio": robust / ref if ref > 0 else float("nan")}
+
+
 def latency_percentiles(seconds: np.ndarray) -> dict:
     """P50/P95/P99 (and mean) of per-call latencies, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3

@@ -158,13 +158,15 @@ def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None)
     return judge("retrieval", metrics, profile, **ev.where())
 
 
-def latency(ev: ModelEval, profile: Profile, seconds: np.ndarray | None = None, threads: int = 1) -> GateResult:
+def latency(ev: ModelEval, profile: Profile, timings: dict | None = None, threads: int = 1) -> GateResult:
+    """Batch-1 latency in units of a reference probe timed in the same process (``metrics.latency_ratio``),
+    so the verdict holds across machines and busy neighbours; absolute wall P50/P95/P99 are reported."""
     if not ev.callable:
         return skipped("latency", NOT_CALLABLE, **ev.where())
     params = gate_params(profile, "latency")
-    if seconds is None:
-        seconds = batch1_latency(ev.model, ev.view, params["calls"], params["warmup"], threads)
-    metrics = {**M.latency_percentiles(seconds), "threads": threads}
+    if timings is None:
+        timings = batch1_latency(ev.model, ev.view, params["calls"], params["warmup"], threads)
+    metrics = {**M.latency_percentiles(timings["wall"]), **M.latency_ratio(timings), "threads": threads}
     return judge("latency", metrics, profile, **ev.where())
 
 

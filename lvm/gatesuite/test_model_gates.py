@@ -49,33 +49,9 @@ def test_retrieval(gate_session, lvm_dataset, val_eval, gate_profile, gate_statu
     gate_status(gates.retrieval(val_eval, gate_session.index(lvm_dataset), gate_profile, request.config.getoption("--nprobe")))
 
 
-def test_latency(val_eval, gate_profile, gate_status, request, benchmark):
-    """Batch-1 forward latency; timed through pytest-benchmark when it is active (not under xdist)."""
-    import numpy as np
-    import torch
-
-    from lvm.evaluation import batch1_latency
-    from lvm.gates.status import gate_params
-
-    threads = request.config.getoption("--latency-threads")
-    seconds = None
-    if not val_eval.callable:
-        pass  # predictions only: the gate SKIPs
-    elif not benchmark.disabled:
-        params = gate_params(gate_profile, "latency")
-        x, mask, _ = val_eval.view.batch(np.arange(min(64, len(val_eval.view))))
-        xt, mt = torch.from_numpy(x[:1]), torch.from_numpy(mask[:1])
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.no_grad():
-                benchmark.pedantic(val_eval.model, args=(xt, mt), rounds=params["calls"], warmup_rounds=params["warmup"], iterations=1)
-        finally:
-            torch.set_num_threads(previous)
-        seconds = np.asarray(benchmark.stats.stats.data)
-    else:
-        seconds = batch1_latency(val_eval.model, val_eval.view, threads=threads)
-    gate_status(gates.latency(val_eval, gate_profile, seconds=seconds, threads=threads))
+def test_latency(val_eval, gate_profile, gate_status, request):
+    """Batch-1 forward latency against a reference probe timed in the same process."""
+    gate_status(gates.latency(val_eval, gate_profile, threads=request.config.getoption("--latency-threads")))
 
 
 def test_training_health(lvm_model, checkpoint_path, gate_profile, gate_status):
