@@ -74,6 +74,7 @@ TESTED = {
     "adjacency_coherence",
     "coherence_summary",
     "bootstrap_ci",
+    "cluster_bootstrap",
     "paired_difference",
     "neighbour_indices",
     "similarity_profile",
@@ -87,7 +88,17 @@ TESTED = {
     "ranks_of",
     "contrastive_accuracy",
     "latency_percentiles",
+    "latency_ratio",
 }
+
+
+# Functions that other work was adding to lvm.metrics while these tests were written: their tests
+# skip until the function exists there. Empty this set once they have landed.
+PENDING = {"latency_ratio"}
+
+
+def needs(name):
+    return pytest.mark.skipif(not hasattr(M, name), reason=f"lvm.metrics has no {name} yet")
 
 
 def test_every_public_function_has_direct_tests():
@@ -97,7 +108,7 @@ def test_every_public_function_has_direct_tests():
         if not name.startswith("_") and fn.__module__ == M.__name__
     }
     assert public - TESTED == set(), "new public metric without a direct test in tests/test_metrics.py"
-    assert TESTED - public == set(), "TESTED names a function that lvm.metrics no longer has"
+    assert TESTED - PENDING - public == set(), "TESTED names a function that lvm.metrics no longer has"
 
 
 # ----------------------------------------------------------------------------- vector_norms
@@ -314,6 +325,82 @@ def test_bootstrap_ci_bounds_and_equivariance(x, shift, scale, seed):
     assert lo - 1e-12 <= lo3 <= hi3 <= hi + 1e-12
 
 
+# ----------------------------------------------------------------------------- cluster_bootstrap
+
+
+def test_cluster_bootstrap_empty():
+    r = M.cluster_bootstrap(np.array([]), np.array([]))
+    assert math.isnan(r["mean"]) and math.isnan(r["ci_low"]) and math.isnan(r["ci_high"])
+    assert (r["n"], r["clusters"], r["n_eff"]) == (0, 0, 0.0)
+
+
+def test_cluster_bootstrap_known():
+    # clusters a = {1, 2}, b = {3, 10}: S = (3, 13), n_c = (2, 2). A resample draws 2 clusters:
+    # w = (2,0), (1,1), (0,2) with p = 1/4, 1/2, 1/4 -> means 1.5, 4, 6.5, so the 95 % CI is (1.5, 6.5)
+    r = M.cluster_bootstrap(np.array([1.0, 2.0, 3.0, 10.0]), np.array(["a", "a", "b", "b"]), n_boot=2000)
+    assert r["mean"] == pytest.approx(4.0)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((1.5, 6.5))
+    assert (r["n"], r["clusters"]) == (4, 2)
+    # Var(values) = (1 + 4 + 9 + 100)/4 - 16 = 12.5; Var(means) ≈ 2.5² · 1/2 = 3.125 -> n_eff ≈ 4
+    assert 3.0 < r["n_eff"] <= 4.0
+
+
+def test_cluster_bootstrap_repeated_values_are_worth_one_item_per_cluster():
+    # two articles of three identical items: S = (0, 3), n_c = (3, 3); means 0, 0.5, 1 with
+    # p = 1/4, 1/2, 1/4: Var(means) ≈ 1/8 and Var(values) = 1/4 -> n_eff ≈ 2 (the clusters), not 6
+    r = M.cluster_bootstrap(np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), np.array([7, 7, 7, 9, 9, 9]), n_boot=4000)
+    assert r["mean"] == pytest.approx(0.5)
+    assert (r["ci_low"], r["ci_high"]) == (0.0, 1.0)
+    assert r["n_eff"] == pytest.approx(2.0, rel=0.15)
+    assert (r["n"], r["clusters"]) == (6, 2)
+
+
+def test_cluster_bootstrap_constant_and_singletons():
+    r = M.cluster_bootstrap(np.full(5, 0.25), np.array([0, 0, 1, 2, 2]))
+    assert (r["mean"], r["ci_low"], r["ci_high"]) == (0.25, 0.25, 0.25)
+    assert r["n_eff"] == 5.0  # no spread in the resampled means: every item counts
+    # one item per cluster, iid values: the ordinary bootstrap, worth about n items
+    x = np.random.default_rng(7).normal(size=300)
+    r = M.cluster_bootstrap(x, np.arange(300), n_boot=1000, seed=2)
+    assert 0.75 * 300 < r["n_eff"] <= 300
+    assert r["ci_low"] < x.mean() < r["ci_high"]
+    lo, hi = M.bootstrap_ci(x, n_boot=1000, seed=2)
+    assert r["ci_high"] - r["ci_low"] == pytest.approx(hi - lo, rel=0.2)
+
+
+@pytest.mark.xfail(
+    reason="n_eff of constant data is 0/0 in floating point: 0.3 is not exact, so the resampled means "
+    "differ in the last bit and Var(values)/Var(means) comes out 0 instead of n",
+    strict=False,
+)
+def test_cluster_bootstrap_constant_inexact_values():
+    r = M.cluster_bootstrap(np.full(5, 0.3), np.array([0, 0, 1, 2, 2]))
+    assert r["n_eff"] == 5.0
+
+
+@PROPS
+@given(st.data(), st.integers(0, 2**32 - 1), st.floats(-100, 100))
+def test_cluster_bootstrap_properties(data, seed, shift):
+    n = data.draw(st.integers(1, 25))
+    x = data.draw(hnp.arrays(np.float64, n, elements=finite))
+    clusters = data.draw(hnp.arrays(np.int64, n, elements=st.integers(0, 5)))
+    r = M.cluster_bootstrap(x, clusters, n_boot=200, seed=seed)
+    labels = np.unique(clusters)
+    cluster_means = [x[clusters == c].mean() for c in labels]
+    # a resample's mean Σ w_c S_c / Σ w_c n_c is a weighted mean of cluster means
+    assert min(cluster_means) - 1e-9 <= r["ci_low"] <= r["ci_high"] <= max(cluster_means) + 1e-9
+    assert r["mean"] == pytest.approx(x.mean())
+    assert (r["n"], r["clusters"]) == (n, len(labels))
+    assert 0.0 <= r["n_eff"] <= n
+    assert r == M.cluster_bootstrap(x, clusters, n_boot=200, seed=seed)
+    # only the grouping matters: relabelling the clusters in the same order changes nothing
+    assert r == M.cluster_bootstrap(x, clusters * 10 - 3, n_boot=200, seed=seed)
+    # the weights depend only on the seed and the number of clusters: the CI moves with the data
+    s = M.cluster_bootstrap(x + shift, clusters, n_boot=200, seed=seed)
+    assert s["ci_low"] == pytest.approx(r["ci_low"] + shift, abs=1e-7)
+    assert s["ci_high"] == pytest.approx(r["ci_high"] + shift, abs=1e-7)
+
+
 # ----------------------------------------------------------------------------- paired_difference
 
 
@@ -343,6 +430,19 @@ def test_paired_difference_antisymmetric(data):
     assert ba["ci_low"] == pytest.approx(-ab["ci_high"], abs=1e-9)
     assert ba["ci_high"] == pytest.approx(-ab["ci_low"], abs=1e-9)
     assert ab["ci_low"] <= ab["ci_high"]
+
+
+def test_paired_difference_with_clusters():
+    # d = (2, 3, 4, 5) in articles 0, 0, 1, 1: whole articles resampled on both sides at once
+    a, b = np.array([3.0, 5.0, 7.0, 9.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    art = np.array([0, 0, 1, 1])
+    r = M.paired_difference(a, b, n_boot=2000, seed=4, clusters=art)
+    assert r == M.cluster_bootstrap(a - b, art, 2000, 0.05, 4)
+    assert r["mean"] == pytest.approx(3.5)
+    # cluster means 2.5 and 4.5; resampled means 2.5, 3.5, 4.5 -> CI (2.5, 4.5)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((2.5, 4.5))
+    assert r["clusters"] == 2 and "n_eff" in r
+    assert "n_eff" not in M.paired_difference(a, b)  # without clusters: the item bootstrap
 
 
 # ----------------------------------------------------------------------------- neighbour_indices
@@ -816,3 +916,54 @@ def test_latency_percentiles_properties(seconds, c, random):
     shuffled = seconds.copy()
     random.shuffle(shuffled)
     assert M.latency_percentiles(shuffled) == pytest.approx(p)
+
+
+# ----------------------------------------------------------------------------- latency_ratio
+
+
+def timings(cpu, wall, ref_cpu, ref_wall):
+    return {"cpu": cpu, "wall": wall, "ref_cpu": ref_cpu, "ref_wall": ref_wall}
+
+
+@needs("latency_ratio")
+def test_latency_ratio_cpu_bound():
+    # cpu ms 1, 2, 3, 4, 100: P95 = 80.8 (see above) > wall P50 = 10 -> robust 80.8; ref P50 = 4 -> ratio 20.2
+    t = timings([0.001, 0.002, 0.003, 0.004, 0.1], [0.01] * 5, [0.002, 0.004, 0.006], [0.005, 0.005, 0.007])
+    r = M.latency_ratio(t)
+    assert r == pytest.approx(
+        {"p95_cpu_ms": 80.8, "robust_ms": 80.8, "reference_ms": 4.0, "reference_wall_ms": 5.0, "ratio": 20.2}
+    )
+
+
+@needs("latency_ratio")
+def test_latency_ratio_waiting_model_and_zero_reference():
+    # a model that sleeps: CPU P95 1 ms, wall P50 50 ms -> the wall time counts
+    r = M.latency_ratio(timings([0.001] * 3, [0.05, 0.05, 0.06], [0.002] * 3, [0.002] * 3))
+    assert r["p95_cpu_ms"] == pytest.approx(1.0)
+    assert r["robust_ms"] == pytest.approx(50.0)
+    assert r["ratio"] == pytest.approx(25.0)
+    r = M.latency_ratio(timings([0.001] * 3, [0.001] * 3, [0.0] * 3, [0.0] * 3))
+    assert r["reference_ms"] == 0.0
+    assert math.isnan(r["ratio"])
+
+
+@needs("latency_ratio")
+@PROPS
+@given(
+    st.lists(hnp.arrays(np.float64, st.integers(1, 20), elements=st.floats(1e-4, 1.0)), min_size=4, max_size=4),
+    st.sampled_from([0.25, 0.5, 2.0, 4.0]),
+    st.randoms(),
+)
+def test_latency_ratio_properties(arrays, c, random):
+    t = timings(*arrays)
+    r = M.latency_ratio(t)
+    assert r["robust_ms"] >= r["p95_cpu_ms"]
+    assert r["robust_ms"] >= np.percentile(t["wall"], 50) * 1e3 - 1e-9
+    assert r["ratio"] == pytest.approx(r["robust_ms"] / r["reference_ms"])
+    # a machine c times slower scales every timing by c: the ratio is the machine-independent figure
+    slow = M.latency_ratio({k: v * c for k, v in t.items()})
+    assert slow["ratio"] == pytest.approx(r["ratio"], rel=1e-9)
+    assert slow["robust_ms"] == pytest.approx(c * r["robust_ms"], rel=1e-9)
+    for v in t.values():
+        random.shuffle(v)
+    assert M.latency_ratio(t) == pytest.approx(r)
