@@ -211,29 +211,17 @@ def format_report(report: dict) -> str:
 
 def plot_histograms(report: dict, png_path) -> Path:
     """Overlay of the 0.1-bin histograms of the dataset and the baseline; written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from lvm.report.plots import coherence_histogram
 
     png_path = Path(png_path)
     bins = [h["bin"] for h in report["histogram"]]
     series = [("new", report["dataset"], [h["dataset"] for h in report["histogram"]])]
     if report["baseline"]:
         series.insert(0, ("base", report["baseline"], [h["baseline"] for h in report["histogram"]]))
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.arange(len(bins))
-    for i, (label, d, shares) in enumerate(series):
-        ax.bar(x, [100 * v for v in shares], width=0.8, alpha=0.5, color=f"C{i}",
-               label=f"{label}: {d['name']} (mean {d['stats']['mean']:.3f}, low {_pct(d['stats']['low_share'])})")
-    ax.axvline(M.LOW_COHERENCE * 10 - 0.5, color="grey", ls=":", lw=1)  # the low-coherence line between bins
-    ax.set_xticks(x)
-    ax.set_xticklabels(bins, rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel("adjacency cosine cos(c_t, c_t+1)")
-    ax.set_ylabel("% of adjacent pairs")
-    ax.set_title("Adjacency coherence")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    labelled = [(f"{label}: {d['name']} (mean {d['stats']['mean']:.3f}, low {_pct(d['stats']['low_share'])})", shares)
+                for label, d, shares in series]
+    # the low-coherence line falls between bins
+    fig = coherence_histogram(bins, labelled, overlay=True, xlabel="adjacency cosine cos(c_t, c_t+1)", marker_x=M.LOW_COHERENCE * 10 - 0.5)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fmt = png_path.suffix.lstrip(".").lower() or "png"
     try:

@@ -1,4 +1,6 @@
-"""Results files (versioned JSON, written atomically) and the regression check between two of them.
+"""Results files: versioned JSON, written atomically, with provenance and comparability keys.
+
+The regression check between two of them is ``lvm.report.regression``.
 
 Schema ``lvm-gate-results`` v1::
 
@@ -25,8 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lvm.errors import LvmError
-from lvm.gates.spec import HARDWARE_BOUND_GATES
-from lvm.gates.status import AMBER, GREEN, RED, SKIP, GateResult, worst
+from lvm.gates.status import AMBER, GREEN, RED, SKIP, worst
 from lvm.io import utc_timestamp, write_json_atomic
 
 SCHEMA = "lvm-gate-results"
@@ -150,83 +151,18 @@ def read_results(path: str | Path) -> dict:
     return doc
 
 
-# ----------------------------------------------------------------------------- regression
+def dataset_label(r: dict) -> str | None:
+    """The dataset a result belongs to: its ``dataset`` field, else the name of its ``dataset_path``
+    (``training_health`` records no dataset of its own)."""
+    if r.get("dataset"):
+        return r["dataset"]
+    return Path(r["dataset_path"]).name if r.get("dataset_path") else None
 
 
-def _key(r: dict) -> tuple:
-    return (r["gate"], r.get("checkpoint"), r.get("dataset"), r.get("split"))
+def __getattr__(name: str):
+    """``compare`` and ``markdown_table`` moved to ``lvm.report.regression``; old imports still work."""
+    if name in ("compare", "markdown_table"):
+        from lvm.report import regression
 
-
-def compare(new: dict, base: dict, tolerances: dict | None = None) -> list[GateResult]:
-    """Direction-aware comparison of every gated metric; one ``regression`` result per (checkpoint, dataset).
-
-    A metric regresses when it moves the wrong way (the direction comes from its rule) by more than
-    its tolerance (``default_tolerance`` absolute, or per metric; ``latency_*`` tolerances are
-    relative). Where both files carry per-sequence scores of the same sequences, a paired bootstrap
-    must also find the drop significant, else it is AMBER. A gate that was not RED and now is RED is
-    a regression. Results with different comparability keys are not compared (AMBER).
-    """
-    tolerances = tolerances or {}
-    default_tol = float(tolerances.get("default_tolerance", 0.01))
-    per_metric = tolerances.get("tolerances", {})
-    base_by_key = {_key(r): r for r in base.get("results", [])}
-    groups: dict[tuple, list[dict]] = {}
-    for r in new.get("results", []):
-        if r["gate"] == "regression" or r["status"] == SKIP:
-            continue
-        b = base_by_key.get(_key(r))
-        if b is None or b["status"] == SKIP:
-            continue
-        row = {"gate": r["gate"], "split": r.get("split"), "baseline_status": b["status"], "new_status": r["status"]}
-        differs = {k for k in set(r.get("comparability") or {}) | set(b.get("comparability") or {})
-                   if (r.get("comparability") or {}).get(k) != (b.get("comparability") or {}).get(k)}
-        if r.get("comparability_key") != b.get("comparability_key") and (differs - {"hardware_class"} or r["gate"] in HARDWARE_BOUND_GATES or not differs):
-            row.update(metric="(all)", status=AMBER, note=f"not comparable: {', '.join(sorted(differs)) or 'comparability key'} differ(s)")
-            groups.setdefault((r.get("checkpoint"), r.get("dataset")), []).append(row)
-            continue
-        if b["status"] != RED and r["status"] == RED:
-            groups.setdefault((r.get("checkpoint"), r.get("dataset")), []).append({**row, "metric": "(status)", "status": RED, "note": "gate turned RED"})
-        for rule in r.get("thresholds", []):
-            m = rule["metric"]
-            nv, bv = r["metrics"].get(m), b["metrics"].get(m)
-            if not isinstance(nv, (int, float)) or not isinstance(bv, (int, float)):
-                continue
-            higher = "min_green" in rule
-            worse = (bv - nv) if higher else (nv - bv)
-            tol_key = f"{r['gate']}_{m}" if f"{r['gate']}_{m}" in per_metric else m
-            tol = float(per_metric.get(tol_key, default_tol))
-            if tol_key.startswith("latency_"):
-                tol = tol * abs(bv)  # relative tolerance for timings
-            status = GREEN
-            note = ""
-            if worse > tol:
-                status = RED
-                ns, bs = r.get("per_sequence"), b.get("per_sequence")
-                if m in PAIRED_BOOTSTRAP_METRICS and ns and bs and len(ns) == len(bs):
-                    from lvm.metrics import paired_difference
-
-                    d = paired_difference(np.asarray(ns), np.asarray(bs))
-                    note = f"paired Δ {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
-                    if d["ci_high"] >= 0:
-                        status, note = AMBER, note + ": drop not significant"
-            groups.setdefault((r.get("checkpoint"), r.get("dataset")), []).append(
-                {**row, "metric": m, "baseline": bv, "new": nv, "delta": nv - bv, "tolerance": tol, "higher_is_better": higher, "status": status, "note": note})
-    out = []
-    for (ckpt, ds), rows in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
-        status = worst(r["status"] for r in rows)
-        bad = [r for r in rows if r["status"] != GREEN]
-        msg = "; ".join(f"{r['gate']}.{r['metric']}: {r.get('baseline', r['baseline_status'])} -> {r.get('new', r['new_status'])} [{r['status']}] {r['note']}".strip() for r in bad)
-        out.append(GateResult("regression", status, {"comparisons": rows, "regressed": [f"{r['gate']}.{r['metric']}" for r in bad if r["status"] == RED]},
-                              [], f"regression {status}: {msg}" if bad else "", dataset=ds, checkpoint=ckpt))
-    return out
-
-
-def markdown_table(regressions: list[GateResult]) -> str:
-    """A pull-request-comment table: gate, baseline, new, Δ, status."""
-    lines = ["| checkpoint | dataset | gate | metric | baseline | new | Δ | status |", "|---|---|---|---|---|---|---|---|"]
-    for res in regressions:
-        for r in res.metrics["comparisons"]:
-            fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-            lines.append(f"| {res.checkpoint or '-'} | {res.dataset or '-'} | {r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
-                         f"{fmt(r.get('baseline', r['baseline_status']))} | {fmt(r.get('new', r['new_status']))} | {fmt(r.get('delta'))} | {r['status']} |")
-    return "\n".join(lines)
+        return getattr(regression, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
