@@ -242,7 +242,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_compare(args) -> int:
     from lvm.report.leaderboard import compare_main
 
-    return compare_main(Path(args.new), Path(args.baseline), args.gate_profile)
+    return compare_main(Path(args.new), Path(args.baseline), args.gate_profile, args.allow_missing)
 
 
 def cmd_synth(args) -> int:
@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", help="results file under test, e.g. reports/gate_results.json")
     p.add_argument("baseline", help="results file to compare against, e.g. reports/baseline.json")
     p.add_argument("--gate-profile", default=None, help="profile whose [regression] tolerances apply (default: the one recorded in NEW)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="accept NEW from a partial run or missing gates/checkpoints of BASELINE (never accepts comparing nothing)")
     p.set_defaults(func=cmd_compare)
     _add_model_commands(sub)
     return parser

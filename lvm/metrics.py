@@ -121,8 +121,9 @@ def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int = 10
         w = rng.multinomial(k, np.full(k, 1.0 / k), size=min(100, n_boot - b)).astype(np.float64)
         means[b : b + len(w)] = (w @ sums) / np.maximum(w @ sizes, 1.0)
     lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    var_means = float(means.var())
-    n_eff = float(values.var() / var_means) if var_means > 0 else float(n)
+    var_means, var_values = float(means.var()), float(values.var())
+    noise = 1e-20 * max(1.0, float(values.mean()) ** 2)  # constant values leave only rounding noise in both
+    n_eff = var_values / var_means if var_means > noise and var_values > noise else float(n)
     return {"mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": n, "clusters": k,
             "n_eff": min(n_eff, float(n))}
 

@@ -349,6 +349,21 @@ def gate_status(request):
     return check
 
 
+def _history_summary(path: str | None) -> dict | None:
+    """What the leaderboard needs of a run's training_history.json (per-epoch scalars, status, loss)."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        hist = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(hist, dict):
+        return None
+    epochs = [{k: v for k, v in e.items() if isinstance(v, (int, float, str, bool)) or v is None}
+              for e in hist.get("epochs", []) if isinstance(e, dict)]
+    return {"epochs": epochs, "status": hist.get("status"), "loss_config": hist.get("loss_config"), "aborted": hist.get("aborted")}
+
+
 def _json_safe(obj):
     """JSON-safe: numpy scalars to Python, NaN/Inf to None (JSON has no NaN)."""
     import math
@@ -386,6 +401,7 @@ class LvmGatesPlugin:
         self.regressions: list = []
         self.finish_error: str | None = None
         self.deselected = 0
+        self.verdict = None
         self.partial_note: str | None = None
         self._started = time.time()
         # per-sequence scores travel beside the reports (not in them: JUnit properties stay small)
@@ -448,25 +464,31 @@ class LvmGatesPlugin:
     # -- one result row, with where it came from
     def describe(self, request, data: dict) -> dict:
         """Attach the comparability key, the model card and the paths of the run to a result row."""
+        from lvm.gates.spec import spec as gate_spec
         from lvm.report.results import comparability, hardware_class
 
         params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
-        ds_path, spec = params.get("dataset_path"), params.get("checkpoint_path")
-        fp = h = None
+        ds_path, model = params.get("dataset_path"), params.get("checkpoint_path")
+        fp = ident = None
         pname, pver = "unknown", 0
         if ds_path:
             ds = self.gates.dataset(ds_path)
-            fp, h = ds.encoder_fingerprint, ds.content_hash
+            fp, ident = ds.encoder_fingerprint, ds.identity
             prof = self.gates.profile(ds)
             pname, pver = prof.name, prof.version
-        data["comparability"], data["comparability_key"] = comparability(fp, h, pname, pver, hardware_class())
+            data["dataset_hash"], data["vector_sketch"] = ds.content_hash, ds.vector_sketch  # provenance, not the key
+        gs = gate_spec(data["gate"])
+        hw = hardware_class() if gs is not None and gs.hardware_bound else None
+        data["comparability"], data["comparability_key"] = comparability(fp, ident, pname, pver, hw)
         data["profile"] = pname
         data["nodeid"] = request.node.nodeid
-        data["checkpoint_path"] = str(spec) if spec else None
+        data["checkpoint_path"] = str(model) if model else None
         data["dataset_path"] = str(ds_path) if ds_path else None
-        if spec:
-            loaded, _ = self.gates.model(spec)
-            data["model_card"] = loaded.card.to_dict() if loaded else None
+        if model:
+            loaded, _ = self.gates.model(model)
+            if loaded is not None:
+                data["model_card"] = loaded.card.to_dict()
+                data["training_history"] = _history_summary(loaded.card.history_path)
         return data
 
     # -- results from every test report (also from xdist workers)
@@ -503,18 +525,22 @@ class LvmGatesPlugin:
         from lvm.profiles import load_profile
         from lvm.report.results import build_document, write_results
 
-        results = list(self.results)
+        results = [dict(r) for r in self.results]
         profile_name = next((r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None)
         profile = load_profile(profile_name) if profile_name else None
+        run = self._run_record(results)
+        target = self._results_target(run["complete"])
+        models = _portable(results, target.parent)
+        doc = build_document(results, profile.name if profile else "unknown", profile.version if profile else 0)
+        doc["run"], doc["models"] = run, models
         try:
-            results += self._regressions(profile)
+            regressions = self._regressions(doc, profile)
+            doc["results"] += regressions
         except LvmError as exc:  # the regression check could not run: say so, still write what ran
             self.finish_error = f"regression check failed: {exc}"
-        if any(r.status == "RED" for r in self.regressions) or self.finish_error:
+        if (self.verdict is not None and self.verdict.regressed) or self.finish_error:
             session.exitstatus = 1
-        doc = build_document(results, profile.name if profile else "unknown", profile.version if profile else 0)
-        doc["run"] = self._run_record(results)
-        self.results_path = write_results(self._results_target(doc["run"]["complete"]), doc)
+        self.results_path = write_results(target, doc)
         shutil.rmtree(self.parts, ignore_errors=True)
 
     def _run_record(self, results: list[dict]) -> dict:
@@ -546,14 +572,17 @@ class LvmGatesPlugin:
             return target.with_name(target.stem + ".partial.json")
         return target
 
-    def _regressions(self, profile) -> list[dict]:
+    def _regressions(self, doc: dict, profile) -> list[dict]:
+        """The regression verdict against --baseline-results (``lvm.report.regression.check``)."""
         base_path = self.config.getoption("--baseline-results")
         if not base_path:
             return []
-        from lvm.report.results import compare, read_results
+        from lvm.report.regression import check
+        from lvm.report.results import read_results
 
-        base = read_results(base_path)
-        self.regressions = compare({"results": self.results}, base, (profile.data.get("regression") if profile else None))
+        self.verdict = check(doc, read_results(base_path), (profile.data.get("regression") if profile else None),
+                             new_name="this run", base_name=Path(base_path).name, profile_name=profile.name if profile else None)
+        self.regressions = self.verdict.regressions
         rows = []
         for r in self.regressions:
             d = r.to_dict()
@@ -569,8 +598,30 @@ class LvmGatesPlugin:
             terminalreporter.write_line(f"results: {self.results_path}")
         if self.partial_note:
             terminalreporter.write_line(self.partial_note, yellow=True)
+        if self.verdict is not None:
+            terminalreporter.write_line(f"regression check: {self.verdict.summary}")
         if self.finish_error:
             terminalreporter.write_line(f"ERROR: {self.finish_error}", red=True, bold=True)
+
+
+def _portable(results: list[dict], results_dir: Path) -> dict:
+    """Make the rows portable: paths relative to the results file's folder, model cards and
+    training-history summaries moved from the rows into one ``models`` table (checkpoint -> both)."""
+    import os
+
+    models: dict = {}
+    for r in results:
+        card, hist = r.pop("model_card", None), r.pop("training_history", None)
+        if r.get("checkpoint") and card is not None:
+            entry = models.setdefault(r["checkpoint"], {"card": card, "history": None})
+            entry["history"] = entry["history"] or hist
+        for key in ("checkpoint_path", "dataset_path"):
+            value = r.get(key)
+            if value and not value.startswith(("py:", "predictions:")):
+                r[key] = os.path.relpath(Path(value).resolve(), results_dir.resolve())
+            elif value and value.startswith("predictions:"):
+                r[key] = "predictions:" + os.path.relpath(Path(value.removeprefix("predictions:")).resolve(), results_dir.resolve())
+    return models
 
 
 def write_stoplights(tr, rows: list[dict]) -> None:

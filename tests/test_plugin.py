@@ -39,7 +39,7 @@ def test_statuses_map_to_outcomes_and_a_crash_is_red(tmp_path):
     assert by_gate["fixed_green"]["status"] == "GREEN" and by_gate["fixed_amber"]["status"] == "AMBER"
     assert by_gate["fixed_red"]["status"] == "RED" and by_gate["fixed_skip"]["status"] == "SKIP"
     assert by_gate["boom"]["status"] == "RED" and "crashed" in by_gate["boom"]["message"]
-    assert doc["schema"] == "lvm-gate-results" and doc["schema_version"] == 1
+    assert doc["schema"] == "lvm-gate-results" and doc["schema_version"] == 2
     assert doc["summary"]["overall"] == "RED" and doc["summary"]["RED"] == 2
     prov = doc["provenance"]
     assert prov["torch"] and prov["faiss"] and prov["hardware"]["cores"] >= 1

@@ -39,6 +39,9 @@ from lvm.data.splits import SPLIT_NAMES
 FORMAT_VERSION = 1
 _ARRAYS = ("vectors.npy", "article_id.npy", "position.npy", "split.npy")
 _HASHED_FILES = _ARRAYS + ("texts.jsonl", "articles.jsonl")
+_IDENTITY_FILES = ("article_id.npy", "position.npy", "split.npy", "texts.jsonl", "articles.jsonl")
+SKETCH_SEED, SKETCH_DIRECTIONS = 20261130, 8
+SKETCH_TOLERANCE = 1e-5  # vector sketches within this (max abs) are the same vectors up to CPU low-bit noise
 FANCY_CHUNK = 4096  # rows per scattered read before the mapped pages are released
 
 
@@ -308,6 +311,32 @@ class Dataset:
     @property
     def encoder_fingerprint(self) -> str | None:
         return (self.meta.get("encoder") or {}).get("fingerprint")
+
+    @cached_property
+    def identity(self) -> str:
+        """What the data is, stable across machines: SHA-256 of the texts, articles, ids, positions,
+        splits, the encoder fingerprint and the dims, but not of the vectors' bytes, whose low bits
+        differ between CPUs (``vector_sketch`` stands for the vectors, compared within a tolerance).
+        ``content_hash`` (every byte) stays the exact provenance."""
+        h = hashlib.sha256(sha256_files([self.path / f for f in _IDENTITY_FILES if (self.path / f).is_file()]).encode())
+        h.update(json.dumps([self.encoder_fingerprint, self.n_chunks, self.dim]).encode())
+        return h.hexdigest()
+
+    @cached_property
+    def vector_sketch(self) -> list[float]:
+        """16 numbers that summarise every vector and its place (one streaming pass): the mean vector
+        and a ±1-signed mean (sign seeded by chunk index, so moving vectors between chunks changes
+        it), each projected on 8 fixed random directions. Low-bit noise moves them by ~1e-7."""
+        rng = np.random.default_rng(SKETCH_SEED)
+        directions = rng.standard_normal((self.dim, SKETCH_DIRECTIONS)) / np.sqrt(self.dim)
+        total, signed = np.zeros(self.dim), np.zeros(self.dim)
+        for start in range(0, self.n_chunks, 65536):
+            block = np.asarray(self.vectors[start : start + 65536], dtype=np.float64)
+            sign = np.where(np.random.default_rng(start).random(len(block)) < 0.5, -1.0, 1.0)
+            total += block.sum(axis=0)
+            signed += sign @ block
+        n = max(self.n_chunks, 1)
+        return [round(float(v), 9) for v in np.concatenate([total / n @ directions, signed / n @ directions])]
 
     @cached_property
     def texts(self) -> list[str]:

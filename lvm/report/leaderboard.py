@@ -16,6 +16,8 @@ Markdown and exits with its code: 1 on a RED regression or when NEW itself holds
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 from lvm.errors import LvmError
@@ -73,7 +75,7 @@ def leaderboard_main(results_paths: list[str | Path], out_dir: str | Path) -> in
     return 0
 
 
-def compare_main(new: Path, baseline: Path, profile_name: str | None = None) -> int:
+def compare_main(new: Path, baseline: Path, profile_name: str | None = None, allow_missing: bool = False) -> int:
     """``lvm compare NEW BASELINE``: Markdown table, verdict, regressed gates; 1 on RED, else 0.
 
     Tolerances come from the ``[regression]`` table of ``profile_name``, else of the profile
@@ -87,6 +89,8 @@ def compare_main(new: Path, baseline: Path, profile_name: str | None = None) -> 
         raise LvmError(f"{new} records no gate profile; pass one with --gate-profile")
     profile = load_profile(name)
     verdict = check(new_doc, base_doc, profile.data.get("regression"), new_name=Path(new).name, base_name=Path(baseline).name,
-                    profile_name=profile.name)
+                    profile_name=profile.name, allow_missing=allow_missing)
     print(verdict.markdown())
+    if verdict.exit_code:
+        print(f"lvm compare: {verdict.summary.replace('**', '')}", file=sys.stderr)
     return verdict.exit_code

@@ -15,6 +15,7 @@ import numpy as np
 
 from lvm.gates.spec import HARDWARE_BOUND_GATES
 from lvm.gates.status import AMBER, GREEN, RED, SKIP, GateResult, worst
+from lvm.data.datasets import SKETCH_TOLERANCE
 from lvm.report.results import PAIRED_BOOTSTRAP_METRICS, dataset_label
 
 # absolute tolerance of a metric the profile's [regression] table does not name
@@ -37,11 +38,25 @@ def _not_comparable(r: dict, b: dict) -> str | None:
     stops the comparison of hardware-bound gates (latency).
     """
     if r.get("comparability_key") == b.get("comparability_key"):
-        return None
+        return _sketch_differs(r, b)
     nc, bc = r.get("comparability") or {}, b.get("comparability") or {}
     differs = {k for k in set(nc) | set(bc) if nc.get(k) != bc.get(k)}
     if differs - {"hardware_class"} or r["gate"] in HARDWARE_BOUND_GATES or not differs:
         return f"not comparable: {', '.join(sorted(differs)) or 'comparability key'} differ(s)"
+    return None
+
+
+def _sketch_differs(r: dict, b: dict) -> str | None:
+    """Same key, but are they the same vectors? Their sketches agree within low-bit noise, or not."""
+    rs, bs = r.get("vector_sketch"), b.get("vector_sketch")
+    if not (isinstance(rs, list) and isinstance(bs, list)) or len(rs) != len(bs):
+        return None  # a file without sketches: the key alone decides
+    try:
+        gap = max((abs(float(x) - float(y)) for x, y in zip(rs, bs, strict=True)), default=0.0)
+    except (TypeError, ValueError):
+        return "not comparable: unreadable vector sketch"
+    if gap > SKETCH_TOLERANCE:
+        return f"not comparable: same texts and ids but different vectors (sketch differs by {gap:.2g} > {SKETCH_TOLERANCE:g})"
     return None
 
 
@@ -65,8 +80,12 @@ def _drop_status(metric: str, r: dict, b: dict) -> tuple[str, str]:
         return RED, ""
     from lvm.metrics import paired_difference
 
-    d = paired_difference(np.asarray(ns), np.asarray(bs))
-    note = f"paired Δ {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+    arts = r.get("per_sequence_article")
+    same_articles = isinstance(arts, list) and arts == b.get("per_sequence_article") and len(arts) == len(ns)
+    # the same articles resampled on both sides (sequences of one article overlap: a cluster bootstrap)
+    d = paired_difference(np.asarray(ns), np.asarray(bs), clusters=np.asarray(arts) if same_articles else None)
+    note = f"paired Δ {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" + (
+        f" over {d['clusters']} articles (n_eff {d['n_eff']:.0f})" if same_articles else "")
     if d["ci_high"] >= 0:
         return AMBER, note + ": drop not significant"
     return RED, note
@@ -172,6 +191,7 @@ class Verdict:
     regressed_rows: list[tuple[GateResult, dict]] = field(default_factory=list, repr=False)
     red_gates: list[dict] = field(default_factory=list, repr=False)  # RED gate results of NEW itself
     not_comparable_results: list[GateResult] = field(default_factory=list, repr=False)
+    problems: list[str] = field(default_factory=list, repr=False)  # coverage: partial run, missing gates or checkpoints
 
     def markdown(self) -> str:
         """What ``lvm compare`` prints: the table, the summary, then what regressed, what is RED and
@@ -182,6 +202,8 @@ class Verdict:
             lines += [_regressed_line(r, c) for r, c in self.regressed_rows]
         if self.red_gates:
             lines += ["", f"RED gates in {self.new_name}:"] + [_red_gate_line(r) for r in self.red_gates]
+        if self.problems:
+            lines += ["", "Coverage (pass --allow-missing to accept):"] + [f"- {p}" for p in self.problems]
         if self.not_comparable_results:
             pairs = sorted({f"{r.checkpoint} on {r.dataset}" for r in self.not_comparable_results})
             lines += ["", f"Not comparable (encoder, dataset, profile or hardware differ): {', '.join(pairs)}"]
@@ -205,41 +227,76 @@ def _red_gate_line(r: dict) -> str:
     return f"- {r['gate']}{split} ({r.get('checkpoint') or '-'} on {dataset_label(r) or '-'}): {(r.get('message') or '').split('. Likely cause')[0][:200]}"
 
 
-def _summary(status: str, compared: int, regressed: int, red_gates: int, new_name: str, base_name: str, profile_name: str | None) -> str:
+def coverage_problems(new_doc: dict, base_doc: dict) -> list[str]:
+    """Why NEW cannot stand for a full run against BASELINE: it is a partial run, or a gate result or
+    a checkpoint of BASELINE is missing (or SKIPped) in NEW. One line each."""
+    problems = []
+    run = new_doc.get("run") if isinstance(new_doc.get("run"), dict) else {}
+    if run.get("complete") is False:
+        sel = run.get("selection") or {}
+        how = ", ".join(f"{k}={v}" for k, v in sel.items() if v) or "gates missing"
+        problems.append(f"NEW comes from a partial run ({how}); gates not run: {', '.join(run.get('gates_missing') or []) or '-'}")
+
+    def present(doc: dict) -> dict:
+        return {_key(r): r for r in doc.get("results", []) if r.get("gate") != "regression" and r.get("status") != SKIP}
+
+    new_keys, base_keys = present(new_doc), present(base_doc)
+    new_ckpts = {k[1] for k in new_keys if k[1]}
+    lost_ckpts = sorted({k[1] for k in base_keys if k[1]} - new_ckpts)
+    if lost_ckpts:
+        problems.append(f"checkpoint(s) of BASELINE missing from NEW: {', '.join(lost_ckpts)}")
+    lost = sorted(k for k in set(base_keys) - set(new_keys) if k[1] not in lost_ckpts)
+    if lost:
+        names = [f"{g}{'/' + sp if sp else ''} ({ck or '-'} on {ds or '-'})" for g, ck, ds, sp in lost]
+        problems.append(f"{len(lost)} gate result(s) of BASELINE missing or SKIPped in NEW: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+    return problems
+
+
+def _summary(status: str, compared: int, regressed: int, red_gates: int, new_name: str, base_name: str, profile_name: str | None,
+             not_comparable: int = 0, problems: list[str] | None = None) -> str:
     """The one-line verdict; ``status`` is the verdict's own (``_verdict_status``)."""
-    if status == RED:
-        return f"**Verdict: RED** — {regressed} regression(s) beyond tolerance, {red_gates} RED gate(s) in {new_name}."
+    counted = f"{compared} metric comparison(s)" + (f", {not_comparable} result(s) not comparable" if not_comparable else "")
     if compared == 0:
-        return f"**Verdict: AMBER** — nothing to compare: no (gate, checkpoint, dataset) of {new_name} is in {base_name}."
+        return f"**Verdict: RED** — nothing was comparable between {new_name} and {base_name} (0 metrics compared): the check cannot pass."
+    if problems:
+        return f"**Verdict: RED** — {new_name} does not cover {base_name}: {problems[0]} ({counted})."
+    if status == RED:
+        return f"**Verdict: RED** — {regressed} regression(s) beyond tolerance, {red_gates} RED gate(s) in {new_name} ({counted})."
     if status == AMBER:
-        return f"**Verdict: AMBER** — no regression beyond tolerance in {compared} comparison(s); look at the AMBER rows."
-    return f"**Verdict: GREEN** — no regression in {compared} comparison(s) against {base_name} (profile {profile_name})."
+        return f"**Verdict: AMBER** — no regression beyond tolerance in {counted}; look at the AMBER rows."
+    return f"**Verdict: GREEN** — no regression in {counted} against {base_name} (profile {profile_name})."
 
 
-def _verdict_status(regressions: list[GateResult], compared: int, regressed: int, red_gates: int) -> str:
-    """RED on a regression or a RED gate in NEW; AMBER when a row is AMBER or nothing was compared."""
-    if regressed or red_gates:
+def _verdict_status(regressions: list[GateResult], compared: int, regressed: int, red_gates: int, problems: list[str]) -> str:
+    """RED on a regression, a RED gate in NEW, nothing compared or NEW not covering BASELINE; AMBER when a row is AMBER."""
+    if regressed or red_gates or compared == 0 or problems:
         return RED
-    return AMBER if compared == 0 or worst(r.status for r in regressions) == AMBER else GREEN
+    return AMBER if worst(r.status for r in regressions) == AMBER else GREEN
 
 
 def check(new_doc: dict, base_doc: dict, tolerances: dict | None = None, *, new_name: str = "NEW", base_name: str = "BASELINE",
-          profile_name: str | None = None) -> Verdict:
+          profile_name: str | None = None, allow_missing: bool = False) -> Verdict:
     """The regression verdict of results document ``new_doc`` against ``base_doc``.
 
     ``tolerances`` is a profile's ``[regression]`` table (see ``compare``); ``new_name``,
     ``base_name`` and ``profile_name`` (default: the profile recorded in ``new_doc``) only label
-    the summary.
+    the summary. A check that compared nothing fails; so does NEW from a partial run or missing a
+    gate result or checkpoint of BASELINE, unless ``allow_missing``.
     """
     regressions = compare(new_doc, base_doc, tolerances)
     comparisons = [(r, c) for r in regressions for c in r.metrics.get("comparisons", [])]
+    measured = [c for _, c in comparisons if c.get("metric") != NOT_COMPARABLE]
     regressed = [(r, c) for r, c in comparisons if c.get("status") == RED]
     not_comparable = [r for r in regressions if any(c.get("metric") == NOT_COMPARABLE for c in r.metrics.get("comparisons", []))]
+    n_not_comparable = sum(c.get("metric") == NOT_COMPARABLE for _, c in comparisons)
     red_gates = [r for r in new_doc.get("results", []) if r.get("status") == RED and r.get("gate") != "regression"]
-    status = _verdict_status(regressions, len(comparisons), len(regressed), len(red_gates))
+    problems = [] if allow_missing else coverage_problems(new_doc, base_doc)
+    status = _verdict_status(regressions, len(measured), len(regressed), len(red_gates), problems)
     if profile_name is None:
         profile_name = (new_doc.get("profile") or {}).get("name")
-    summary = _summary(status, len(comparisons), len(regressed), len(red_gates), new_name, base_name, profile_name)
-    exit_code = 1 if regressed or red_gates or any(r.status == RED for r in regressions) else 0
-    return Verdict(regressions, len(comparisons), len(regressed), len(not_comparable), status, exit_code, summary, new_name,
-                   regressed, red_gates, not_comparable)
+    summary = _summary(status, len(measured), len(regressed), len(red_gates), new_name, base_name, profile_name, n_not_comparable, problems)
+    exit_code = 1 if status == RED or any(r.status == RED for r in regressions) else 0
+    verdict = Verdict(regressions, len(measured), len(regressed), len(not_comparable), status, exit_code, summary, new_name,
+                      regressed, red_gates, not_comparable)
+    verdict.problems = problems
+    return verdict

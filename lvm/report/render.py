@@ -43,10 +43,10 @@ def _heading(g: dict) -> str:
     """A comparability group's title: encoder, datasets, hardware, profile."""
     c = g["comparability"]
     fp = (c.get("encoder_fingerprint") or "?")[:12]
-    dh = (c.get("dataset_hash") or "?")[:12]
+    dh = (c.get("dataset_id") or c.get("dataset_hash") or "?")[:12]
     prof = f"{c.get('profile')} v{c.get('profile_version')}" if c.get("profile") else "?"
     return (f"Group {g['number']}: encoder {fp}… · dataset {', '.join(str(d) for d in g['datasets'])} ({dh}…) · "
-            f"hardware {c.get('hardware_class') or '?'} · profile {prof}")
+            f"hardware {c.get('hardware_class') or 'any (latency per machine)'} · profile {prof}")
 
 
 # (header, row -> text, key of the status that colours the cell)

@@ -2,14 +2,17 @@
 
 The regression check between two of them is ``lvm.report.regression``.
 
-Schema ``lvm-gate-results`` v1::
+Schema ``lvm-gate-results`` v2::
 
     {schema, schema_version, created_at,
      provenance: {git_commit, lvm, torch, faiss, numpy, sentence_transformers, python, hardware, seed, argv},
      profile: {name, version},
+     run: {argv, seconds, gates_ran, gates_missing, selection: {keyword, markexpr, last_failed, deselected}, complete},
+     models: {CHECKPOINT: {card: ModelCard, history: {epochs: [...], status, loss_config}}},
      results: [{gate, status, metrics, thresholds, message, dataset, checkpoint, split, seconds,
-                spec_version, comparability: {encoder_fingerprint, dataset_hash, profile, profile_version,
-                hardware_class}, comparability_key, per_sequence?}],
+                spec_version, comparability: {encoder_fingerprint, dataset_id, profile, profile_version,
+                hardware_class (latency only)}, comparability_key, dataset_hash, vector_sketch,
+                checkpoint_path, dataset_path (relative to the results file), per_sequence?, per_sequence_article?}],
      summary: {GREEN, AMBER, RED, SKIP, overall}}
 """
 
@@ -31,7 +34,8 @@ from lvm.gates.status import AMBER, GREEN, RED, SKIP, worst
 from lvm.io import utc_timestamp, write_json_atomic
 
 SCHEMA = "lvm-gate-results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: machine-stable comparability (dataset_id, hardware only for latency), models, run
+READABLE_VERSIONS = (1, 2)
 PAIRED_BOOTSTRAP_METRICS = ("val_cosine", "ood_cosine")  # per-sequence scores are stored for these
 
 
@@ -70,6 +74,8 @@ def hardware() -> dict:
 
 def hardware_class(hw: dict | None = None) -> str:
     """Latency is only comparable on the same class of machine: CPU model and core count (or GPU)."""
+    if hw is None and os.environ.get("LVM_HARDWARE_CLASS"):
+        return os.environ["LVM_HARDWARE_CLASS"]  # a runner pool's own name for its machine class
     hw = hw or hardware()
     return f"{hw['gpu']}" if hw.get("gpu") else f"{hw['cpu']} x{hw['cores']}"
 
@@ -91,9 +97,19 @@ def provenance(seed: int = 0) -> dict:
     }
 
 
-def comparability(encoder_fingerprint: str | None, dataset_hash: str | None, profile_name: str, profile_version: int, hw_class: str) -> tuple[dict, str]:
-    comp = {"encoder_fingerprint": encoder_fingerprint, "dataset_hash": dataset_hash, "profile": profile_name,
-            "profile_version": profile_version, "hardware_class": hw_class}
+def comparability(encoder_fingerprint: str | None, dataset_id: str | None, profile_name: str, profile_version: int,
+                  hw_class: str | None = None) -> tuple[dict, str]:
+    """(comparability dict, its key). Two results compare when their keys agree (and their vector
+    sketches agree within ``SKETCH_TOLERANCE``, see ``lvm.report.regression``).
+
+    The key holds what must be equal on any machine: the encoder fingerprint, the dataset's
+    machine-stable identity (``Dataset.identity``: texts, ids, positions, splits, encoder; not the
+    vectors' low bits) and the profile. ``hw_class`` is given for hardware-bound gates (latency) only.
+    """
+    comp = {"encoder_fingerprint": encoder_fingerprint, "dataset_id": dataset_id, "profile": profile_name,
+            "profile_version": profile_version}
+    if hw_class is not None:
+        comp["hardware_class"] = hw_class
     key = hashlib.sha256(json.dumps(comp, sort_keys=True).encode()).hexdigest()[:16]
     return comp, key
 
@@ -146,7 +162,7 @@ def read_results(path: str | Path) -> dict:
         raise LvmError(f"{p}: corrupt results JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise LvmError(f"{p}: not an lvm gate results file")
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    if doc.get("schema_version") not in READABLE_VERSIONS:
         raise LvmError(f"{p}: results schema version {doc.get('schema_version')}, this lvm reads {SCHEMA_VERSION}")
     return doc
 

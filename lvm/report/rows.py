@@ -114,7 +114,8 @@ def _run_folder(checkpoint_path: str | None, results_file: Path) -> tuple[Path |
     from lvm.models.checkpoints import read_checkpoint_meta, resolve_checkpoint
 
     p = Path(checkpoint_path)
-    bases = [Path()] if p.is_absolute() else [Path.cwd(), results_file.parent, *results_file.resolve().parents]
+    # v2 files store paths relative to the results file; v1 files as given to pytest (the cwd then)
+    bases = [Path()] if p.is_absolute() else [results_file.parent, Path.cwd(), *results_file.resolve().parents]
     for base in bases:
         try:
             resolved = resolve_checkpoint(base / p)
@@ -250,7 +251,7 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     for ds, res in data.items():
         coh = _cell(res, "coherence")
         if coh and isinstance(coh["metrics"].get("histogram"), dict):
-            out.append({"dataset": ds, "group": _group_of(res, ds)[0], "dataset_hash": (coh.get("comparability") or {}).get("dataset_hash"),
+            out.append({"dataset": ds, "group": _group_of(res, ds)[0], "dataset_hash": coh.get("dataset_hash") or (coh.get("comparability") or {}).get("dataset_hash"),
                         "histogram": coh["metrics"]["histogram"], "created_at": created})
     return out
 
@@ -258,21 +259,36 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
 def _shared(path: Path, ds: str | None, key: str, comp: dict, created: str | None, meta: dict | None) -> dict:
     """The fields a model row and its baseline rows share: group, dataset, provenance."""
     return {"group": key, "dataset": ds, "date": created, "results_file": str(path), "comparability_key": key,
-            "encoder_fingerprint": comp.get("encoder_fingerprint"), "dataset_hash": comp.get("dataset_hash"),
+            "encoder_fingerprint": comp.get("encoder_fingerprint"), "dataset_hash": comp.get("dataset_id") or comp.get("dataset_hash"),
             "hardware_class": comp.get("hardware_class"), "profile": comp.get("profile"),
             "comparability": comp, "created": created or "", "ctx": (meta or {}).get("ctx")}
 
 
-def _model_row(path: Path, ckpt: str, ds: str | None, res: list[dict], data_res: list[dict], created: str | None) -> tuple[LeaderboardRow, dict | None]:
+def _model_info(path: Path, ckpt: str, ckpt_path: str | None, models: dict) -> tuple[dict | None, dict, dict | None]:
+    """(card-like metadata, training config, history) of a checkpoint: from the results file's own
+    ``models`` table (portable: the same page from any folder), else from its run folder (v1 files)."""
+    entry = models.get(ckpt) if isinstance(models, dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("card"), dict):
+        card = entry["card"]
+        meta = {"model_type": card.get("type"), "n_params": card.get("n_params"), "ctx": card.get("ctx"), "min_ctx": card.get("min_ctx")}
+        history = entry.get("history") if isinstance(entry.get("history"), dict) else None
+        loss = card.get("loss_config") or (history or {}).get("loss_config")
+        return meta, {"loss": loss, "model": card.get("type")}, history
+    run, meta = _run_folder(ckpt_path, path)
+    config = (_read_json(run / "config.json") if run else None) or {}
+    history = _read_json(run / "training_history.json") if run else None
+    return meta, config, history
+
+
+def _model_row(path: Path, ckpt: str, ds: str | None, res: list[dict], data_res: list[dict], created: str | None,
+               models: dict | None = None) -> tuple[LeaderboardRow, dict | None]:
     """(the checkpoint's row, its checkpoint metadata) from its results and its dataset's data gates."""
     key, comp = _group_of(res, ds, data_res)
     val, ood = _cell(res, "val_cosine"), _cell(res, "ood_cosine")
     integ, lat, ret = _cell(res, "checkpoint_integrity"), _cell(res, "latency"), _cell(res, "retrieval")
     beats_val = _cell(res, "beats_baselines", "val")
     ckpt_path = next((r.get("checkpoint_path") for r in res if r.get("checkpoint_path")), None)
-    run, meta = _run_folder(ckpt_path, path)
-    config = (_read_json(run / "config.json") if run else None) or {}
-    history = _read_json(run / "training_history.json") if run else None
+    meta, config, history = _model_info(path, ckpt, ckpt_path, models or {})
     model_type = (meta or {}).get("model_type") or config.get("model")
     vc, oc = _metric(val, "val_cosine"), _metric(ood, "ood_cosine")
     ood_minus_val = _metric(ood, "ood_minus_val")
@@ -319,7 +335,7 @@ def rows_of_document(path: Path, doc: dict) -> tuple[list[LeaderboardRow], list[
     per_ckpt, data = _by_row(results)
     rows, baselines = [], []
     for (ckpt, ds), res in per_ckpt.items():
-        row, meta = _model_row(path, ckpt, ds, res, data.get(ds, []), created)
+        row, meta = _model_row(path, ckpt, ds, res, data.get(ds, []), created, doc.get("models"))
         rows.append(row)
         baselines += _baseline_rows(row, res, meta)
     return rows, baselines, _histograms(data, created)
