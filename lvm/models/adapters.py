@@ -3,14 +3,17 @@
 file and the leaderboard read. The gates normalise nothing for a predictor: output_sanity sees its
 raw output. ``--checkpoint`` accepts:
 
-- an lvm run folder, ``NAME.json`` or ``NAME.safetensors`` (written by ``lvm train`` or
-  ``lvm import-checkpoint``): rebuilt from the registry of model types, no code from the file runs;
+- an lvm run folder, ``NAME.json`` or ``NAME.safetensors`` (written by ``lvm train``): rebuilt from
+  the registry of model types, no code from the file runs;
+- a folder written by ``lvm import-checkpoint`` (or its ``model.json``): gated through its
+  ``model.pt2``, no code runs;
 - ``py:path/to/file.py:factory`` or ``py:package.module:factory``: the user's own code, imported and
   called explicitly (as pytest runs a conftest). **This is the only way that executes the user's
   code**; the factory returns a module/callable, or ``(model, card)``, and the card may come from
   ``--model-card FILE.json`` instead;
-- ``NAME.pt2`` (a ``torch.export`` program, written by ``lvm export``) with its ``NAME.json`` card:
-  loaded as a graph of ATen ops, no Python code from the file runs; its batch dimension is dynamic;
+- ``NAME.pt2`` (a ``torch.export`` program, written by ``lvm export``) with its ``NAME.json`` card
+  (``--model-card`` only for a program without one): loaded as a graph of ATen ops, no Python code
+  from the file runs; its batch dimension is dynamic;
 - predictions only (``--predictions DIR``, see ``lvm.models.predictions``): no model to call.
 """
 
@@ -264,7 +267,8 @@ def load_export(path: str | Path, card_path: str | Path | None = None) -> Loaded
     p = Path(path)
     if not p.is_file():
         raise LvmError(f"exported program {p} not found")
-    card_file = Path(card_path) if card_path else p.with_suffix(".json")
+    own = p.with_suffix(".json")  # the program's own card wins: --model-card is for one that has none
+    card_file = own if own.is_file() or not card_path else Path(card_path)
     data = read_card_file(card_file)
     data.update(kind="export", source=str(p), source_sha256=sha256_file(p))
     card = ModelCard.from_dict(data, where=str(card_file))
@@ -332,6 +336,34 @@ def load_lvm_checkpoint(path: str | Path) -> LoadedModel:
 # ----------------------------------------------------------------------------- one entry point
 
 
+IMPORTED_CARD = "model.json"  # what ``lvm import-checkpoint`` writes (``"format": "lvm-model-card"``)
+IMPORTED_FORMAT = "lvm-model-card"
+
+
+def _imported_card(spec: str) -> Path | None:
+    """The card of an ``lvm import-checkpoint`` folder (or its ``model.json``), else None."""
+    p = Path(spec)
+    card = p / IMPORTED_CARD if p.is_dir() else p if p.suffix == ".json" else None
+    if card is None or not card.is_file():
+        return None
+    try:
+        data = json.loads(card.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError):
+        return None  # not ours: the lvm checkpoint reader says what is wrong with it
+    return card if isinstance(data, dict) and data.get("format") == IMPORTED_FORMAT else None
+
+
+def load_imported(card: Path) -> LoadedModel:
+    """An imported checkpoint is gated through its ``model.pt2`` (no code runs); without one, only
+    through its factory, which the user names explicitly."""
+    program = card.with_suffix(EXPORT_SUFFIX)
+    if program.is_file():
+        return load_export(program, card)
+    factory = read_card_file(card).get("factory") or "py:FILE.py:FACTORY"
+    raise LvmError(f"{card.parent}: imported without a torch.export program (--no-export); gate it with "
+                   f"--checkpoint={factory} --model-card={card} (runs that code)")
+
+
 def load_model(spec: str | Path, card_path: str | Path | None = None) -> LoadedModel:
     """Whatever ``--checkpoint`` names, as a ``LoadedModel``; ``LvmError`` with one line otherwise."""
     s = str(spec)
@@ -339,6 +371,9 @@ def load_model(spec: str | Path, card_path: str | Path | None = None) -> LoadedM
         return load_python(s, card_path)
     if s.endswith(EXPORT_SUFFIX):
         return load_export(s, card_path)
+    imported = _imported_card(s)
+    if imported is not None:
+        return load_imported(imported)
     return load_lvm_checkpoint(s)
 
 

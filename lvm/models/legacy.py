@@ -35,13 +35,21 @@ def read_seed_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals(list(SAFE_ARG_TYPES)):
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise LvmError(f"{p}: refused (not plain tensors and data; loading it could execute code): {first}") from None
+        why = _why(exc)
+        raise LvmError(f"{p}: refused (not plain tensors and data; loading it could execute code): {why}") from None
     if isinstance(obj, dict) and "model_state_dict" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = {"model_state_dict": obj}  # a bare state dict
     if not isinstance(obj, dict) or not isinstance(obj.get("model_state_dict"), dict):
         raise LvmError(f"{p}: no model_state_dict inside (expected the seeds' checkpoint dict or a bare state dict)")
     return obj
+
+
+def _why(exc: Exception) -> str:
+    """The line of torch's refusal that names what was refused (its first line is a generic notice)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    named = [ln for ln in lines if "GLOBAL" in ln]  # "Unsupported global: GLOBAL x.y ..." / "unsupported GLOBAL x.y"
+    # torch goes on to suggest allow-listing the global: never the advice for a file that tries to run code
+    return (named or lines or [type(exc).__name__])[0].split(" Please use")[0][:200]
 
 
 def _first(sources: list[dict], keys: tuple[str, ...]):
@@ -121,12 +129,14 @@ def import_checkpoint(pt_path: str | Path, factory: str, out: str | Path, *, enc
         raise LvmError(f"{pt_path}: ctx / input_dim not found in model_config or args; pass --ctx and --input-dim")
     card.validate(str(pt_path))
     data = {**card.to_dict(), "format": "lvm-model-card", "factory": factory, "weights": "model.safetensors",
-            "factory_source_sha256": sha256_file(source) if source else None}
+            "factory_source_sha256": sha256_file(source) if source else None,
+            "imported_from": card.source, "imported_sha256": card.source_sha256}  # kept in model.pt2's card
     with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         write_atomic(tmp / "model.safetensors", lambda t: save_file(state, str(t)))
         if export:  # model.pt2 + its card model.json: gated without the factory's source
-            data = {**export_model(LoadedModel(card, Predictor(model)), tmp / "model.pt2"), **{k: data[k] for k in
-                    ("format", "factory", "weights", "factory_source_sha256")}, "source": str(out / "model.pt2")}
+            kept = ("format", "factory", "weights", "factory_source_sha256", "imported_from", "imported_sha256")
+            exported = export_model(LoadedModel(card, Predictor(model)), tmp / "model.pt2")
+            data = {**exported, **{k: data[k] for k in kept}, "source": str(out / "model.pt2")}
         write_json_atomic(tmp / CARD_FILE, data)
     return data
