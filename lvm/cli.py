@@ -30,24 +30,43 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     from lvm.data.encoders import DEFAULT_ENCODER, POOLING_MODES
 
     g = p.add_argument_group("encoder")
-    g.add_argument("--encoder", default=DEFAULT_ENCODER, help="sentence-transformers model name or local folder (default: the packaged %(default)s)")
-    g.add_argument("--pooling", choices=POOLING_MODES, default=None, help="override the model's pooling (changes the vector space)")
-    g.add_argument("--no-normalize", action="store_true", help="keep raw (non-unit) vectors; the normalization gate will flag them")
+    g.add_argument(
+        "--encoder",
+        default=DEFAULT_ENCODER,
+        help="sentence-transformers model name or local folder (default: the packaged %(default)s)",
+    )
+    g.add_argument(
+        "--pooling", choices=POOLING_MODES, default=None, help="override the model's pooling (changes the vector space)"
+    )
+    g.add_argument(
+        "--no-normalize", action="store_true", help="keep raw (non-unit) vectors; the normalization gate will flag them"
+    )
     g.add_argument("--max-length", type=int, default=None, help="override the model's max sequence length (tokens)")
 
 
 def _encoder_spec(args):
     from lvm.data.encoders import EncoderSpec
 
-    return EncoderSpec(name=args.encoder, pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length)
+    return EncoderSpec(
+        name=args.encoder, pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length
+    )
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("splits (article-disjoint)")
-    g.add_argument("--ood", choices=("id-range", "topics", "none"), default="id-range", help="OOD policy: last articles by id (the seeds' way), held-out topics, or none")
-    g.add_argument("--ood-fraction", type=float, default=0.1, help="share of articles in OOD for id-range (default %(default)s)")
+    g.add_argument(
+        "--ood",
+        choices=("id-range", "topics", "none"),
+        default="id-range",
+        help="OOD policy: last articles by id (the seeds' way), held-out topics, or none",
+    )
+    g.add_argument(
+        "--ood-fraction", type=float, default=0.1, help="share of articles in OOD for id-range (default %(default)s)"
+    )
     g.add_argument("--ood-topics", default="", help="comma-separated topics held out as OOD (with --ood topics)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of the remaining articles in val (default %(default)s)")
+    g.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of the remaining articles in val (default %(default)s)"
+    )
     g.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
 
 
@@ -55,7 +74,9 @@ def _split_policy(args):
     from lvm.data.splits import SplitPolicy
 
     topics = tuple(t.strip() for t in args.ood_topics.split(",") if t.strip())
-    return SplitPolicy(ood=args.ood, ood_fraction=args.ood_fraction, ood_topics=topics, val_fraction=args.val_fraction, seed=args.seed)
+    return SplitPolicy(
+        ood=args.ood, ood_fraction=args.ood_fraction, ood_topics=topics, val_fraction=args.val_fraction, seed=args.seed
+    )
 
 
 def cmd_build_data(args) -> int:
@@ -72,7 +93,9 @@ def cmd_build_data(args) -> int:
         nprobe=args.nprobe,
         batch_size=args.batch_size,
     )
-    res = build_dataset(cfg, args.out, force=args.force, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    res = build_dataset(
+        cfg, args.out, force=args.force, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr)
+    )
     c = res.meta["counts"]
     print(
         f"{res.path}: {c['chunks']} chunks, {c['articles']} articles, dim {res.meta['dim']}, "
@@ -145,7 +168,9 @@ def cmd_inspect(args) -> int:
         lines.append("             " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in h["histogram"].items()))
     idx = info["index"]
     lines.append(
-        f"index        {idx['kind']} ntotal={idx['ntotal']} nlist={idx['nlist']} nprobe={idx['nprobe']}" if idx else "index        none (run `lvm build-index`)"
+        f"index        {idx['kind']} ntotal={idx['ntotal']} nlist={idx['nlist']} nprobe={idx['nprobe']}"
+        if idx
+        else "index        none (run `lvm build-index`)"
     )
     print("\n".join(lines))
     return 0
@@ -154,7 +179,14 @@ def cmd_inspect(args) -> int:
 def cmd_import_npz(args) -> int:
     from lvm.data.interop import import_npz
 
-    res = import_npz(args.npz, args.out, split=_split_policy(args), encoder_name=args.encoder_name, index_kind=args.index, progress=not args.quiet)
+    res = import_npz(
+        args.npz,
+        args.out,
+        split=_split_policy(args),
+        encoder_name=args.encoder_name,
+        index_kind=args.index,
+        progress=not args.quiet,
+    )
     c = res["counts"]
     print(
         f"{args.out}: {c['chunks']} unique chunks from {res['import']['rows']} rows ({res['import']['duplicates_removed']} duplicate vectors merged), "
@@ -169,8 +201,18 @@ def cmd_build_index(args) -> int:
 
     ds = open_dataset(args.dataset)
     t = time.perf_counter()
-    _, params = build_and_save_index(ds.path, ds.vectors, ds.content_hash, kind=args.index, nlist=args.nlist, nprobe=args.nprobe, progress=not args.quiet)
-    print(f"{ds.path}/index.faiss: {params.kind} ntotal={params.ntotal} nlist={params.nlist} nprobe={params.nprobe} ({time.perf_counter() - t:.1f} s)")
+    _, params = build_and_save_index(
+        ds.path,
+        ds.vectors,
+        ds.content_hash,
+        kind=args.index,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        progress=not args.quiet,
+    )
+    print(
+        f"{ds.path}/index.faiss: {params.kind} ntotal={params.ntotal} nlist={params.nlist} nprobe={params.nprobe} ({time.perf_counter() - t:.1f} s)"
+    )
     return 0
 
 
@@ -229,7 +271,11 @@ def cmd_evaluate(args) -> int:
         view = ds.sequences(split, meta["ctx"], meta.get("min_ctx", 1))
         out[f"{split}_cosine"] = evaluate(model, view)["cosine"] if len(view) else None
         out[f"{split}_sequences"] = len(view)
-    print(json.dumps(out, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()))
+    print(
+        json.dumps(out, indent=2)
+        if args.json
+        else "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items())
+    )
     return 0
 
 
@@ -249,23 +295,35 @@ def cmd_synth(args) -> int:
     from lvm.data.synth import Segment, SynthConfig, synth_dataset
 
     cfg = SynthConfig(
-        n_chunks=args.n_chunks, dim=args.dim, mean_chunks_per_article=args.chunks_per_article, coherence=args.coherence,
-        coherence_std=args.coherence_std, segments=tuple(Segment.parse(s) for s in args.segment),
-        duplicate_fraction=args.duplicates, seed=args.seed,
+        n_chunks=args.n_chunks,
+        dim=args.dim,
+        mean_chunks_per_article=args.chunks_per_article,
+        coherence=args.coherence,
+        coherence_std=args.coherence_std,
+        segments=tuple(Segment.parse(s) for s in args.segment),
+        duplicate_fraction=args.duplicates,
+        seed=args.seed,
     )
     t = time.perf_counter()
     meta = synth_dataset(cfg, args.out, _split_policy(args), progress=not args.quiet)
     c = meta["counts"]
-    print(f"{args.out}: {c['chunks']} chunks x {meta['dim']}, {c['articles']} articles, "
-          f"train/val/ood articles {c['train_articles']}/{c['val_articles']}/{c['ood_articles']} ({time.perf_counter() - t:.1f} s)")
+    print(
+        f"{args.out}: {c['chunks']} chunks x {meta['dim']}, {c['articles']} articles, "
+        f"train/val/ood articles {c['train_articles']}/{c['val_articles']}/{c['ood_articles']} ({time.perf_counter() - t:.1f} s)"
+    )
     return 0
 
 
 def cmd_coherence(args) -> int:
     from lvm.triage import coherence_report, format_report, plot_histograms
 
-    report = coherence_report(args.dataset, args.baseline, segment_width=args.segment_width,
-                              by="topic" if args.by_topic else "article_range", profile=args.gate_profile)
+    report = coherence_report(
+        args.dataset,
+        args.baseline,
+        segment_width=args.segment_width,
+        by="topic" if args.by_topic else "article_range",
+        profile=args.gate_profile,
+    )
     if args.png:
         plot_histograms(report, args.png)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -275,8 +333,15 @@ def cmd_coherence(args) -> int:
 def cmd_filter(args) -> int:
     from lvm.triage import filter_dataset, format_filter_summary
 
-    summary = filter_dataset(args.dataset, args.out, min_coherence=args.min_coherence, blocklist=args.blocklist or None,
-                             ctx=args.ctx, min_ctx=args.min_ctx, baseline_path=args.baseline)
+    summary = filter_dataset(
+        args.dataset,
+        args.out,
+        min_coherence=args.min_coherence,
+        blocklist=args.blocklist or None,
+        ctx=args.ctx,
+        min_ctx=args.min_ctx,
+        baseline_path=args.baseline,
+    )
     print(json.dumps(summary, indent=2) if args.json else format_filter_summary(summary))
     return 0
 
@@ -290,15 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("build-data", help="corpus -> chunks -> vectors -> dataset folder -> FAISS index (cached)")
-    p.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"{DEFAULT_CORPUS!r} (default), a .jsonl file or a folder of .txt files")
+    p.add_argument(
+        "--corpus",
+        default=DEFAULT_CORPUS,
+        help=f"{DEFAULT_CORPUS!r} (default), a .jsonl file or a folder of .txt files",
+    )
     p.add_argument("--out", default=DEFAULT_DATASET, help="dataset folder to write (default %(default)s)")
     _add_encoder_args(p)
     g = p.add_argument_group("chunking")
-    g.add_argument("--min-chars", type=int, default=20, help="sentences shorter than this are merged into a neighbour (default %(default)s)")
-    g.add_argument("--target-chars", type=int, default=None, help="pack sentences into chunks of about this many characters")
+    g.add_argument(
+        "--min-chars",
+        type=int,
+        default=20,
+        help="sentences shorter than this are merged into a neighbour (default %(default)s)",
+    )
+    g.add_argument(
+        "--target-chars", type=int, default=None, help="pack sentences into chunks of about this many characters"
+    )
     _add_split_args(p)
     g = p.add_argument_group("index")
-    g.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto", help="exact for small banks, IVF-flat for large (default %(default)s)")
+    g.add_argument(
+        "--index",
+        choices=("auto", "flat-ip", "ivf-flat-ip"),
+        default="auto",
+        help="exact for small banks, IVF-flat for large (default %(default)s)",
+    )
     g.add_argument("--nlist", type=int, default=None, help="IVF lists (default ≈ 4·√N)")
     g.add_argument("--nprobe", type=int, default=64, help="IVF lists searched per query (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default %(default)s)")
@@ -316,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-npz", help="import the seeds' .npz sequences into a dataset folder")
     p.add_argument("npz")
     p.add_argument("--out", required=True)
-    p.add_argument("--encoder-name", default=None, help="encoder the vectors came from (recorded; e.g. sentence-transformers/gtr-t5-base)")
+    p.add_argument(
+        "--encoder-name",
+        default=None,
+        help="encoder the vectors came from (recorded; e.g. sentence-transformers/gtr-t5-base)",
+    )
     p.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto")
     p.add_argument("--quiet", action="store_true")
     _add_split_args(p)
@@ -357,58 +442,116 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-chunks", type=int, default=36_000, help="total chunk vectors (default %(default)s)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--chunks-per-article", type=float, default=15.0, help="mean article length (default %(default)s)")
-    p.add_argument("--coherence", type=float, default=0.48, help="mean adjacency cosine (default %(default)s, the seeds' healthy set)")
+    p.add_argument(
+        "--coherence",
+        type=float,
+        default=0.48,
+        help="mean adjacency cosine (default %(default)s, the seeds' healthy set)",
+    )
     p.add_argument("--coherence-std", type=float, default=0.21)
-    p.add_argument("--segment", action="append", default=[], metavar="START:STOP:MEAN:STD",
-                   help="article-id range with its own coherence, e.g. 11000:15000:0.34:0.16 (repeatable)")
+    p.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="START:STOP:MEAN:STD",
+        help="article-id range with its own coherence, e.g. 11000:15000:0.34:0.16 (repeatable)",
+    )
     p.add_argument("--duplicates", type=float, default=0.0, help="share of chunks replaced by exact copies of others")
     p.add_argument("--quiet", action="store_true")
     _add_split_args(p)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("coherence", help="adjacency coherence report: statistics, 0.1-bin table against a baseline, "
-                       "coherence/coherence_drift verdicts and the segments that fell most")
+    p = sub.add_parser(
+        "coherence",
+        help="adjacency coherence report: statistics, 0.1-bin table against a baseline, "
+        "coherence/coherence_drift verdicts and the segments that fell most",
+    )
     p.add_argument("dataset")
-    p.add_argument("--baseline", default=None, metavar="DATASET",
-                   help="dataset that worked (same encoder): side-by-side table, change in pp and the coherence_drift verdict")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="DATASET",
+        help="dataset that worked (same encoder): side-by-side table, change in pp and the coherence_drift verdict",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--segment-width", type=int, default=None, metavar="N",
-                   help="segments of N article ids each (default: 10 equal article-id ranges)")
+    g.add_argument(
+        "--segment-width",
+        type=int,
+        default=None,
+        metavar="N",
+        help="segments of N article ids each (default: 10 equal article-id ranges)",
+    )
     g.add_argument("--by-topic", action="store_true", help="one segment per topic instead of article-id ranges")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--png", default=None, metavar="FILE", help="also write the overlay of both histograms (PNG, atomic)")
-    p.add_argument("--gate-profile", default=None, help="thresholds for the verdicts (default: from the dataset's encoder)")
+    p.add_argument(
+        "--png", default=None, metavar="FILE", help="also write the overlay of both histograms (PNG, atomic)"
+    )
+    p.add_argument(
+        "--gate-profile", default=None, help="thresholds for the verdicts (default: from the dataset's encoder)"
+    )
     p.set_defaults(func=cmd_coherence)
 
-    p = sub.add_parser("filter", help="the seeds' quality filter: keep coherent sequences, drop blocklisted articles "
-                       "-> new dataset folder + mask.npy + filter_summary.json")
+    p = sub.add_parser(
+        "filter",
+        help="the seeds' quality filter: keep coherent sequences, drop blocklisted articles "
+        "-> new dataset folder + mask.npy + filter_summary.json",
+    )
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="folder for the filtered dataset (written atomically)")
-    p.add_argument("--min-coherence", type=float, default=0.35,
-                   help="keep a sequence when its score >= this (default %(default)s, the seeds'). Score of the sequence "
-                        "with target chunk t and context chunks t-n..t-1 (n = min(position, ctx) >= min-ctx) = the mean of "
-                        "the n adjacency cosines cos(c_i, c_i+1), i = t-n .. t-1, i.e. over the consecutive pairs inside "
-                        "context + target")
-    p.add_argument("--blocklist", default=r"List of|Disambiguation|Category:", metavar="REGEX",
-                   help="drop whole articles whose title or any chunk text matches (Python re.search, case-sensitive; "
-                        "'' disables; default %(default)s)")
-    p.add_argument("--ctx", type=int, default=5, help="context length of the sequences scored and masked (default %(default)s)")
-    p.add_argument("--min-ctx", type=int, default=1, help="shortest context counted as a sequence (default %(default)s)")
-    p.add_argument("--baseline", default=None, metavar="DATASET", help="also report the gap to this dataset's mean coherence (same encoder)")
+    p.add_argument(
+        "--min-coherence",
+        type=float,
+        default=0.35,
+        help="keep a sequence when its score >= this (default %(default)s, the seeds'). Score of the sequence "
+        "with target chunk t and context chunks t-n..t-1 (n = min(position, ctx) >= min-ctx) = the mean of "
+        "the n adjacency cosines cos(c_i, c_i+1), i = t-n .. t-1, i.e. over the consecutive pairs inside "
+        "context + target",
+    )
+    p.add_argument(
+        "--blocklist",
+        default=r"List of|Disambiguation|Category:",
+        metavar="REGEX",
+        help="drop whole articles whose title or any chunk text matches (Python re.search, case-sensitive; "
+        "'' disables; default %(default)s)",
+    )
+    p.add_argument(
+        "--ctx", type=int, default=5, help="context length of the sequences scored and masked (default %(default)s)"
+    )
+    p.add_argument(
+        "--min-ctx", type=int, default=1, help="shortest context counted as a sequence (default %(default)s)"
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="DATASET",
+        help="also report the gap to this dataset's mean coherence (same encoder)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_filter)
 
-    p = sub.add_parser("leaderboard", help="leaderboard.md/.csv/.html from gate results files (reads them; never re-runs a gate)")
+    p = sub.add_parser(
+        "leaderboard", help="leaderboard.md/.csv/.html from gate results files (reads them; never re-runs a gate)"
+    )
     p.add_argument("results", nargs="+", help="gate results JSON file(s), e.g. reports/gate_results.json")
     p.add_argument("--out", default="reports", help="folder for leaderboard.md, .csv and .html (default %(default)s)")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("compare", help="regression check of NEW against BASELINE results: Markdown table; exit 1 on a regression or a RED gate")
+    p = sub.add_parser(
+        "compare",
+        help="regression check of NEW against BASELINE results: Markdown table; exit 1 on a regression or a RED gate",
+    )
     p.add_argument("new", help="results file under test, e.g. reports/gate_results.json")
     p.add_argument("baseline", help="results file to compare against, e.g. reports/baseline.json")
-    p.add_argument("--gate-profile", default=None, help="profile whose [regression] tolerances apply (default: the one recorded in NEW)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="accept NEW from a partial run or missing gates/checkpoints of BASELINE (never accepts comparing nothing)")
+    p.add_argument(
+        "--gate-profile",
+        default=None,
+        help="profile whose [regression] tolerances apply (default: the one recorded in NEW)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="accept NEW from a partial run or missing gates/checkpoints of BASELINE (never accepts comparing nothing)",
+    )
     p.set_defaults(func=cmd_compare)
     _add_model_commands(sub)
     return parser
@@ -421,8 +564,10 @@ def cmd_export(args) -> int:
     from lvm.models.adapters import export_model, load_model
 
     card = export_model(load_model(args.model, args.model_card), args.out)
-    print(f"{args.out}: torch.export program of {card['name']} ({card['type']}, ctx {card['ctx']}, dim {card['input_dim']}, "
-          f"dynamic batch) + {Path(args.out).with_suffix('.json').name}")
+    print(
+        f"{args.out}: torch.export program of {card['name']} ({card['type']}, ctx {card['ctx']}, dim {card['input_dim']}, "
+        f"dynamic batch) + {Path(args.out).with_suffix('.json').name}"
+    )
     return 0
 
 
@@ -435,9 +580,11 @@ def cmd_sequences(args) -> int:
     if not 1 <= args.min_ctx <= args.ctx:
         raise LvmError(f"--min-ctx must be between 1 and --ctx ({args.ctx}); got {args.min_ctx}")
     m = write_manifest(ds, args.ctx, args.min_ctx, args.out)
-    print(f"{args.out}: sequence manifest of {ds.path} at ctx {args.ctx}, min_ctx {args.min_ctx}: "
-          + ", ".join(f"{k} {v['n']}" for k, v in m["splits"].items())
-          + "; write SPLIT.npy (N, D) float32 predictions and a card.json beside it")
+    print(
+        f"{args.out}: sequence manifest of {ds.path} at ctx {args.ctx}, min_ctx {args.min_ctx}: "
+        + ", ".join(f"{k} {v['n']}" for k, v in m["splits"].items())
+        + "; write SPLIT.npy (N, D) float32 predictions and a card.json beside it"
+    )
     return 0
 
 
@@ -449,34 +596,64 @@ def cmd_import_checkpoint(args) -> int:
         from lvm.data.datasets import open_dataset
 
         fp = fp or open_dataset(args.dataset).encoder_fingerprint
-    card = import_checkpoint(args.checkpoint, args.factory, args.out, encoder_fingerprint=fp, ctx=args.ctx, min_ctx=args.min_ctx,
-                             input_dim=args.input_dim, name=args.name, accepts_mask=not args.no_mask, export=not args.no_export)
-    print(f"{args.out}: {card['type']} ({card['n_params']:,} params, ctx {card['ctx']}, dim {card['input_dim']}) -> "
-          f"model.safetensors + model.json" + ("" if args.no_export else " + model.pt2")
-          + ("" if fp else "; no encoder fingerprint recorded (pass --dataset DIR): checkpoint_integrity will be RED"))
+    card = import_checkpoint(
+        args.checkpoint,
+        args.factory,
+        args.out,
+        encoder_fingerprint=fp,
+        ctx=args.ctx,
+        min_ctx=args.min_ctx,
+        input_dim=args.input_dim,
+        name=args.name,
+        accepts_mask=not args.no_mask,
+        export=not args.no_export,
+    )
+    print(
+        f"{args.out}: {card['type']} ({card['n_params']:,} params, ctx {card['ctx']}, dim {card['input_dim']}) -> "
+        f"model.safetensors + model.json"
+        + ("" if args.no_export else " + model.pt2")
+        + ("" if fp else "; no encoder fingerprint recorded (pass --dataset DIR): checkpoint_integrity will be RED")
+    )
     return 0
 
 
 def _add_model_commands(sub) -> None:
-    p = sub.add_parser("export", help="write a torch.export program (NAME.pt2 + NAME.json card, dynamic batch) from an lvm "
-                                      "checkpoint or a py: factory, to gate it where its source is not installed")
-    p.add_argument("model", help="run folder, NAME.json, or py:file.py:factory / py:pkg.module:factory (runs that code)")
+    p = sub.add_parser(
+        "export",
+        help="write a torch.export program (NAME.pt2 + NAME.json card, dynamic batch) from an lvm "
+        "checkpoint or a py: factory, to gate it where its source is not installed",
+    )
+    p.add_argument(
+        "model", help="run folder, NAME.json, or py:file.py:factory / py:pkg.module:factory (runs that code)"
+    )
     p.add_argument("--out", required=True, help="NAME.pt2 to write (its card goes to NAME.json)")
     p.add_argument("--model-card", default=None, help="JSON card for a py: factory that does not return one")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("sequences", help="sequence manifest of a dataset (per split: target and context chunk indices) "
-                                         "for predictions made outside lvm (gated with --predictions)")
+    p = sub.add_parser(
+        "sequences",
+        help="sequence manifest of a dataset (per split: target and context chunk indices) "
+        "for predictions made outside lvm (gated with --predictions)",
+    )
     p.add_argument("dataset", help="dataset folder")
     p.add_argument("--ctx", type=int, required=True, help="context length")
     p.add_argument("--min-ctx", type=int, default=None, help="shortest context (default: --ctx)")
     p.add_argument("--out", required=True, help="folder to write (refused if it holds other files)")
     p.set_defaults(func=cmd_sequences)
 
-    p = sub.add_parser("import-checkpoint", help="the seeds' best_model.pt (weights_only, no code from the file runs) -> "
-                                                 "safetensors + model card + .pt2, built with your class")
-    p.add_argument("checkpoint", help="the .pt file ({'model_state_dict', 'model_config', 'args', ...} or a bare state dict)")
-    p.add_argument("--factory", required=True, help="py:file.py:Class or py:pkg.module:factory, called with the file's model_config")
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="the seeds' best_model.pt (weights_only, no code from the file runs) -> "
+        "safetensors + model card + .pt2, built with your class",
+    )
+    p.add_argument(
+        "checkpoint", help="the .pt file ({'model_state_dict', 'model_config', 'args', ...} or a bare state dict)"
+    )
+    p.add_argument(
+        "--factory",
+        required=True,
+        help="py:file.py:Class or py:pkg.module:factory, called with the file's model_config",
+    )
     p.add_argument("--out", required=True, help="folder for model.safetensors, model.json and model.pt2")
     p.add_argument("--dataset", default=None, help="dataset the model was trained on: records its encoder fingerprint")
     p.add_argument("--encoder-fingerprint", default=None, help="encoder fingerprint to record (see `lvm inspect`)")

@@ -20,7 +20,14 @@ ABLATIONS = ("shuffle", "reverse", "leave_one_out", "repeat_pad", "cross_article
 
 
 @torch.no_grad()
-def predict(model: nn.Module, view: SequenceView, idx: np.ndarray | None = None, batch_size: int = 2048, ablation: str | None = None, seed: int = 0) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    view: SequenceView,
+    idx: np.ndarray | None = None,
+    batch_size: int = 2048,
+    ablation: str | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """ŷ for sequences ``idx`` of ``view`` (all by default), optionally on an ablated context."""
     model.eval()
     idx = np.arange(len(view)) if idx is None else np.asarray(idx)
@@ -102,8 +109,9 @@ def _timed(fn, *args) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def batch1_latency(model: nn.Module, view: SequenceView, n_calls: int = 500, warmup: int = 50, threads: int = 1,
-                   seed: int = 0) -> dict[str, np.ndarray]:
+def batch1_latency(
+    model: nn.Module, view: SequenceView, n_calls: int = 500, warmup: int = 50, threads: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Batch-1 forward passes on real sequences after ``warmup`` calls, with ``threads``; each call
     is followed by one reference probe in the same process. Returns per-call seconds:
     ``wall``, ``cpu`` (the model) and ``ref_wall``, ``ref_cpu`` (the probe)."""
@@ -146,7 +154,9 @@ class ModelEval:
     def use_predictions(self, pred: np.ndarray) -> None:
         """Predictions made elsewhere, aligned to this view's sequences (checked by the caller)."""
         if pred.shape != (len(self.view), self.view.dataset.dim):
-            raise ValueError(f"predictions of shape {pred.shape} for {len(self.view)} sequences of dim {self.view.dataset.dim}")
+            raise ValueError(
+                f"predictions of shape {pred.shape} for {len(self.view)} sequences of dim {self.view.dataset.dim}"
+            )
         self.__dict__["pred"] = pred
 
     @property

@@ -101,4 +101,6 @@ def refuse_foreign_folder(out: Path, marker: str, what: str = "output") -> None:
     if out.is_file():
         raise LvmError(f"{out} is a file; the {what} is written as a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise LvmError(f"refusing to write into {out}: it is not empty and not an lvm {what} folder (no {marker}); choose another path")
+        raise LvmError(
+            f"refusing to write into {out}: it is not empty and not an lvm {what} folder (no {marker}); choose another path"
+        )

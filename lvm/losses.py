@@ -44,9 +44,7 @@ def masked_negatives(article_ids, batch_size: int, device=None) -> Tensor:
     return same_article
 
 
-def info_nce_loss(
-    pred: Tensor, target: Tensor, tau: float = 0.07, article_ids: Tensor | None = None
-) -> Tensor:
+def info_nce_loss(pred: Tensor, target: Tensor, tau: float = 0.07, article_ids: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE with in-batch negatives.
 
         s_ij = cos(ŷ_i, y_j) / τ,   s_ij = −∞ for i ≠ j from the same article
@@ -75,9 +73,7 @@ def moment_loss(pred: Tensor, target: Tensor) -> Tensor:
     return (mean_gap.square() + std_gap.square()).mean()
 
 
-def variance_penalty(
-    pred: Tensor, target: Tensor, floor_ratio: float = DEFAULT_VARIANCE_FLOOR_RATIO
-) -> Tensor:
+def variance_penalty(pred: Tensor, target: Tensor, floor_ratio: float = DEFAULT_VARIANCE_FLOOR_RATIO) -> Tensor:
     """VICReg-style hinge on the spread of the predictions, per dimension:
 
         L_var = 1/D Σ_d max(0, r·σ_d(y) − √(Var_b(ŷ_d) + ε))
@@ -100,9 +96,7 @@ class AdaptiveLambda:
     The EMAs start at the first observed values (not 0), so early λ is not biased by a warm-up.
     """
 
-    def __init__(
-        self, base: float = 0.5, min_lambda: float = 0.01, max_lambda: float = 0.5, decay: float = 0.99
-    ):
+    def __init__(self, base: float = 0.5, min_lambda: float = 0.01, max_lambda: float = 0.5, decay: float = 0.99):
         if not 0.0 <= decay < 1.0 or not 0.0 <= min_lambda <= max_lambda:
             raise ValueError(
                 "AdaptiveLambda needs 0 <= decay < 1 and 0 <= min_lambda <= max_lambda; "
@@ -140,12 +134,16 @@ class AdaptiveLambda:
 
 @dataclass
 class LossConfig:
-    lambda_mse: float = field(default=1.0, metadata={"help": "weight of the MSE (the seeds' working runs were MSE-led)"})
+    lambda_mse: float = field(
+        default=1.0, metadata={"help": "weight of the MSE (the seeds' working runs were MSE-led)"}
+    )
     lambda_cos: float = field(default=0.0, metadata={"help": "weight of 1 − mean cos"})
     lambda_info: float = field(
         default=0.0, metadata={"help": "weight of InfoNCE (the seeds' 0.5 made it dominate: 700× the MSE)"}
     )
-    lambda_moment: float = field(default=0.0, metadata={"help": "weight of the moment matching (seeds: 0.001 when used)"})
+    lambda_moment: float = field(
+        default=0.0, metadata={"help": "weight of the moment matching (seeds: 0.001 when used)"}
+    )
     lambda_variance: float = field(
         default=0.0, metadata={"help": "weight of the variance penalty (seeds: 0.001 when used)"}
     )
@@ -187,9 +185,7 @@ def compute_loss(
     advances its EMAs: call it with ``adaptive`` on training steps only.
     """
     if cfg.adaptive_info and adaptive is None:
-        raise ValueError(
-            "LossConfig.adaptive_info is on: pass adaptive=cfg.make_adaptive(), kept across steps"
-        )
+        raise ValueError("LossConfig.adaptive_info is on: pass adaptive=cfg.make_adaptive(), kept across steps")
     functions = {
         "mse": lambda: mse_loss(pred, target),
         "cos": lambda: cosine_loss(pred, target),
@@ -223,6 +219,6 @@ def compute_loss(
     if not isinstance(total, Tensor):  # every λ is 0: a zero that still belongs to the graph
         total = pred.sum() * 0.0
     logged = torch.stack([values[n].detach().float() for n in COMPONENTS] + [total.detach().float()])
-    components = dict(zip(COMPONENTS + ("total",), logged.tolist()))  # one device sync, not six
+    components = dict(zip(COMPONENTS + ("total",), logged.tolist(), strict=False))  # one device sync, not six
     components["lambda_info"] = float(lambdas["info"])
     return total, components

@@ -75,7 +75,7 @@ def coherence_summary(cos: np.ndarray, low: float = LOW_COHERENCE) -> dict:
         "low_threshold": low,
         "histogram": {
             f"[{lo:.1f},{hi:.1f})": float(c / len(cos))
-            for lo, hi, c in zip(HISTOGRAM_BINS[:-1], HISTOGRAM_BINS[1:], counts)
+            for lo, hi, c in zip(HISTOGRAM_BINS[:-1], HISTOGRAM_BINS[1:], counts, strict=False)
         },
     }
 
@@ -98,7 +98,9 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, se
     return (float(lo), float(hi))
 
 
-def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+def cluster_bootstrap(
+    values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> dict:
     """Mean of ``values`` with a cluster (block) bootstrap CI: whole clusters are resampled.
 
     Sequences of one article overlap (they share context chunks), so they are not independent;
@@ -110,7 +112,14 @@ def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int = 10
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if n == 0:
-        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "clusters": 0, "n_eff": 0.0}
+        return {
+            "mean": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "n": 0,
+            "clusters": 0,
+            "n_eff": 0.0,
+        }
     _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
     sums = np.bincount(inverse, weights=values)
     sizes = np.bincount(inverse).astype(np.float64)
@@ -124,12 +133,24 @@ def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int = 10
     var_means, var_values = float(means.var()), float(values.var())
     noise = 1e-20 * max(1.0, float(values.mean()) ** 2)  # constant values leave only rounding noise in both
     n_eff = var_values / var_means if var_means > noise and var_values > noise else float(n)
-    return {"mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": n, "clusters": k,
-            "n_eff": min(n_eff, float(n))}
+    return {
+        "mean": float(values.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n": n,
+        "clusters": k,
+        "n_eff": min(n_eff, float(n)),
+    }
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                      clusters: np.ndarray | None = None) -> dict:
+def paired_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
+) -> dict:
     """Mean of d_i = a_i − b_i over the same items, with its bootstrap CI (paired bootstrap).
 
     With ``clusters`` (the article of each item) whole articles are resampled, the same ones on
@@ -153,7 +174,9 @@ def neighbour_indices(anchor: np.ndarray, article_id: np.ndarray, k: int) -> tup
     return np.where(ok, j, 0), ok
 
 
-def similarity_profile(query: np.ndarray, anchor: np.ndarray, vectors: np.ndarray, article_id: np.ndarray, offsets=range(-3, 4)) -> dict:
+def similarity_profile(
+    query: np.ndarray, anchor: np.ndarray, vectors: np.ndarray, article_id: np.ndarray, offsets=range(-3, 4)
+) -> dict:
     """P(k) = mean over items of cos(query_i, c_{anchor_i + k}) for each offset k, same article only.
 
     With ``query`` = the last context chunk and ``anchor`` its index this is the data's adjacency
@@ -282,7 +305,9 @@ def ranks_of(truth: np.ndarray, retrieved: np.ndarray, canon: np.ndarray | None 
     return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
 
 
-def contrastive_accuracy(pred: np.ndarray, target: np.ndarray, article: np.ndarray, n_neg: int = 100, seed: int = 0) -> float:
+def contrastive_accuracy(
+    pred: np.ndarray, target: np.ndarray, article: np.ndarray, n_neg: int = 100, seed: int = 0
+) -> float:
     """Share of (item, other-article target) pairs where the other target is farther than the true one.
 
     acc = mean_i mean_{j ∈ N_i} [cos(ŷ_i, y_j) < cos(ŷ_i, y_i)] with N_i up to ``n_neg`` random
@@ -311,12 +336,23 @@ def latency_ratio(timings: dict) -> dict:
     ms = {k: np.asarray(v, dtype=np.float64) * 1e3 for k, v in timings.items()}
     robust = max(float(np.percentile(ms["cpu"], 95)), float(np.percentile(ms["wall"], 50)))
     ref = float(np.percentile(ms["ref_cpu"], 50))
-    return {"p95_cpu_ms": float(np.percentile(ms["cpu"], 95)), "robust_ms": robust, "reference_ms": ref,
-            "reference_wall_ms": float(np.percentile(ms["ref_wall"], 50)), "ratio": robust / ref if ref > 0 else float("nan")}
+    return {
+        "p95_cpu_ms": float(np.percentile(ms["cpu"], 95)),
+        "robust_ms": robust,
+        "reference_ms": ref,
+        "reference_wall_ms": float(np.percentile(ms["ref_wall"], 50)),
+        "ratio": robust / ref if ref > 0 else float("nan"),
+    }
 
 
 def latency_percentiles(seconds: np.ndarray) -> dict:
     """P50/P95/P99 (and mean) of per-call latencies, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": float(ms.mean()), "n_calls": int(len(ms))}
+    return {
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+        "n_calls": int(len(ms)),
+    }

@@ -51,7 +51,9 @@ class Profile:
     def rules_at(self, kind: str, epoch: int) -> list[EpochRule]:
         return [r for r in getattr(self, kind) if r.epoch == epoch]
 
-    def schedule_violations(self, epochs: Iterable[Mapping], kinds: Sequence[str] = tuple(SCHEDULE_METRICS)) -> list[dict]:
+    def schedule_violations(
+        self, epochs: Iterable[Mapping], kinds: Sequence[str] = tuple(SCHEDULE_METRICS)
+    ) -> list[dict]:
         """The epoch rules (kill switches) that training-history rows break, in row, kind, rule order.
 
         A row (``epoch``, ``val_cosine``, optionally ``ood_cosine``) breaks a ``training.<kind>``
@@ -69,10 +71,17 @@ class Profile:
                     continue
                 for rule in self.rules_at(kind, row["epoch"]):
                     if value < rule.min:
-                        violations.append({
-                            "epoch": row["epoch"], "metric": kind, "value": value, "threshold": rule.min,
-                            "action": rule.action, "status": ACTION_STATUS[rule.action], "why": rule.why,
-                        })
+                        violations.append(
+                            {
+                                "epoch": row["epoch"],
+                                "metric": kind,
+                                "value": value,
+                                "threshold": rule.min,
+                                "action": rule.action,
+                                "status": ACTION_STATUS[rule.action],
+                                "why": rule.why,
+                            }
+                        )
         return violations
 
 
@@ -112,8 +121,12 @@ def load_profile(name_or_path: str) -> Profile:
         merged["training"] = data.get("training", base.get("training", {}))
         data = merged
     return Profile(
-        name=str(head.get("name", path.stem)), version=int(head.get("version", 1)), path=path, data=data,
-        val_cosine=_rules(data, "val_cosine", path), ood_sentinel=_rules(data, "ood_sentinel", path),
+        name=str(head.get("name", path.stem)),
+        version=int(head.get("version", 1)),
+        path=path,
+        data=data,
+        val_cosine=_rules(data, "val_cosine", path),
+        ood_sentinel=_rules(data, "ood_sentinel", path),
     )
 
 
@@ -123,7 +136,9 @@ def profile_for_dataset(meta: dict, explicit: str | None = None) -> Profile:
         return load_profile(explicit)
     if meta.get("gate_profile"):  # a dataset may name its profile (synthetic data does)
         return load_profile(meta["gate_profile"])
-    model_id = ((meta.get("encoder") or {}).get("pipeline") or {}).get("model_id") or ((meta.get("encoder") or {}).get("spec") or {}).get("name")
+    model_id = ((meta.get("encoder") or {}).get("pipeline") or {}).get("model_id") or (
+        (meta.get("encoder") or {}).get("spec") or {}
+    ).get("name")
     for name in shipped_profiles():
         prof = load_profile(name)
         if model_id and model_id in prof.data.get("profile", {}).get("encoders", []):

@@ -37,22 +37,49 @@ class GateWarning(UserWarning):
 
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("lvm", "lvm gates (latent vector model evaluation)")
-    group.addoption("--checkpoint", action="append", default=[], metavar="SPEC",
-                    help="model to gate (repeatable): run folder, NAME.json/.safetensors, NAME.pt2 (torch.export), "
-                         "or py:file.py:factory / py:pkg.module:factory (imports and runs that code)")
-    group.addoption("--model-card", default=None, metavar="FILE",
-                    help="JSON model card for py: / .pt2 checkpoints that do not carry their own")
-    group.addoption("--predictions", action="append", default=[], metavar="DIR",
-                    help="predictions folder (per-split .npy aligned to `lvm sequences`; repeatable)")
-    group.addoption("--dataset", action="append", default=[], metavar="DIR",
-                    help="dataset folder (built by `lvm build-data` or `lvm import-npz`; repeatable)")
+    group.addoption(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="model to gate (repeatable): run folder, NAME.json/.safetensors, NAME.pt2 (torch.export), "
+        "or py:file.py:factory / py:pkg.module:factory (imports and runs that code)",
+    )
+    group.addoption(
+        "--model-card",
+        default=None,
+        metavar="FILE",
+        help="JSON model card for py: / .pt2 checkpoints that do not carry their own",
+    )
+    group.addoption(
+        "--predictions",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="predictions folder (per-split .npy aligned to `lvm sequences`; repeatable)",
+    )
+    group.addoption(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="dataset folder (built by `lvm build-data` or `lvm import-npz`; repeatable)",
+    )
     group.addoption("--ood-dataset", default=None, metavar="DIR", help="separate out-of-distribution dataset")
     group.addoption("--baseline-dataset", default=None, metavar="DIR", help="dataset that worked, for coherence drift")
-    group.addoption("--baseline-results", default=None, metavar="FILE", help="results file to check regressions against")
-    group.addoption("--gate-profile", default=None, metavar="NAME|FILE", help="gate profile (default: from dataset metadata)")
+    group.addoption(
+        "--baseline-results", default=None, metavar="FILE", help="results file to check regressions against"
+    )
+    group.addoption(
+        "--gate-profile", default=None, metavar="NAME|FILE", help="gate profile (default: from dataset metadata)"
+    )
     group.addoption("--gates-strict", action="store_true", default=False, help="AMBER gates fail")
-    group.addoption("--results", default=None, metavar="FILE", help=f"where to write the results JSON (default {DEFAULT_RESULTS})")
-    group.addoption("--nprobe", type=int, default=None, help="IVF lists searched by the retrieval gate (default: the index's)")
+    group.addoption(
+        "--results", default=None, metavar="FILE", help=f"where to write the results JSON (default {DEFAULT_RESULTS})"
+    )
+    group.addoption(
+        "--nprobe", type=int, default=None, help="IVF lists searched by the retrieval gate (default: the index's)"
+    )
     group.addoption("--latency-threads", type=int, default=1, help="torch threads for the latency gate (default 1)")
 
 
@@ -127,10 +154,14 @@ def pytest_generate_tests(metafunc) -> None:
     opt = metafunc.config.getoption
     if "dataset_path" in metafunc.fixturenames:
         datasets = opt("--dataset") or [None]
-        metafunc.parametrize("dataset_path", datasets, ids=[Path(d).name if d else "no-dataset" for d in datasets], scope="session")
+        metafunc.parametrize(
+            "dataset_path", datasets, ids=[Path(d).name if d else "no-dataset" for d in datasets], scope="session"
+        )
     if "checkpoint_path" in metafunc.fixturenames:
         ckpts = model_specs(metafunc.config) or [None]
-        metafunc.parametrize("checkpoint_path", ckpts, ids=[_label(c) if c else "no-checkpoint" for c in ckpts], scope="session")
+        metafunc.parametrize(
+            "checkpoint_path", ckpts, ids=[_label(c) if c else "no-checkpoint" for c in ckpts], scope="session"
+        )
 
 
 # ----------------------------------------------------------------------------- session state
@@ -156,7 +187,9 @@ class GateSession:
     def profile(self, ds):
         from lvm.profiles import profile_for_dataset
 
-        return self._once(("profile", str(ds.path)), lambda: profile_for_dataset(ds.meta, self.config.getoption("--gate-profile")))
+        return self._once(
+            ("profile", str(ds.path)), lambda: profile_for_dataset(ds.meta, self.config.getoption("--gate-profile"))
+        )
 
     def index(self, ds):
         from lvm.data.index import load_or_build_index
@@ -196,7 +229,9 @@ class GateSession:
 
         def make():
             loaded, error = self.model(spec)
-            return checkpoint_integrity(loaded.card if loaded else None, ds, self.profile(ds), _label(spec), load_error=error)
+            return checkpoint_integrity(
+                loaded.card if loaded else None, ds, self.profile(ds), _label(spec), load_error=error
+            )
 
         return self._once(("integrity", spec, str(ds.path)), make)
 
@@ -263,7 +298,9 @@ class GateSession:
 
     def view(self, ds, split, ctx, min_ctx):
         """One SequenceView per (dataset, split, ctx, min_ctx): models on it share its target vectors."""
-        make = (lambda: self.ood_view(ds, ctx, min_ctx)) if split == "ood" else (lambda: ds.sequences(split, ctx, min_ctx))
+        make = (
+            (lambda: self.ood_view(ds, ctx, min_ctx)) if split == "ood" else (lambda: ds.sequences(split, ctx, min_ctx))
+        )
         return self._once(("view", str(ds.path), split, ctx, min_ctx), make)
 
 
@@ -359,9 +396,17 @@ def _history_summary(path: str | None) -> dict | None:
         return None
     if not isinstance(hist, dict):
         return None
-    epochs = [{k: v for k, v in e.items() if isinstance(v, (int, float, str, bool)) or v is None}
-              for e in hist.get("epochs", []) if isinstance(e, dict)]
-    return {"epochs": epochs, "status": hist.get("status"), "loss_config": hist.get("loss_config"), "aborted": hist.get("aborted")}
+    epochs = [
+        {k: v for k, v in e.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        for e in hist.get("epochs", [])
+        if isinstance(e, dict)
+    ]
+    return {
+        "epochs": epochs,
+        "status": hist.get("status"),
+        "loss_config": hist.get("loss_config"),
+        "aborted": hist.get("aborted"),
+    }
 
 
 def _json_safe(obj):
@@ -406,7 +451,11 @@ class LvmGatesPlugin:
         self._started = time.time()
         # per-sequence scores travel beside the reports (not in them: JUnit properties stay small)
         worker = getattr(config, "workerinput", None)
-        self.parts = Path(worker["lvm_parts_dir"]) if worker and "lvm_parts_dir" in worker else Path(tempfile.mkdtemp(prefix="lvm-gates-"))
+        self.parts = (
+            Path(worker["lvm_parts_dir"])
+            if worker and "lvm_parts_dir" in worker
+            else Path(tempfile.mkdtemp(prefix="lvm-gates-"))
+        )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:  # xdist: tell each worker where per-sequence files go
@@ -458,8 +507,16 @@ class LvmGatesPlugin:
             return
         params = item.callspec.params
         spec, ds = params.get("checkpoint_path"), params.get("dataset_path")
-        item.user_properties.append((WHERE_PROPERTY, {"checkpoint": _label(spec) if spec else None,
-                                                      "dataset": Path(ds).name if ds else None, "split": params.get("split")}))
+        item.user_properties.append(
+            (
+                WHERE_PROPERTY,
+                {
+                    "checkpoint": _label(spec) if spec else None,
+                    "dataset": Path(ds).name if ds else None,
+                    "split": params.get("split"),
+                },
+            )
+        )
 
     # -- one result row, with where it came from
     def describe(self, request, data: dict) -> dict:
@@ -526,7 +583,9 @@ class LvmGatesPlugin:
         from lvm.report.results import build_document, write_results
 
         results = [dict(r) for r in self.results]
-        profile_name = next((r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None)
+        profile_name = next(
+            (r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None
+        )
         profile = load_profile(profile_name) if profile_name else None
         run = self._run_record(results)
         target = self._results_target(run["complete"])
@@ -550,12 +609,24 @@ class LvmGatesPlugin:
         opt = self.config.getoption
         ran = sorted({r["gate"] for r in results if r.get("gate") != "regression"})
         expected = set(DATA_GATES) | (set(MODEL_GATES) - {"regression"} if model_specs(self.config) else set())
-        selection = {"keyword": opt("keyword", "") or None, "markexpr": opt("markexpr", "") or None,
-                     "last_failed": bool(opt("lf", False)), "deselected": self.deselected}
+        selection = {
+            "keyword": opt("keyword", "") or None,
+            "markexpr": opt("markexpr", "") or None,
+            "last_failed": bool(opt("lf", False)),
+            "deselected": self.deselected,
+        }
         missing = sorted(expected - set(ran))
-        partial = bool(selection["keyword"] or selection["markexpr"] or selection["last_failed"] or self.deselected or missing)
-        return {"argv": list(self.config.invocation_params.args), "seconds": round(time.time() - self._started, 3),
-                "gates_ran": ran, "gates_missing": missing, "selection": selection, "complete": not partial}
+        partial = bool(
+            selection["keyword"] or selection["markexpr"] or selection["last_failed"] or self.deselected or missing
+        )
+        return {
+            "argv": list(self.config.invocation_params.args),
+            "seconds": round(time.time() - self._started, 3),
+            "gates_ran": ran,
+            "gates_missing": missing,
+            "selection": selection,
+            "complete": not partial,
+        }
 
     def _results_target(self, complete: bool) -> Path:
         """The results file; a partial run never replaces a complete one: it is written beside it."""
@@ -580,8 +651,14 @@ class LvmGatesPlugin:
         from lvm.report.regression import check
         from lvm.report.results import read_results
 
-        self.verdict = check(doc, read_results(base_path), (profile.data.get("regression") if profile else None),
-                             new_name="this run", base_name=Path(base_path).name, profile_name=profile.name if profile else None)
+        self.verdict = check(
+            doc,
+            read_results(base_path),
+            (profile.data.get("regression") if profile else None),
+            new_name="this run",
+            base_name=Path(base_path).name,
+            profile_name=profile.name if profile else None,
+        )
         self.regressions = self.verdict.regressions
         rows = []
         for r in self.regressions:
@@ -620,7 +697,9 @@ def _portable(results: list[dict], results_dir: Path) -> dict:
             if value and not value.startswith(("py:", "predictions:")):
                 r[key] = os.path.relpath(Path(value).resolve(), results_dir.resolve())
             elif value and value.startswith("predictions:"):
-                r[key] = "predictions:" + os.path.relpath(Path(value.removeprefix("predictions:")).resolve(), results_dir.resolve())
+                r[key] = "predictions:" + os.path.relpath(
+                    Path(value.removeprefix("predictions:")).resolve(), results_dir.resolve()
+                )
     return models
 
 
@@ -634,9 +713,14 @@ def write_stoplights(tr, rows: list[dict]) -> None:
     w_ck = max(len("checkpoint"), *(len(str(r.get("checkpoint") or "-")) for r in rows))
     w_ds = max(len("dataset"), *(len(str(r.get("dataset") or "-")) for r in rows))
     tr.write_line(f"{'gate':<{w_gate}}  {'checkpoint':<{w_ck}}  {'dataset':<{w_ds}}  status  headline")
-    for r in sorted(rows, key=lambda r: (r.get("checkpoint") is not None, str(r.get("checkpoint")), ORDER.get(r["gate"], len(ORDER)))):
+    for r in sorted(
+        rows,
+        key=lambda r: (r.get("checkpoint") is not None, str(r.get("checkpoint")), ORDER.get(r["gate"], len(ORDER))),
+    ):
         gate = r["gate"] + (f"/{r['split']}" if r.get("split") else "")
-        tr.write(f"{gate:<{w_gate}}  {str(r.get('checkpoint') or '-'):<{w_ck}}  {str(r.get('dataset') or '-'):<{w_ds}}  ")
+        tr.write(
+            f"{gate:<{w_gate}}  {str(r.get('checkpoint') or '-'):<{w_ck}}  {str(r.get('dataset') or '-'):<{w_ds}}  "
+        )
         tr.write(f"{r['status']:<6}", **colour.get(r["status"], {}))
         tr.write_line(f"  {headline(r)}")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("GREEN", "AMBER", "RED", "SKIP")}

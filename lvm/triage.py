@@ -75,7 +75,12 @@ def _pair_start(ds: Dataset) -> np.ndarray:
 
 
 def _describe(ds: Dataset) -> dict:
-    return {"path": str(ds.path), "name": ds.path.name, "fingerprint": ds.encoder_fingerprint, "content_hash": ds.content_hash}
+    return {
+        "path": str(ds.path),
+        "name": ds.path.name,
+        "fingerprint": ds.encoder_fingerprint,
+        "content_hash": ds.content_hash,
+    }
 
 
 def _rel(new: float, base: float) -> float:
@@ -98,8 +103,13 @@ def _verdict(result: G.GateResult) -> dict:
     return {"status": result.status, "message": result.message, "metrics": metrics}
 
 
-def coherence_report(dataset_path, baseline_path=None, segment_width: int | None = None, by: str = "article_range",
-                     profile: str | None = None) -> dict:
+def coherence_report(
+    dataset_path,
+    baseline_path=None,
+    segment_width: int | None = None,
+    by: str = "article_range",
+    profile: str | None = None,
+) -> dict:
     """Statistics, verdicts and per-segment breakdown of adjacency coherence cos(c_t, c_t+1).
 
     - ``stats``: mean, std, p10/p50/p90, share < 0.30 and the 0.1-bin histogram of the dataset
@@ -139,10 +149,15 @@ def coherence_report(dataset_path, baseline_path=None, segment_width: int | None
         histogram.append(row)
     drift = None
     if base_stats:
-        drift = {"mean_delta": stats["mean"] - base_stats["mean"], "mean_drift_rel": _rel(stats["mean"], base_stats["mean"]),
-                 "low_share_delta_pp": 100 * (stats["low_share"] - base_stats["low_share"])}
+        drift = {
+            "mean_delta": stats["mean"] - base_stats["mean"],
+            "mean_drift_rel": _rel(stats["mean"], base_stats["mean"]),
+            "low_share_delta_pp": 100 * (stats["low_share"] - base_stats["low_share"]),
+        }
     verdicts = {
-        "coherence": _verdict(G.judge("coherence", stats, prof, dataset=ds.path.name)),  # = gates.coherence, stats computed once
+        "coherence": _verdict(
+            G.judge("coherence", stats, prof, dataset=ds.path.name)
+        ),  # = gates.coherence, stats computed once
         "coherence_drift": _verdict(G.coherence_drift(ds, base, prof)),
     }
     return {
@@ -179,17 +194,27 @@ def format_report(report: dict) -> str:
     lines = [f"Adjacency coherence cos(c_t, c_t+1) within articles — profile {report['profile']}"]
     if base:
         b = base["stats"]
-        lines += [f"base = {base['path']} ({b['n_pairs']} pairs)", f"new  = {new['path']} ({s['n_pairs']} pairs)", "",
-                  "| Metric | base | new | Change |", "|---|---|---|---|"]
+        lines += [
+            f"base = {base['path']} ({b['n_pairs']} pairs)",
+            f"new  = {new['path']} ({s['n_pairs']} pairs)",
+            "",
+            "| Metric | base | new | Change |",
+            "|---|---|---|---|",
+        ]
         for key in ("mean", "std", "p10", "p50", "p90"):
             change = _signed(s[key] - b[key], digits=4)
             if key == "mean":
                 change += f" ({_signed(100 * report['drift']['mean_drift_rel'], '%')})"
             lines.append(f"| {key} | {b[key]:.4f} | {s[key]:.4f} | {change} |")
-        lines.append(f"| low (<{s['low_threshold']:.2f}) | {_pct(b['low_share'])} | {_pct(s['low_share'])} | "
-                     f"{_signed(report['drift']['low_share_delta_pp'], 'pp', 2)} |")
+        lines.append(
+            f"| low (<{s['low_threshold']:.2f}) | {_pct(b['low_share'])} | {_pct(s['low_share'])} | "
+            f"{_signed(report['drift']['low_share_delta_pp'], 'pp', 2)} |"
+        )
         lines += ["", "| Range | base | new | Change |", "|---|---|---|---|"]
-        lines += [f"| {h['bin']} | {_pct(h['baseline'])} | {_pct(h['dataset'])} | {_signed(h['change_pp'], 'pp')} |" for h in report["histogram"]]
+        lines += [
+            f"| {h['bin']} | {_pct(h['baseline'])} | {_pct(h['dataset'])} | {_signed(h['change_pp'], 'pp')} |"
+            for h in report["histogram"]
+        ]
     else:
         lines += [f"new = {new['path']} ({s['n_pairs']} pairs)", "", "| Metric | new |", "|---|---|"]
         lines += [f"| {key} | {s[key]:.4f} |" for key in ("mean", "std", "p10", "p50", "p90")]
@@ -200,12 +225,23 @@ def format_report(report: dict) -> str:
     for gate, v in report["verdicts"].items():
         lines.append(f"{gate}: {v['status']}" + (f" — {v['message']}" if v["message"] else ""))
     seg = report["segments"]
-    what = ("topics" if seg["by"] == "topic" else
-            f"article ids, {seg['width']} per segment" if seg["width"] else f"article ids, {seg['count']} equal ranges")
-    lines += ["", f"Segments ({what}), sorted by drop vs the {seg['reference']} {seg['reference_mean']:.4f}:",
-              "| Segment | pairs | mean | low (<0.30) | drop |", "|---|---|---|---|---|"]
-    lines += [f"| {r['segment']} | {r['pairs']} | {r['mean']:.4f} | {_pct(r['low_share'])} | {_signed(r['drop_vs_baseline'], digits=4)} |"
-              for r in seg["rows"]]
+    what = (
+        "topics"
+        if seg["by"] == "topic"
+        else f"article ids, {seg['width']} per segment"
+        if seg["width"]
+        else f"article ids, {seg['count']} equal ranges"
+    )
+    lines += [
+        "",
+        f"Segments ({what}), sorted by drop vs the {seg['reference']} {seg['reference_mean']:.4f}:",
+        "| Segment | pairs | mean | low (<0.30) | drop |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['segment']} | {r['pairs']} | {r['mean']:.4f} | {_pct(r['low_share'])} | {_signed(r['drop_vs_baseline'], digits=4)} |"
+        for r in seg["rows"]
+    ]
     return "\n".join(lines)
 
 
@@ -218,10 +254,14 @@ def plot_histograms(report: dict, png_path) -> Path:
     series = [("new", report["dataset"], [h["dataset"] for h in report["histogram"]])]
     if report["baseline"]:
         series.insert(0, ("base", report["baseline"], [h["baseline"] for h in report["histogram"]]))
-    labelled = [(f"{label}: {d['name']} (mean {d['stats']['mean']:.3f}, low {_pct(d['stats']['low_share'])})", shares)
-                for label, d, shares in series]
+    labelled = [
+        (f"{label}: {d['name']} (mean {d['stats']['mean']:.3f}, low {_pct(d['stats']['low_share'])})", shares)
+        for label, d, shares in series
+    ]
     # the low-coherence line falls between bins
-    fig = coherence_histogram(bins, labelled, overlay=True, xlabel="adjacency cosine cos(c_t, c_t+1)", marker_x=M.LOW_COHERENCE * 10 - 0.5)
+    fig = coherence_histogram(
+        bins, labelled, overlay=True, xlabel="adjacency cosine cos(c_t, c_t+1)", marker_x=M.LOW_COHERENCE * 10 - 0.5
+    )
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fmt = png_path.suffix.lstrip(".").lower() or "png"
     try:
@@ -281,15 +321,29 @@ def _check_out(out: Path, ds: Dataset) -> None:
 
 def _side(summary: dict, chunks: int, articles: int, sequences: int, seq_score: float, base_mean: float | None) -> dict:
     """One column of the before/after summary."""
-    row = {"chunks": chunks, "articles": articles, "sequences": sequences, "mean_coherence": summary["mean"],
-           "low_share": summary["low_share"], "p50": summary["p50"], "mean_sequence_score": seq_score}
+    row = {
+        "chunks": chunks,
+        "articles": articles,
+        "sequences": sequences,
+        "mean_coherence": summary["mean"],
+        "low_share": summary["low_share"],
+        "p50": summary["p50"],
+        "mean_sequence_score": seq_score,
+    }
     if base_mean is not None:
         row["gap_to_baseline_pct"] = 100 * _rel(summary["mean"], base_mean)
     return row
 
 
-def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, blocklist: str | None = BLOCKLIST,
-                   ctx: int = 5, min_ctx: int = 1, baseline_path=None) -> dict:
+def filter_dataset(
+    dataset_path,
+    out_dir,
+    min_coherence: float = MIN_COHERENCE,
+    blocklist: str | None = BLOCKLIST,
+    ctx: int = 5,
+    min_ctx: int = 1,
+    baseline_path=None,
+) -> dict:
     """Keep sequences with score ≥ ``min_coherence`` outside blocklisted articles; write a new dataset.
 
     Score of the sequence with target chunk t and context chunks t-n..t-1 (n = min(position, ctx),
@@ -318,7 +372,9 @@ def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, 
     views = [ds.sequences(s, ctx, min_ctx) for s in SPLIT_NAMES]
     n_seq = sum(len(v) for v in views)
     if n_seq == 0:
-        raise LvmError(f"{ds.path}: no sequences with ctx={ctx}, min_ctx={min_ctx} (no article has {min_ctx + 1} chunks)")
+        raise LvmError(
+            f"{ds.path}: no sequences with ctx={ctx}, min_ctx={min_ctx} (no article has {min_ctx + 1} chunks)"
+        )
     before_cos = ds.adjacency
     cos_at = _cos_at_chunk(ds, before_cos)
     score = sequence_scores(ds, views, before_cos)
@@ -330,7 +386,9 @@ def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, 
     coherent = score >= min_coherence
     mask = coherent & ~in_blocked
     if not mask.any():
-        raise LvmError(f"the filter keeps no sequence of {ds.path} (min coherence {min_coherence}, blocklist {blocklist!r}): nothing to write")
+        raise LvmError(
+            f"the filter keeps no sequence of {ds.path} (min coherence {min_coherence}, blocklist {blocklist!r}): nothing to write"
+        )
 
     # chunks covered by kept sequences: t-n .. t for each; maximal runs inside one article -> new articles
     opened = np.bincount(targets[mask] - n_ctx[mask], minlength=ds.n_chunks + 1)
@@ -346,44 +404,93 @@ def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, 
     first_run_of = np.flatnonzero(np.r_[True, run_parent[1:] != run_parent[:-1]])
     run_index = np.arange(len(run_first)) - np.repeat(first_run_of, np.diff(np.r_[first_run_of, len(run_first)]))
     parents = ds.articles
-    articles = [{"source_id": f"{parents[a]['source_id']}#{k}", "title": parents[a].get("title", ""), "topic": parents[a].get("topic", "")}
-                for a, k in zip(run_parent.tolist(), run_index.tolist())]
+    articles = [
+        {
+            "source_id": f"{parents[a]['source_id']}#{k}",
+            "title": parents[a].get("title", ""),
+            "topic": parents[a].get("topic", ""),
+        }
+        for a, k in zip(run_parent.tolist(), run_index.tolist(), strict=False)
+    ]
     article_split = np.array([SPLIT_NAMES.index(parents[a]["split"]) for a in run_parent.tolist()], dtype=np.int8)
     texts = ds.texts
     new_texts = [texts[i] for i in keep_idx.tolist()]
 
     before = M.coherence_summary(before_cos)
     base_mean = _pair_coherence(base)[1]["mean"] if base is not None else None
-    settings = {"min_coherence": float(min_coherence), "blocklist": blocklist or None, "ctx": ctx, "min_ctx": min_ctx,
-                "score": SEQUENCE_SCORE}
+    settings = {
+        "min_coherence": float(min_coherence),
+        "blocklist": blocklist or None,
+        "ctx": ctx,
+        "min_ctx": min_ctx,
+        "score": SEQUENCE_SCORE,
+    }
     meta = {k: ds.meta[k] for k in INHERITED_META if k in ds.meta}
-    meta.update({"lvm_version": __version__, "created_at": utc_timestamp(),
-                 "parent": {"path": str(ds.path.resolve()), "content_hash": ds.content_hash}, "filter": settings})
+    meta.update(
+        {
+            "lvm_version": __version__,
+            "created_at": utc_timestamp(),
+            "parent": {"path": str(ds.path.resolve()), "content_hash": ds.content_hash},
+            "filter": settings,
+        }
+    )
 
     with atomic_dir(out) as tmp:
-        vec = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim))
+        vec = np.lib.format.open_memmap(
+            tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim)
+        )
         for s in range(0, len(keep_idx), M.BLOCK):  # blockwise: bounded memory at any size
             vec[s : s + M.BLOCK] = ds.vectors[keep_idx[s : s + M.BLOCK]]
         vec.flush()
         del vec
-        full = write_dataset(tmp, article_id=new_article, position=new_position, texts=new_texts, articles=articles,
-                             article_split=article_split, meta=meta, probe_vectors=ds.probe_vectors)
+        full = write_dataset(
+            tmp,
+            article_id=new_article,
+            position=new_position,
+            texts=new_texts,
+            articles=articles,
+            article_split=article_split,
+            meta=meta,
+            probe_vectors=ds.probe_vectors,
+        )
         np.save(tmp / "mask.npy", mask)
         # a pair of the new dataset is a pair of consecutive parent chunks of one article: same cosine
         after = M.coherence_summary(cos_at[keep_idx[:-1][new_article[1:] == new_article[:-1]]])
         n_seq_after = int((new_position >= min_ctx).sum())  # SequenceView's rule, summed over the splits
         c = full["counts"]
         summary = {
-            "dataset": str(ds.path), "out": str(out), "filter": settings,
+            "dataset": str(ds.path),
+            "out": str(out),
+            "filter": settings,
             "baseline": {"path": str(base.path), "mean_coherence": base_mean} if base is not None else None,
-            "before": _side(before, ds.n_chunks, int(sum(1 for a in parents if a["n_chunks"])), n_seq, float(score.mean()), base_mean),
-            "after": {**_side(after, c["chunks"], c["articles"], n_seq_after, float(score[mask].mean()), base_mean),
-                      "parent_articles": int(len(np.unique(run_parent)))},
-            "sequences": {"total": n_seq, "kept": int(mask.sum()), "kept_share": float(mask.mean()),
-                          "dropped_low_coherence": int((~coherent & ~in_blocked).sum()), "dropped_blocklist": int(in_blocked.sum())},
+            "before": _side(
+                before,
+                ds.n_chunks,
+                int(sum(1 for a in parents if a["n_chunks"])),
+                n_seq,
+                float(score.mean()),
+                base_mean,
+            ),
+            "after": {
+                **_side(after, c["chunks"], c["articles"], n_seq_after, float(score[mask].mean()), base_mean),
+                "parent_articles": int(len(np.unique(run_parent))),
+            },
+            "sequences": {
+                "total": n_seq,
+                "kept": int(mask.sum()),
+                "kept_share": float(mask.mean()),
+                "dropped_low_coherence": int((~coherent & ~in_blocked).sum()),
+                "dropped_blocklist": int(in_blocked.sum()),
+            },
             "blocklisted_articles": int(blocked_art.sum()),
             "blocklisted_titles": [parents[a].get("title", "") for a in np.flatnonzero(blocked_art)[:20].tolist()],
-            "mask": {"file": "mask.npy", "length": n_seq, "order": "train, val, ood sequences as SequenceView yields them", "ctx": ctx, "min_ctx": min_ctx},
+            "mask": {
+                "file": "mask.npy",
+                "length": n_seq,
+                "order": "train, val, ood sequences as SequenceView yields them",
+                "ctx": ctx,
+                "min_ctx": min_ctx,
+            },
             "index": "none: run `lvm build-index` on the filtered dataset",
             "parent": meta["parent"],
         }
@@ -395,16 +502,22 @@ def filter_dataset(dataset_path, out_dir, min_coherence: float = MIN_COHERENCE, 
 def format_filter_summary(summary: dict) -> str:
     """Before/after table of a filter run (the seeds' "Unfiltered -> Filtered")."""
     b, a, s = summary["before"], summary["after"], summary["sequences"]
-    lines = [f"{summary['out']}: kept {s['kept']} of {s['total']} sequences ({_pct(s['kept_share'])}); "
-             f"dropped {s['dropped_low_coherence']} below {summary['filter']['min_coherence']}, "
-             f"{s['dropped_blocklist']} in {summary['blocklisted_articles']} blocklisted articles",
-             "", "| | before | after |", "|---|---|---|"]
+    lines = [
+        f"{summary['out']}: kept {s['kept']} of {s['total']} sequences ({_pct(s['kept_share'])}); "
+        f"dropped {s['dropped_low_coherence']} below {summary['filter']['min_coherence']}, "
+        f"{s['dropped_blocklist']} in {summary['blocklisted_articles']} blocklisted articles",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+    ]
     for key in ("chunks", "articles", "sequences"):
         lines.append(f"| {key} | {b[key]} | {a[key]} |")
     lines.append(f"| mean coherence | {b['mean_coherence']:.4f} | {a['mean_coherence']:.4f} |")
     lines.append(f"| low (<{M.LOW_COHERENCE:.2f}) | {_pct(b['low_share'])} | {_pct(a['low_share'])} |")
     lines.append(f"| mean sequence score | {b['mean_sequence_score']:.4f} | {a['mean_sequence_score']:.4f} |")
     if "gap_to_baseline_pct" in b:
-        lines.append(f"| gap to baseline mean {summary['baseline']['mean_coherence']:.4f} | "
-                     f"{_signed(b['gap_to_baseline_pct'], '%')} | {_signed(a['gap_to_baseline_pct'], '%')} |")
+        lines.append(
+            f"| gap to baseline mean {summary['baseline']['mean_coherence']:.4f} | "
+            f"{_signed(b['gap_to_baseline_pct'], '%')} | {_signed(a['gap_to_baseline_pct'], '%')} |"
+        )
     return "\n".join(lines)

@@ -75,10 +75,27 @@ def test_bench_full_gate_suite_726k(benchmark, big_index, big_checkpoint, tmp_pa
     """`pytest gates/` for one AMN checkpoint on 726,014 × 768, index cached: wall, peak RSS, per gate."""
     junit, rss_file = tmp_path / "junit.xml", tmp_path / "rss_kb"
     # a wrapper process whose only child is the gate run, so RUSAGE_CHILDREN is that run's peak RSS
-    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[2:]); "
-               "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r.returncode)")
-    cmd = [sys.executable, "-c", wrapper, str(rss_file), sys.executable, "-m", "pytest", "gates/", f"--checkpoint={big_checkpoint}", f"--dataset={big_index}", "-q",
-           "-p", "no:cacheprovider", f"--results={tmp_path / 'r.json'}", f"--junitxml={junit}"]
+    wrapper = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[2:]); "
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r.returncode)"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        wrapper,
+        str(rss_file),
+        sys.executable,
+        "-m",
+        "pytest",
+        "gates/",
+        f"--checkpoint={big_checkpoint}",
+        f"--dataset={big_index}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--results={tmp_path / 'r.json'}",
+        f"--junitxml={junit}",
+    ]
 
     def run():
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -91,11 +108,17 @@ def test_bench_full_gate_suite_726k(benchmark, big_index, big_checkpoint, tmp_pa
     per_gate = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         per_gate[case.get("name")] = round(float(case.get("time", 0)), 2)
-    benchmark.extra_info.update({
-        "wall_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2), "bank_gb": round(bank_gb, 2),
-        "rss_over_bank": round(peak_gb / bank_gb, 2), "per_gate_s": per_gate,
-        "exit_code": proc.returncode, "summary": json.loads((tmp_path / "r.json").read_text())["summary"],
-    })
+    benchmark.extra_info.update(
+        {
+            "wall_s": round(wall, 1),
+            "peak_rss_gb": round(peak_gb, 2),
+            "bank_gb": round(bank_gb, 2),
+            "rss_over_bank": round(peak_gb / bank_gb, 2),
+            "per_gate_s": per_gate,
+            "exit_code": proc.returncode,
+            "summary": json.loads((tmp_path / "r.json").read_text())["summary"],
+        }
+    )
     assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-2000:]  # 1 = a RED gate, still measured
 
 
@@ -121,8 +144,14 @@ def test_bench_coherence_and_drift_726k(benchmark, big, big_clean):
         return gates.coherence(new, profile), gates.coherence_drift(new, base, profile)
 
     coh, drift = benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update({"coherence": coh.status, "drift": drift.status, "top_segment": drift.metrics["segments"][0]["segment"],
-                                 "mean_drift_rel": round(drift.metrics["mean_drift_rel"], 4)})
+    benchmark.extra_info.update(
+        {
+            "coherence": coh.status,
+            "drift": drift.status,
+            "top_segment": drift.metrics["segments"][0]["segment"],
+            "mean_drift_rel": round(drift.metrics["mean_drift_rel"], 4),
+        }
+    )
 
 
 def test_bench_oracle_recall_726k(benchmark, big_index):
@@ -133,16 +162,35 @@ def test_bench_oracle_recall_726k(benchmark, big_index):
 
     ds = open_dataset(big_index)
     index, _ = load_index(ds)
-    res = benchmark.pedantic(lambda: gates.oracle_recall(ds, index, load_profile("gtr-t5-wiki")), rounds=1, iterations=1)
-    benchmark.extra_info.update({k: res.metrics[k] for k in ("recall_at_1", "recall_at_5", "recall_at_1000", "duplicate_rate")})
+    res = benchmark.pedantic(
+        lambda: gates.oracle_recall(ds, index, load_profile("gtr-t5-wiki")), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(
+        {k: res.metrics[k] for k in ("recall_at_1", "recall_at_5", "recall_at_1000", "duplicate_rate")}
+    )
 
 
 @pytest.fixture(scope="session", params=[384, 768])
 def small_synth(request) -> Path:
     out = BENCH / f"syn40k-{request.param}"
     if not (out / "meta.json").is_file():
-        subprocess.run([sys.executable, "-m", "lvm.cli", "synth", "--out", str(out), "--n-chunks", "40000", "--dim", str(request.param), "--quiet"],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lvm.cli",
+                "synth",
+                "--out",
+                str(out),
+                "--n-chunks",
+                "40000",
+                "--dim",
+                str(request.param),
+                "--quiet",
+            ],
+            check=True,
+            cwd=ROOT,
+        )
     return out
 
 
@@ -152,10 +200,20 @@ def test_bench_training_throughput(benchmark, arch, small_synth, tmp_path):
     from lvm.train.trainer import TrainConfig, Trainer
 
     run = tmp_path / arch
-    hist = benchmark.pedantic(lambda: Trainer(TrainConfig(dataset=str(small_synth), model=arch, epochs=1, kill_switches=False), run, progress=False).run(),
-                              rounds=1, iterations=1)
-    benchmark.extra_info.update({"dim": int(small_synth.name.split("-")[-1]), "train_seq_per_s": round(hist["epochs"][0]["train_seq_per_s"]),
-                                 "threads": torch.get_num_threads()})
+    hist = benchmark.pedantic(
+        lambda: Trainer(
+            TrainConfig(dataset=str(small_synth), model=arch, epochs=1, kill_switches=False), run, progress=False
+        ).run(),
+        rounds=1,
+        iterations=1,
+    )
+    benchmark.extra_info.update(
+        {
+            "dim": int(small_synth.name.split("-")[-1]),
+            "train_seq_per_s": round(hist["epochs"][0]["train_seq_per_s"]),
+            "threads": torch.get_num_threads(),
+        }
+    )
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -176,4 +234,9 @@ def test_bench_batch1_latency_768(benchmark, arch, threads):
             benchmark.pedantic(model, args=(x, mask), rounds=1000, warmup_rounds=100, iterations=1)
     finally:
         torch.set_num_threads(previous)
-    benchmark.extra_info.update({**{k: round(v, 4) for k, v in latency_percentiles(np.asarray(benchmark.stats.stats.data)).items()}, "threads": threads})
+    benchmark.extra_info.update(
+        {
+            **{k: round(v, 4) for k, v in latency_percentiles(np.asarray(benchmark.stats.stats.data)).items()},
+            "threads": threads,
+        }
+    )

@@ -15,34 +15,82 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Short encyclopaedic articles (3-7 sentences each) with topics; real text for the real encoder.
 SMALL_ARTICLES = [
-    ("Mercury", "Science", "Mercury is the smallest planet in the Solar System. It is the closest planet to the Sun. "
-     "Mercury has no natural satellites. Its surface is heavily cratered, much like the Moon. A day on Mercury lasts 59 Earth days."),
-    ("Venus", "Science", "Venus is the second planet from the Sun. It has a thick atmosphere of carbon dioxide. "
-     "The greenhouse effect makes Venus the hottest planet. Its clouds are made of sulfuric acid."),
-    ("Mars", "Science", "Mars is the fourth planet from the Sun. It is often called the Red Planet. "
-     "Iron oxide on its surface gives Mars its reddish colour. Mars has two small moons, Phobos and Deimos. "
-     "Olympus Mons on Mars is the tallest volcano in the Solar System."),
-    ("Photosynthesis", "Science", "Photosynthesis is the process plants use to make food. "
-     "Light energy is converted into chemical energy. Chlorophyll absorbs mostly blue and red light. "
-     "Oxygen is released as a by-product of the reaction. Most life on Earth depends on photosynthesis."),
-    ("Violin", "Arts", "The violin is a wooden string instrument. It is the smallest member of the violin family. "
-     "A violinist plays it with a bow strung with horsehair. Famous violin makers include Stradivari and Guarneri."),
-    ("Jazz", "Arts", "Jazz is a music genre that began in New Orleans. It grew out of blues and ragtime. "
-     "Improvisation is central to jazz performance. Louis Armstrong was an early jazz star. Swing and bebop are jazz styles."),
-    ("Impressionism", "Arts", "Impressionism was an art movement of the nineteenth century. "
-     "Its painters tried to capture the effect of light. Claude Monet painted many scenes of water lilies. "
-     "Critics first used the name as an insult."),
-    ("Roman Empire", "History", "The Roman Empire ruled the Mediterranean for centuries. Augustus was its first emperor. "
-     "Roman roads connected distant provinces. Latin was the language of administration. The western empire fell in 476."),
-    ("French Revolution", "History", "The French Revolution began in 1789. The storming of the Bastille became its symbol. "
-     "The monarchy was abolished in 1792. King Louis XVI was executed the following year. Napoleon rose to power afterwards."),
-    ("Printing press", "History", "The printing press was developed by Johannes Gutenberg. "
-     "It used movable metal type. Books became cheaper and more widely available. The press helped spread the Reformation."),
-    ("Football", "Sport", "Association football is played by two teams of eleven players. "
-     "The aim is to score goals by moving the ball into the opposing net. Only goalkeepers may handle the ball. "
-     "The World Cup is held every four years."),
-    ("Chess", "Sport", "Chess is a board game for two players. Each player starts with sixteen pieces. "
-     "The goal is to checkmate the opponent's king. Computers now play chess better than any human."),
+    (
+        "Mercury",
+        "Science",
+        "Mercury is the smallest planet in the Solar System. It is the closest planet to the Sun. "
+        "Mercury has no natural satellites. Its surface is heavily cratered, much like the Moon. A day on Mercury lasts 59 Earth days.",
+    ),
+    (
+        "Venus",
+        "Science",
+        "Venus is the second planet from the Sun. It has a thick atmosphere of carbon dioxide. "
+        "The greenhouse effect makes Venus the hottest planet. Its clouds are made of sulfuric acid.",
+    ),
+    (
+        "Mars",
+        "Science",
+        "Mars is the fourth planet from the Sun. It is often called the Red Planet. "
+        "Iron oxide on its surface gives Mars its reddish colour. Mars has two small moons, Phobos and Deimos. "
+        "Olympus Mons on Mars is the tallest volcano in the Solar System.",
+    ),
+    (
+        "Photosynthesis",
+        "Science",
+        "Photosynthesis is the process plants use to make food. "
+        "Light energy is converted into chemical energy. Chlorophyll absorbs mostly blue and red light. "
+        "Oxygen is released as a by-product of the reaction. Most life on Earth depends on photosynthesis.",
+    ),
+    (
+        "Violin",
+        "Arts",
+        "The violin is a wooden string instrument. It is the smallest member of the violin family. "
+        "A violinist plays it with a bow strung with horsehair. Famous violin makers include Stradivari and Guarneri.",
+    ),
+    (
+        "Jazz",
+        "Arts",
+        "Jazz is a music genre that began in New Orleans. It grew out of blues and ragtime. "
+        "Improvisation is central to jazz performance. Louis Armstrong was an early jazz star. Swing and bebop are jazz styles.",
+    ),
+    (
+        "Impressionism",
+        "Arts",
+        "Impressionism was an art movement of the nineteenth century. "
+        "Its painters tried to capture the effect of light. Claude Monet painted many scenes of water lilies. "
+        "Critics first used the name as an insult.",
+    ),
+    (
+        "Roman Empire",
+        "History",
+        "The Roman Empire ruled the Mediterranean for centuries. Augustus was its first emperor. "
+        "Roman roads connected distant provinces. Latin was the language of administration. The western empire fell in 476.",
+    ),
+    (
+        "French Revolution",
+        "History",
+        "The French Revolution began in 1789. The storming of the Bastille became its symbol. "
+        "The monarchy was abolished in 1792. King Louis XVI was executed the following year. Napoleon rose to power afterwards.",
+    ),
+    (
+        "Printing press",
+        "History",
+        "The printing press was developed by Johannes Gutenberg. "
+        "It used movable metal type. Books became cheaper and more widely available. The press helped spread the Reformation.",
+    ),
+    (
+        "Football",
+        "Sport",
+        "Association football is played by two teams of eleven players. "
+        "The aim is to score goals by moving the ball into the opposing net. Only goalkeepers may handle the ball. "
+        "The World Cup is held every four years.",
+    ),
+    (
+        "Chess",
+        "Sport",
+        "Chess is a board game for two players. Each player starts with sixteen pieces. "
+        "The goal is to checkmate the opponent's king. Computers now play chess better than any human.",
+    ),
 ]
 
 
@@ -89,7 +137,9 @@ def default_dataset() -> Path:
 def run_lvm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `lvm` console entry point in a fresh process."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "lvm.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "lvm.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -39,7 +39,11 @@ def test_pack_to_target_packs_consecutive_sentences():
 
 
 words = st.text(alphabet="abcdefghij", min_size=1, max_size=8)
-sentence = st.builds(lambda ws, end: " ".join(ws).capitalize() + end, st.lists(words, min_size=1, max_size=12), st.sampled_from([".", "!", "?"]))
+sentence = st.builds(
+    lambda ws, end: " ".join(ws).capitalize() + end,
+    st.lists(words, min_size=1, max_size=12),
+    st.sampled_from([".", "!", "?"]),
+)
 
 
 @settings(max_examples=200, deadline=None)

@@ -39,7 +39,16 @@ def test_jsonl_with_a_bad_line(tmp_path):
 
 
 def test_unknown_encoder(small_corpus, tmp_path):
-    res = run_lvm("build-data", "--corpus", str(small_corpus), "--encoder", "acme/unknown-encoder", "--out", str(tmp_path / "out"), "--quiet")
+    res = run_lvm(
+        "build-data",
+        "--corpus",
+        str(small_corpus),
+        "--encoder",
+        "acme/unknown-encoder",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     assert_one_line_error(res, "acme/unknown-encoder", "cannot be loaded offline")
     assert not (tmp_path / "out").exists()
 
@@ -120,11 +129,29 @@ def test_train_flags_parse_to_the_training_config():
 
     parser = _train_parser()
     assert config_from_args(TrainConfig, parser.parse_args([])) == TrainConfig()
-    args = parser.parse_args(["--no-kill-switches", "--adaptive-info", "--lambda-info", "0.5", "--model-config", '{"hidden_dim": 8}',
-                              "--threads", "2", "--warm-start", "runs/a", "--epochs", "3"])
+    args = parser.parse_args(
+        [
+            "--no-kill-switches",
+            "--adaptive-info",
+            "--lambda-info",
+            "0.5",
+            "--model-config",
+            '{"hidden_dim": 8}',
+            "--threads",
+            "2",
+            "--warm-start",
+            "runs/a",
+            "--epochs",
+            "3",
+        ]
+    )
     assert config_from_args(TrainConfig, args) == TrainConfig(
-        kill_switches=False, loss=LossConfig(adaptive_info=True, lambda_info=0.5), model_config={"hidden_dim": 8}, threads=2,
-        warm_start="runs/a", epochs=3,
+        kill_switches=False,
+        loss=LossConfig(adaptive_info=True, lambda_info=0.5),
+        model_config={"hidden_dim": 8},
+        threads=2,
+        warm_start="runs/a",
+        epochs=3,
     )
 
 

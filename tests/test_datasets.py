@@ -20,8 +20,15 @@ def write_table(out: Path, table: ChunkTable, split: np.ndarray, dim: int = 8, s
     """Write a dataset folder from a chunk table with random unit vectors (indexing tests)."""
     with atomic_dir(out) as tmp:
         np.save(tmp / "vectors.npy", unit_rows(np.random.default_rng(seed), len(table.texts), dim))
-        write_dataset(tmp, article_id=table.article_id, position=table.position, texts=table.texts,
-                      articles=table.articles, article_split=split, meta={"encoder": {}})
+        write_dataset(
+            tmp,
+            article_id=table.article_id,
+            position=table.position,
+            texts=table.texts,
+            articles=table.articles,
+            article_split=split,
+            meta={"encoder": {}},
+        )
     return open_dataset(out)
 
 
@@ -33,12 +40,23 @@ article_lengths = st.lists(st.integers(1, 12), min_size=1, max_size=25)
 @given(article_lengths, st.integers(1, 7), st.data())
 def test_every_target_is_the_chunk_right_after_its_last_context(tmp_path_factory, lengths, ctx, data):
     min_ctx = data.draw(st.integers(1, ctx))
-    corpus = Corpus("random", [
-        Article(f"art{a}", f"Title {a}", "", text=" ".join(f"Article {a} sentence number {p} is here." for p in range(n)))
-        for a, n in enumerate(lengths)
-    ], "x")
+    corpus = Corpus(
+        "random",
+        [
+            Article(
+                f"art{a}",
+                f"Title {a}",
+                "",
+                text=" ".join(f"Article {a} sentence number {p} is here." for p in range(n)),
+            )
+            for a, n in enumerate(lengths)
+        ],
+        "x",
+    )
     table = chunk_corpus(corpus, ChunkerConfig(min_chars=5))
-    split = assign_splits(len(table.articles), [""] * len(table.articles), SplitPolicy(ood_fraction=0.2, val_fraction=0.2))
+    split = assign_splits(
+        len(table.articles), [""] * len(table.articles), SplitPolicy(ood_fraction=0.2, val_fraction=0.2)
+    )
     ds = write_table(tmp_path_factory.mktemp("prop") / "ds", table, split)
     total = 0
     for name in ("train", "val", "ood"):
@@ -75,14 +93,14 @@ def test_splits_are_article_disjoint_deterministic_and_ood_is_the_last_ids(n, oo
         return  # tiny n with large fractions may leave no training article: refused, not silent
     assert np.array_equal(a, assign_splits(n, [""] * n, pol))
     n_ood = int((a == OOD).sum())
-    assert (a[n - n_ood:] == OOD).all() and not (a[: n - n_ood] == OOD).any()
+    assert (a[n - n_ood :] == OOD).all() and not (a[: n - n_ood] == OOD).any()
     assert set(np.unique(a)) <= {TRAIN, VAL, OOD}
 
 
 def test_topic_policy_holds_out_whole_topics():
     topics = ["Arts", "Science", "Arts", "History", "Science"] * 4
     a = assign_splits(len(topics), topics, SplitPolicy(ood="topics", ood_topics=("Arts",), val_fraction=0.25))
-    assert all((s == OOD) == (t == "Arts") for s, t in zip(a, topics))
+    assert all((s == OOD) == (t == "Arts") for s, t in zip(a, topics, strict=False))
     with pytest.raises(LvmError, match="not in the corpus"):
         assign_splits(len(topics), topics, SplitPolicy(ood="topics", ood_topics=("Sport",)))
 
@@ -96,7 +114,7 @@ def test_small_dataset_built_with_the_real_encoder(small_dataset):
     assert np.allclose(norms, 1.0, atol=1e-4)
     # splits: article-disjoint and recorded per chunk and per article
     by_article = {}
-    for a, s in zip(ds.article_id.tolist(), ds.split.tolist()):
+    for a, s in zip(ds.article_id.tolist(), ds.split.tolist(), strict=False):
         by_article.setdefault(a, set()).add(s)
     assert all(len(s) == 1 for s in by_article.values())
     assert {row["split"] for row in ds.articles} == {"train", "val", "ood"}
@@ -118,8 +136,12 @@ def test_rebuild_reuses_the_dataset_and_a_split_change_reuses_the_vectors(small_
     again = build_dataset(cfg, small_dataset, progress=False, log=lambda m: None)
     assert again.reused == "dataset"
     before = open_dataset(small_dataset).meta
-    changed = build_dataset(BuildConfig(corpus=str(small_corpus), split=SplitPolicy(ood="none", val_fraction=0.3)),
-                            small_dataset, progress=False, log=lambda m: None)
+    changed = build_dataset(
+        BuildConfig(corpus=str(small_corpus), split=SplitPolicy(ood="none", val_fraction=0.3)),
+        small_dataset,
+        progress=False,
+        log=lambda m: None,
+    )
     assert changed.reused == "vectors" and "encode" not in changed.seconds
     after = open_dataset(small_dataset)
     assert after.meta["vectors_key"] == before["vectors_key"] and after.meta["counts"]["ood_articles"] == 0

@@ -22,7 +22,7 @@ def test_default_dataset_size_dims_norms_and_splits(default_dataset):
     norms = norm_summary(ds.vectors)
     assert norms["abs_mean_minus_1"] < 1e-4 and norms["std"] < 1e-4 and norms["nonfinite"] == 0
     splits_of_article = {}
-    for a, s in zip(ds.article_id.tolist(), ds.split.tolist()):
+    for a, s in zip(ds.article_id.tolist(), ds.split.tolist(), strict=False):
         splits_of_article.setdefault(a, set()).add(s)
     assert all(len(s) == 1 for s in splits_of_article.values())
     assert set(np.unique(ds.split)) == {0, 1, 2}

@@ -47,7 +47,10 @@ def test_import_rebuilds_the_bank_and_sequences(tmp_path):
     bank, c, t, a, p = legacy_rows(LENGTHS)
     np.savez(tmp_path / "seq.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=p)
     meta = import_npz(tmp_path / "seq.npz", tmp_path / "ds", progress=False)
-    assert meta["import"]["rows"] == len(t) and meta["import"]["duplicates_removed"] == len(t) * (CTX + 1) - meta["counts"]["chunks"]
+    assert (
+        meta["import"]["rows"] == len(t)
+        and meta["import"]["duplicates_removed"] == len(t) * (CTX + 1) - meta["counts"]["chunks"]
+    )
     ds = check_round_trip(tmp_path / "ds", bank)
     assert (ds.split[ds.article_id == len(LENGTHS) - 1] == 2).all()  # OOD = highest source ids
     res = run_lvm("inspect", str(tmp_path / "ds"))
@@ -63,7 +66,13 @@ def test_import_without_positions_derives_them_from_the_sliding_windows(tmp_path
 
 def test_metadata_dicts_are_read_without_unsafe_pickle(tmp_path):
     bank, c, t, a, p = legacy_rows(LENGTHS, seed=2)
-    meta = np.array([{"article_index": int(ai), "chunk_index": int(pi), "text": f"s{ai}-{pi}", "title": f"T{ai}"} for ai, pi in zip(a, p)], dtype=object)
+    meta = np.array(
+        [
+            {"article_index": int(ai), "chunk_index": int(pi), "text": f"s{ai}-{pi}", "title": f"T{ai}"}
+            for ai, pi in zip(a, p, strict=False)
+        ],
+        dtype=object,
+    )
     np.savez(tmp_path / "seq.npz", context_sequences=c, target_vectors=t, metadata=meta)
     import_npz(tmp_path / "seq.npz", tmp_path / "ds", progress=False)
     ds = check_round_trip(tmp_path / "ds", bank)
@@ -101,7 +110,9 @@ def test_inconsistent_rows_and_missing_article_ids_are_refused(tmp_path):
         import_npz(tmp_path / "gap.npz", tmp_path / "x", progress=False)
     off_by_one = p.copy()
     off_by_one[3] += 1  # one row claims its target sits where the next row's target is
-    np.savez(tmp_path / "shifted.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=off_by_one)
+    np.savez(
+        tmp_path / "shifted.npz", context_sequences=c, target_vectors=t, article_ids=a, target_positions=off_by_one
+    )
     with pytest.raises(LvmError, match="different vectors"):
         import_npz(tmp_path / "shifted.npz", tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()

@@ -28,10 +28,20 @@ from lvm.report.results import comparability, summarize
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # The gates the leaderboard does not read are deselected to keep this module near a minute.
-UNREAD_GATES = "not no_collapse and not oracle_recall and not encoder_fingerprint and not context_ablations and not batch_hygiene"
+UNREAD_GATES = (
+    "not no_collapse and not oracle_recall and not encoder_fingerprint and not context_ablations and not batch_hygiene"
+)
 BASELINES = {"copy_last", "context_mean", "ridge"}
 OTHER_DATASET = "0ther-dataset-identity"  # the same run on other data: a group of its own
 
@@ -53,9 +63,28 @@ def runs(default_dataset, tmp_path_factory) -> dict:
     Trainer(TrainConfig(dataset=str(default_dataset), model="copy_last"), copy_last, progress=False).run()
     both = tmp / "both.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/", f"--checkpoint={amn}", f"--checkpoint={copy_last}", f"--dataset={default_dataset}",
-                           f"--results={both}", "-p", "no:cacheprovider", "-q", "-k", UNREAD_GATES],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "gates/",
+            f"--checkpoint={amn}",
+            f"--checkpoint={copy_last}",
+            f"--dataset={default_dataset}",
+            f"--results={both}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-k",
+            UNREAD_GATES,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert both.is_file(), proc.stdout[-3000:] + proc.stderr[-2000:]
     doc = json.loads(both.read_text())
 
@@ -64,8 +93,9 @@ def runs(default_dataset, tmp_path_factory) -> dict:
     for r in other["results"]:
         if r.get("comparability"):
             c = r["comparability"]
-            r["comparability"], r["comparability_key"] = comparability(c["encoder_fingerprint"], OTHER_DATASET, c["profile"], c["profile_version"],
-                                                                       c.get("hardware_class"))
+            r["comparability"], r["comparability_key"] = comparability(
+                c["encoder_fingerprint"], OTHER_DATASET, c["profile"], c["profile_version"], c.get("hardware_class")
+            )
     other_machine = _write(tmp / "other_machine.json", other)
 
     healthy_results = [r for r in doc["results"] if r.get("checkpoint") != "copy_last"]
@@ -74,7 +104,14 @@ def runs(default_dataset, tmp_path_factory) -> dict:
     degraded_results = [r for r in healthy_results if r.get("checkpoint") != "amn"]
     degraded_results += [{**r, "checkpoint": "amn"} for r in doc["results"] if r.get("checkpoint") == "copy_last"]
     degraded = _write(tmp / "degraded.json", {**doc, "results": degraded_results})
-    return {"tmp": tmp, "both": both, "other_machine": other_machine, "healthy": healthy, "degraded": degraded, "doc": doc}
+    return {
+        "tmp": tmp,
+        "both": both,
+        "other_machine": other_machine,
+        "healthy": healthy,
+        "degraded": degraded,
+        "doc": doc,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +125,9 @@ def test_the_gate_run_recorded_what_the_leaderboard_reads(runs):
     status = {(r["gate"], r.get("checkpoint"), r.get("split")): r["status"] for r in runs["doc"]["results"]}
     assert status[("val_cosine", "amn", "val")] in (GREEN, "AMBER")
     assert status[("beats_baselines", "copy_last", "val")] == RED
-    assert not [r for r in json.loads(runs["healthy"].read_text())["results"] if r["status"] == RED], "the 2-epoch AMN must be free of RED gates"
+    assert not [r for r in json.loads(runs["healthy"].read_text())["results"] if r["status"] == RED], (
+        "the 2-epoch AMN must be free of RED gates"
+    )
 
 
 def test_three_files_written_atomically(board):
@@ -101,9 +140,33 @@ def test_three_files_written_atomically(board):
 
 def test_csv_has_one_row_per_checkpoint_plus_baseline_rows(board):
     df = pd.read_csv(board["out"] / "leaderboard.csv")
-    for col in ("group", "rank", "kind", "checkpoint", "dataset", "val_cosine", "val_ci_low", "val_ci_high", "ood_cosine", "delta_ood_minus_val",
-                "p95_ms", "n_params", "loss", "date", "margin", "best_baseline", "contain_at_50", "r_at_5", "eff_at_5", "mrr_at_50", "status",
-                "gate_val_cosine", "gate_beats_baselines", "gate_coherence", "gate_latency"):
+    for col in (
+        "group",
+        "rank",
+        "kind",
+        "checkpoint",
+        "dataset",
+        "val_cosine",
+        "val_ci_low",
+        "val_ci_high",
+        "ood_cosine",
+        "delta_ood_minus_val",
+        "p95_ms",
+        "n_params",
+        "loss",
+        "date",
+        "margin",
+        "best_baseline",
+        "contain_at_50",
+        "r_at_5",
+        "eff_at_5",
+        "mrr_at_50",
+        "status",
+        "gate_val_cosine",
+        "gate_beats_baselines",
+        "gate_coherence",
+        "gate_latency",
+    ):
         assert col in df.columns, col
     assert df["group"].nunique() == 2
     for _, g in df.groupby("group"):
@@ -122,7 +185,9 @@ def test_csv_has_one_row_per_checkpoint_plus_baseline_rows(board):
         assert cl["status"] == RED and cl["gate_beats_baselines"] == RED and cl["margin"] < 0
         assert amn["rank"] < cl["rank"]
         # the copy-last model and the copy-last baseline are the same predictor on the same sequences
-        assert cl["val_cosine"] == pytest.approx(baselines[baselines["checkpoint"] == "copy_last"]["val_cosine"].iloc[0], abs=1e-6)
+        assert cl["val_cosine"] == pytest.approx(
+            baselines[baselines["checkpoint"] == "copy_last"]["val_cosine"].iloc[0], abs=1e-6
+        )
         ranked = g.dropna(subset=["rank"]).sort_values("rank")
         assert list(ranked["val_cosine"]) == sorted(ranked["val_cosine"], reverse=True)
 
@@ -148,15 +213,32 @@ def test_html_is_self_contained_with_coloured_table_and_plots(board):
     assert page.count('<img alt="') == 3 and page.count('src="data:image/png;base64,') == 3
     assert board["plots"] == {"Training curves": True, "Adjacency coherence": True, "Offset sweep": True}
     assert 'class="RED"' in page and 'class="GREEN"' in page and '<tr class="baseline">' in page
-    assert "<style>" in page and "<link" not in page and "<script" not in page and "http://" not in page and "https://" not in page
+    assert (
+        "<style>" in page
+        and "<link" not in page
+        and "<script" not in page
+        and "http://" not in page
+        and "https://" not in page
+    )
 
 
 def test_a_crashed_gate_turns_its_row_red(runs, tmp_path):
     doc = json.loads(runs["healthy"].read_text())
     dataset = next(r["dataset"] for r in doc["results"] if r.get("dataset"))
     # what the plugin records for a gate that raised: RED, no checkpoint or dataset, only the node id
-    doc["results"].append({"gate": "retrieval", "status": RED, "metrics": {}, "thresholds": [], "message": "gate crashed: RuntimeError: boom",
-                           "nodeid": f"gates/test_model_gates.py::test_retrieval[{dataset}-amn]", "dataset": None, "checkpoint": None, "split": None})
+    doc["results"].append(
+        {
+            "gate": "retrieval",
+            "status": RED,
+            "metrics": {},
+            "thresholds": [],
+            "message": "gate crashed: RuntimeError: boom",
+            "nodeid": f"gates/test_model_gates.py::test_retrieval[{dataset}-amn]",
+            "dataset": None,
+            "checkpoint": None,
+            "split": None,
+        }
+    )
     res = build_leaderboard([_write(tmp_path / "crashed.json", doc)], tmp_path / "out")
     amn = next(r for r in res["rows"] if r["kind"] == "model")
     assert amn["status"] == RED
@@ -213,8 +295,12 @@ def test_chromium_renders_the_page(board, tmp_path):
     url = (board["out"] / "leaderboard.html").resolve().as_uri()
     shot = tmp_path / "shot.png"
     base = [str(CHROMIUM), *CHROMIUM_FLAGS]
-    proc = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}", "--window-size=1400,1000", url],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*base, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}", "--window-size=1400,1000", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), proc.stderr[-2000:]
     assert shot.stat().st_size > 10_000
     pixels = imread(shot)
@@ -222,7 +308,12 @@ def test_chromium_renders_the_page(board, tmp_path):
     assert float(np.asarray(pixels[..., :3]).var()) > 1e-3, "the screenshot is a single colour"
     shutil.copy(shot, board["out"] / "leaderboard-screenshot.png")  # kept beside the page for a look
 
-    dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*base, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert '<table class="leaderboard"' in dom.stdout and "<tbody>" in dom.stdout
     assert ">amn<" in dom.stdout and "ridge (baseline)" in dom.stdout and "data:image/png;base64," in dom.stdout

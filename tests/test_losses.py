@@ -185,9 +185,7 @@ def test_compute_loss_reports_every_component_even_with_zero_weights():
 
 def test_compute_loss_weights_and_sums_the_components():
     pred, target = unit(6, 8, seed=6), unit(6, 8, seed=7)
-    cfg = LossConfig(
-        lambda_mse=1.0, lambda_cos=0.3, lambda_info=0.2, lambda_moment=0.1, lambda_variance=0.05, tau=0.1
-    )
+    cfg = LossConfig(lambda_mse=1.0, lambda_cos=0.3, lambda_info=0.2, lambda_moment=0.1, lambda_variance=0.05, tau=0.1)
     ids = torch.tensor([0, 0, 1, 2, 3, 3])
     total, c = compute_loss(pred, target, cfg, article_ids=ids)
     assert c["info"] == pytest.approx(info_nce_loss(pred, target, tau=0.1, article_ids=ids).item(), rel=1e-6)

@@ -119,8 +119,11 @@ def baselines_val(ds, val_view):
     ridge = Ridge(ds.dim, CTX)
     train = ds.sequences("train", CTX, MIN_CTX)
     ridge.fit((b[1:] for b in train.iter_batches(4096)), (b[1:] for b in val_view.iter_batches(4096)))
-    return {"copy_last": ModelEval(CopyLast(), val_view, "copy_last"), "context_mean": ModelEval(ContextMean(), val_view, "context_mean"),
-            "ridge": ModelEval(ridge, val_view, "ridge")}
+    return {
+        "copy_last": ModelEval(CopyLast(), val_view, "copy_last"),
+        "context_mean": ModelEval(ContextMean(), val_view, "context_mean"),
+        "ridge": ModelEval(ridge, val_view, "ridge"),
+    }
 
 
 # ----------------------------------------------------------------------------- broken models
@@ -207,7 +210,9 @@ def replace_chunks_of(ds, articles: np.ndarray, rng: np.random.Generator) -> np.
     return vecs
 
 
-def rewritten(src, out: Path, extra: list[tuple[int, str, int]], keep_src: bool = True, extra_split: int = OOD) -> Dataset:
+def rewritten(
+    src, out: Path, extra: list[tuple[int, str, int]], keep_src: bool = True, extra_split: int = OOD
+) -> Dataset:
     """``src`` rewritten with write_dataset, plus extra articles (OOD) copied from articles of ``src``.
 
     ``extra`` holds (source article id, source_id for the copy, first chunk to keep): a copy of a
@@ -231,8 +236,16 @@ def rewritten(src, out: Path, extra: list[tuple[int, str, int]], keep_src: bool 
         split.append(extra_split)
     with atomic_dir(out) as tmp:
         np.save(tmp / "vectors.npy", np.concatenate(vecs).astype(np.float32))
-        write_dataset(tmp, article_id=np.concatenate(aid), position=np.concatenate(pos), texts=texts, articles=arts,
-                      article_split=np.asarray(split, dtype=np.int8), meta={"encoder": src.meta["encoder"]}, probe_vectors=src.probe_vectors)
+        write_dataset(
+            tmp,
+            article_id=np.concatenate(aid),
+            position=np.concatenate(pos),
+            texts=texts,
+            articles=arts,
+            article_split=np.asarray(split, dtype=np.int8),
+            meta={"encoder": src.meta["encoder"]},
+            probe_vectors=src.probe_vectors,
+        )
     return open_dataset(out)
 
 
@@ -310,7 +323,9 @@ def test_coherence_drift_points_at_the_diluted_article_range(default_dataset, ds
     n_art = int(ds.article_id.max()) + 1
     edges = np.linspace(0, n_art, 11).astype(int)  # the gate's ten article-id segments
     lo, hi = int(edges[3]), int(edges[4])  # the 4th tenth (the seeds' "articles 11k-15k")
-    copy = copy_dataset(default_dataset, tmp_path / "drop", replace_chunks_of(ds, np.arange(lo, hi), np.random.default_rng(2)))
+    copy = copy_dataset(
+        default_dataset, tmp_path / "drop", replace_chunks_of(ds, np.arange(lo, hi), np.random.default_rng(2))
+    )
     res = red(gates.coherence_drift(open_dataset(copy), ds, profile), "mean_drift_rel", "low_share_delta_pp")
     # measured: drift -9.4 % (RED below -5 %), low share +8.8 pp (RED above +5 pp)
     assert res.metrics["segments"][0]["segment"] == f"{lo}-{hi - 1}", res.metrics["segments"]
@@ -319,7 +334,9 @@ def test_coherence_drift_points_at_the_diluted_article_range(default_dataset, ds
 def test_split_hygiene_leaked_articles(ds, profile, tmp_path):
     green(gates.split_hygiene(ds, profile))
     train = [a["article_id"] for a in ds.articles if a["split"] == "train" and a["n_chunks"] >= 3]
-    by_content = rewritten(ds, tmp_path / "leak-content", [(train[0], "mirror-of-" + ds.articles[train[0]]["source_id"], 0)])
+    by_content = rewritten(
+        ds, tmp_path / "leak-content", [(train[0], "mirror-of-" + ds.articles[train[0]]["source_id"], 0)]
+    )
     res = red(gates.split_hygiene(by_content, profile), "shared_articles")
     assert len(res.metrics["leaked_articles"]) == 2 and res.metrics["train_ood_duplicate_vectors"] >= 3
     by_id = rewritten(ds, tmp_path / "leak-id", [(train[1], ds.articles[train[1]]["source_id"], 1)])
@@ -339,7 +356,9 @@ def test_split_hygiene_val_article_copied_into_ood(ds, profile, tmp_path):
 
 def test_split_hygiene_separate_ood_dataset_made_of_train_articles(ds, profile, tmp_path):
     train = [a["article_id"] for a in ds.articles if a["split"] == "train"][:50]
-    ood = rewritten(ds, tmp_path / "ood", [(a, ds.articles[a]["source_id"], 0) for a in train], keep_src=False, extra_split=TRAIN)
+    ood = rewritten(
+        ds, tmp_path / "ood", [(a, ds.articles[a]["source_id"], 0) for a in train], keep_src=False, extra_split=TRAIN
+    )
     res = gates.split_hygiene(ds, profile, ood)
     assert res.metrics["train_ood_duplicate_share"] == 1.0  # every OOD vector is a train vector (measured)
     red(res, "shared_articles")
@@ -348,8 +367,12 @@ def test_split_hygiene_separate_ood_dataset_made_of_train_articles(ds, profile, 
 def test_batch_hygiene_unmasked_same_article_negatives(ds, profile):
     train = ds.sequences("train", CTX, MIN_CTX)
     green(gates.batch_hygiene(train, profile))
-    res = red(gates.batch_hygiene(train, profile, max_per_article=None, masked=lambda ids, b: torch.zeros((b, b), dtype=torch.bool)),
-              "same_article_negatives")
+    res = red(
+        gates.batch_hygiene(
+            train, profile, max_per_article=None, masked=lambda ids, b: torch.zeros((b, b), dtype=torch.bool)
+        ),
+        "same_article_negatives",
+    )
     assert res.metrics["same_article_negatives"] > 0  # measured 408 exposed pairs in 50 batches; threshold 0
 
 
@@ -364,9 +387,19 @@ def cls_run(small_corpus, tmp_path_factory) -> Path:
     from lvm.data.splits import SplitPolicy
 
     root = tmp_path_factory.mktemp("cls")
-    build_dataset(BuildConfig(corpus=str(small_corpus), encoder=EncoderSpec(pooling="cls"), split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1)),
-                  root / "ds", progress=False, log=lambda m: None)
-    Trainer(TrainConfig(dataset=str(root / "ds"), epochs=1, batch_size=8, kill_switches=False), root / "run", progress=False).run()
+    build_dataset(
+        BuildConfig(
+            corpus=str(small_corpus),
+            encoder=EncoderSpec(pooling="cls"),
+            split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1),
+        ),
+        root / "ds",
+        progress=False,
+        log=lambda m: None,
+    )
+    Trainer(
+        TrainConfig(dataset=str(root / "ds"), epochs=1, batch_size=8, kill_switches=False), root / "run", progress=False
+    ).run()
     return root / "run"
 
 
@@ -378,7 +411,10 @@ def test_checkpoint_integrity_other_encoder_and_corrupt_weights(amn_run, ds, sma
     res, _, meta = gates.checkpoint_integrity(cls_run, small_ds, profile, "cls")
     red(res, "fingerprint_match")
     assert res.metrics["dims_match"] == 1.0
-    red(gates.encoder_fingerprint(small_ds, profile, checkpoint_fingerprints={"cls": meta["encoder_fingerprint"]}), "checkpoints_match")
+    red(
+        gates.encoder_fingerprint(small_ds, profile, checkpoint_fingerprints={"cls": meta["encoder_fingerprint"]}),
+        "checkpoints_match",
+    )
     corrupt = tmp_path / "corrupt"
     shutil.copytree(amn_run, corrupt)
     w = corrupt / "best.safetensors"
@@ -419,7 +455,9 @@ def test_offset_sweep_copy_last_and_shifted_model(amn_val, copy_last_val, val_vi
     assert res.metrics["copy_gap"] > 0.5  # measured 0.53: P(-1) = 1 exactly
     # a model one step ahead: its prediction is the chunk after the target
     shifted = ModelEval(amn_val.model, val_view, "shifted")
-    shifted.__dict__["pred"] = np.asarray(ds.vectors[np.minimum(val_view.targets + 1, ds.n_chunks - 1)], dtype=np.float32)
+    shifted.__dict__["pred"] = np.asarray(
+        ds.vectors[np.minimum(val_view.targets + 1, ds.n_chunks - 1)], dtype=np.float32
+    )
     res = red(gates.offset_sweep(shifted, profile), "forward_margin")
     assert res.metrics["forward_margin"] < 0 and res.metrics["peak_offset"] == 1  # measured -0.65; RED at <= 0
 
@@ -427,7 +465,9 @@ def test_offset_sweep_copy_last_and_shifted_model(amn_val, copy_last_val, val_vi
 def test_no_collapse_constant_and_random(amn_val, constant_val, random_val, profile):
     green(gates.no_collapse(amn_val, profile))  # measured margin 0.51
     res = red(gates.no_collapse(constant_val, profile), "margin", "mean_pairwise_cos")
-    assert abs(res.metrics["margin"]) < 0.01 and res.metrics["mean_pairwise_cos"] == pytest.approx(1.0, abs=1e-4)  # measured -4e-5, 1.0
+    assert abs(res.metrics["margin"]) < 0.01 and res.metrics["mean_pairwise_cos"] == pytest.approx(
+        1.0, abs=1e-4
+    )  # measured -4e-5, 1.0
     res = red(gates.no_collapse(random_val, profile), "margin")
     assert abs(res.metrics["margin"]) < 0.05  # measured -0.0005; threshold 0.10
 
@@ -448,7 +488,9 @@ def test_latency_slow_model(amn_val, amn, val_view, profile):
     timings = batch1_latency(amn, val_view, n_calls=200, warmup=20)
     green(gates.latency(amn_val, profile, timings=timings))  # measured 4.4 probe units (0.44 ms CPU P95)
     slow = ModelEval(Slow(amn), val_view, "slow")
-    res = red(gates.latency(slow, profile, timings=batch1_latency(slow.model, val_view, n_calls=100, warmup=10)), "ratio")
+    res = red(
+        gates.latency(slow, profile, timings=batch1_latency(slow.model, val_view, n_calls=100, warmup=10)), "ratio"
+    )
     assert res.metrics["p50_ms"] > 3.0 and res.metrics["ratio"] > 14.5  # 3 ms sleep per call: median wall >= 3 ms
 
 
@@ -476,7 +518,15 @@ def _spin(seconds: float) -> None:
 
 
 def _epoch(epoch: int, val: float, **kw) -> dict:
-    row = {"epoch": epoch, "train_loss": 0.002, "train_cosine": val, "val_cosine": val, "train_loss_mse": 0.002, "train_loss_info": 1.0, "lambda_info": 0.0}
+    row = {
+        "epoch": epoch,
+        "train_loss": 0.002,
+        "train_cosine": val,
+        "val_cosine": val,
+        "train_loss_mse": 0.002,
+        "train_loss_info": 1.0,
+        "lambda_info": 0.0,
+    }
     return row | kw
 
 
@@ -484,19 +534,32 @@ def test_training_health_healthy_run(amn_run, profile):
     history = json.loads((amn_run / "training_history.json").read_text())
     res = gates.training_health(history, profile)
     assert res.status in (GREEN, AMBER), (res.status, res.message)  # AMBER only for a train-val gap
-    assert res.metrics["loss_balance_max"] <= 100 and res.metrics["schedule_status"] == 0 and res.metrics["nonfinite_values"] == 0
+    assert (
+        res.metrics["loss_balance_max"] <= 100
+        and res.metrics["schedule_status"] == 0
+        and res.metrics["nonfinite_values"] == 0
+    )
 
 
 def test_training_health_700x_loss_imbalance(profile):
     # the seeds' attempt #2 (λ_mse = λ_info = 0.5); val cosines as measured on this data (profile notes)
-    history = {"loss_config": {"lambda_mse": 0.5, "lambda_info": 0.5}, "status": "completed", "epochs": [
-        _epoch(e, v, lambda_info=0.5, train_loss_info=1.39, train_loss_mse=0.002) for e, v in ((1, 0.511), (2, 0.503), (3, 0.497))]}
+    history = {
+        "loss_config": {"lambda_mse": 0.5, "lambda_info": 0.5},
+        "status": "completed",
+        "epochs": [
+            _epoch(e, v, lambda_info=0.5, train_loss_info=1.39, train_loss_mse=0.002)
+            for e, v in ((1, 0.511), (2, 0.503), (3, 0.497))
+        ],
+    }
     res = red(gates.training_health(history, profile), "loss_balance_max")
     assert res.metrics["loss_balance_max"] == pytest.approx(695, rel=1e-3)  # threshold 100
 
 
 def test_training_health_nan_in_history(profile):
-    history = {"loss_config": {"lambda_mse": 1.0}, "epochs": [_epoch(1, 0.55), _epoch(2, 0.56, train_loss=float("nan"), train_loss_mse=float("nan"))]}
+    history = {
+        "loss_config": {"lambda_mse": 1.0},
+        "epochs": [_epoch(1, 0.55), _epoch(2, 0.56, train_loss=float("nan"), train_loss_mse=float("nan"))],
+    }
     res = red(gates.training_health(history, profile), "nonfinite_values")
     assert res.metrics["nonfinite_values"] == 2
 
@@ -531,8 +594,22 @@ def _doc(evals: dict, profile, key: str = "k") -> dict:
 
 def test_regression_against_the_healthy_baseline(amn, val_view, ood_view, bank_index, profile):
     # same checkpoint name in both files (a new version of "candidate"), the degraded one copies its input
-    healthy = _doc({"val": ModelEval(amn, val_view, "candidate"), "ood": ModelEval(amn, ood_view, "candidate"), "index": bank_index}, profile)
-    degraded = _doc({"val": ModelEval(CopyLast(), val_view, "candidate"), "ood": ModelEval(CopyLast(), ood_view, "candidate"), "index": bank_index}, profile)
+    healthy = _doc(
+        {
+            "val": ModelEval(amn, val_view, "candidate"),
+            "ood": ModelEval(amn, ood_view, "candidate"),
+            "index": bank_index,
+        },
+        profile,
+    )
+    degraded = _doc(
+        {
+            "val": ModelEval(CopyLast(), val_view, "candidate"),
+            "ood": ModelEval(CopyLast(), ood_view, "candidate"),
+            "index": bank_index,
+        },
+        profile,
+    )
     tol = profile.data["regression"]
     regs = compare(degraded, healthy, tol)
     assert len(regs) == 1
@@ -548,11 +625,30 @@ def test_regression_against_the_healthy_baseline(amn, val_view, ood_view, bank_i
 
 def test_gate_suite_fails_a_copy_last_checkpoint(default_dataset, tmp_path):
     run = tmp_path / "copy_last"
-    Trainer(TrainConfig(dataset=str(default_dataset), model="copy_last", kill_switches=False), run, progress=False).run()
+    Trainer(
+        TrainConfig(dataset=str(default_dataset), model="copy_last", kill_switches=False), run, progress=False
+    ).run()
     results = tmp_path / "r.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/", f"--checkpoint={run}", f"--dataset={default_dataset}", f"--results={results}",
-                           "-p", "no:cacheprovider", "-q"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "gates/",
+            f"--checkpoint={run}",
+            f"--dataset={default_dataset}",
+            f"--results={results}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "lvm gates: stoplights" in proc.stdout
     doc = json.loads(results.read_text())
@@ -561,5 +657,13 @@ def test_gate_suite_fails_a_copy_last_checkpoint(default_dataset, tmp_path):
         status.setdefault(r["gate"], []).append(r["status"])
     assert RED in status["beats_baselines"] and RED in status["offset_sweep"], status
     # the data gates on the healthy default dataset stay GREEN
-    for gate in ("encoder_fingerprint", "normalization", "oracle_recall", "alignment", "coherence", "split_hygiene", "batch_hygiene"):
+    for gate in (
+        "encoder_fingerprint",
+        "normalization",
+        "oracle_recall",
+        "alignment",
+        "coherence",
+        "split_hygiene",
+        "batch_hygiene",
+    ):
         assert status[gate] == [GREEN], (gate, status[gate])

@@ -7,7 +7,7 @@ import textwrap
 
 from conftest import ROOT
 
-GATE_MODULE = textwrap.dedent('''
+GATE_MODULE = textwrap.dedent("""
     import pytest
     from lvm.gates import GateResult
 
@@ -17,16 +17,35 @@ GATE_MODULE = textwrap.dedent('''
 
     def test_boom(gate_status):
         raise RuntimeError("the gate itself broke")
-''')
+""")
 
 
 def run_suite(tmp_path, *args):
     (tmp_path / "gates").mkdir(exist_ok=True)
     (tmp_path / "gates" / "test_fake.py").write_text(GATE_MODULE)
     results = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/test_fake.py", "-p", "no:cacheprovider", "-p", "lvm.pytest_plugin",
-                           f"--results={results}", "-q", "-W", "default", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "gates/test_fake.py",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "lvm.pytest_plugin",
+            f"--results={results}",
+            "-q",
+            "-W",
+            "default",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     return proc, (json.loads(results.read_text()) if results.exists() else None)
 
 

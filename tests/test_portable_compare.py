@@ -25,17 +25,40 @@ def _gates(cwd: Path, checkpoint: Path, dataset: Path, results: Path, *extra: st
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     if hardware:
         env["LVM_HARDWARE_CLASS"] = hardware
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "gates"), "-p", "no:cacheprovider", "-q", f"--rootdir={cwd}",
-                           f"--checkpoint={checkpoint}", f"--dataset={dataset}", f"--results={results}", *extra],
-                          cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "gates"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--rootdir={cwd}",
+            f"--checkpoint={checkpoint}",
+            f"--dataset={dataset}",
+            f"--results={results}",
+            *extra,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-2000:]
     return proc
 
 
 def _compare(new: Path, base: Path, *extra: str):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "lvm.cli", "compare", str(new), str(base), *extra], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lvm.cli", "compare", str(new), str(base), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def _perturb_low_bits(src: Path, dst: Path) -> None:
@@ -63,14 +86,22 @@ def machines(default_dataset, tmp_path_factory) -> dict:
     from lvm.train.trainer import TrainConfig, Trainer
 
     a, b = tmp_path_factory.mktemp("machine_a"), tmp_path_factory.mktemp("machine_b")
-    Trainer(TrainConfig(dataset=str(default_dataset), epochs=2, kill_switches=False), a / "runs" / "amn", progress=False).run()
+    Trainer(
+        TrainConfig(dataset=str(default_dataset), epochs=2, kill_switches=False), a / "runs" / "amn", progress=False
+    ).run()
     _gates(a, a / "runs" / "amn", default_dataset, a / "reports" / "gate_results.json")
 
     _perturb_low_bits(default_dataset, b / "data" / "wiki-minilm")
     shutil.copytree(a / "runs", b / "runs")
     degraded = b / "degraded" / "amn"  # the same checkpoint name, a model that regressed to copying its input
     Trainer(TrainConfig(dataset=str(b / "data" / "wiki-minilm"), model="copy_last"), degraded, progress=False).run()
-    return {"a": a, "b": b, "baseline": a / "reports" / "gate_results.json", "data_b": b / "data" / "wiki-minilm", "degraded": degraded}
+    return {
+        "a": a,
+        "b": b,
+        "baseline": a / "reports" / "gate_results.json",
+        "data_b": b / "data" / "wiki-minilm",
+        "degraded": degraded,
+    }
 
 
 def test_a_healthy_rerun_on_another_machine_compares_every_non_latency_metric(machines):
@@ -83,7 +114,10 @@ def test_a_healthy_rerun_on_another_machine_compares_every_non_latency_metric(ma
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     # ... yet every non-latency gate result was compared, metric by metric
     reg = next(r for r in json.loads(new.read_text())["results"] if r["gate"] == "val_cosine")
-    assert reg["comparability_key"] == next(r for r in base_doc["results"] if r["gate"] == "val_cosine")["comparability_key"]
+    assert (
+        reg["comparability_key"]
+        == next(r for r in base_doc["results"] if r["gate"] == "val_cosine")["comparability_key"]
+    )
     from lvm.report.regression import NOT_COMPARABLE, check
 
     verdict = check(new_doc, base_doc)
@@ -91,7 +125,11 @@ def test_a_healthy_rerun_on_another_machine_compares_every_non_latency_metric(ma
     not_compared = {c["gate"] for c in rows if c["metric"] == NOT_COMPARABLE}
     assert not_compared == {"latency"}, not_compared  # hardware differs: timings only
     compared_gates = {c["gate"] for c in rows if c["metric"] != NOT_COMPARABLE}
-    gated = {r["gate"] for r in base_doc["results"] if r["status"] != "SKIP" and r.get("thresholds") and r["gate"] != "latency"}
+    gated = {
+        r["gate"]
+        for r in base_doc["results"]
+        if r["status"] != "SKIP" and r.get("thresholds") and r["gate"] != "latency"
+    }
     assert gated <= compared_gates, gated - compared_gates
     assert f"{verdict.compared} metric comparison(s)" in proc.stdout
 

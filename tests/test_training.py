@@ -25,7 +25,9 @@ from lvm.train.sampler import article_capped_batches
 
 def train(dataset, out, **kw):
     # kill switches off unless a test asks: the tiny corpus is not what the shipped profiles calibrate
-    cfg = TrainConfig(dataset=str(dataset), **{"epochs": 2, "batch_size": 8, "threads": 1, "kill_switches": False, **kw})
+    cfg = TrainConfig(
+        dataset=str(dataset), **{"epochs": 2, "batch_size": 8, "threads": 1, "kill_switches": False, **kw}
+    )
     return Trainer(cfg, out, progress=False).run()
 
 
@@ -40,13 +42,22 @@ def test_sampler_caps_items_per_article_and_yields_each_item_once(articles, batc
     if cap:
         assert all(np.bincount(aid[b]).max() <= cap for b in batches)
     again = article_capped_batches(aid, batch_size, cap, seed=3, epoch=epoch)
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=False))
 
 
 def test_run_folder_history_and_checkpoints(small_dataset, tmp_path):
     hist = train(small_dataset, tmp_path / "run", epochs=2)
     run = tmp_path / "run"
-    for f in ("config.json", "training_history.json", "training.log", "best.safetensors", "best.json", "last.safetensors", "last.json", "resume.pt"):
+    for f in (
+        "config.json",
+        "training_history.json",
+        "training.log",
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+        "resume.pt",
+    ):
         assert (run / f).is_file(), f
     saved = json.loads((run / "training_history.json").read_text())
     assert saved["status"] == "completed" and [e["epoch"] for e in saved["epochs"]] == [1, 2]
@@ -84,8 +95,23 @@ def test_losses_with_infonce_and_adaptive_lambda_are_logged(small_dataset, tmp_p
 
 def test_unreachable_epoch1_threshold_aborts_with_the_distinct_exit_code(small_dataset, tmp_path):
     profile = tmp_path / "strict.toml"
-    profile.write_text('[profile]\nname = "strict"\n[[training.val_cosine]]\nepoch = 1\nmin = 0.999\naction = "abort"\nwhy = "test"\n')
-    res = run_lvm("train", "--dataset", str(small_dataset), "--epochs", "4", "--batch-size", "8", "--gate-profile", str(profile), "--out", str(tmp_path / "run"), "--quiet")
+    profile.write_text(
+        '[profile]\nname = "strict"\n[[training.val_cosine]]\nepoch = 1\nmin = 0.999\naction = "abort"\nwhy = "test"\n'
+    )
+    res = run_lvm(
+        "train",
+        "--dataset",
+        str(small_dataset),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--gate-profile",
+        str(profile),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert res.returncode == EXIT_KILL_SWITCH == 3, res.stderr
     assert "kill switch" in res.stderr
     hist = json.loads((tmp_path / "run" / "training_history.json").read_text())
@@ -97,8 +123,10 @@ def test_unreachable_epoch1_threshold_aborts_with_the_distinct_exit_code(small_d
 
 def test_amber_schedule_rule_is_recorded_without_stopping(small_dataset, tmp_path):
     profile = tmp_path / "warn.toml"
-    profile.write_text('[profile]\nname = "warn"\n[[training.val_cosine]]\nepoch = 1\nmin = 0.999\naction = "warn"\n'
-                       '[[training.ood_sentinel]]\nepoch = 2\nmin = -1.0\naction = "abort"\n')
+    profile.write_text(
+        '[profile]\nname = "warn"\n[[training.val_cosine]]\nepoch = 1\nmin = 0.999\naction = "warn"\n'
+        '[[training.ood_sentinel]]\nepoch = 2\nmin = -1.0\naction = "abort"\n'
+    )
     hist = train(small_dataset, tmp_path / "run", gate_profile=str(profile), kill_switches=True)
     assert hist["status"] == "completed" and [e["status"] for e in hist["events"]] == ["AMBER"]
     assert "ood_cosine" in hist["epochs"][1] and "ood_cosine" not in hist["epochs"][0]  # sentinel ran at epoch 2 only
@@ -106,7 +134,23 @@ def test_amber_schedule_rule_is_recorded_without_stopping(small_dataset, tmp_pat
 
 def test_sigkill_mid_epoch_then_resume_completes(default_dataset, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lvm.cli", "train", "--dataset", str(default_dataset), "--epochs", "3", "--batch-size", "16", "--threads", "1", "--out", str(run), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lvm.cli",
+        "train",
+        "--dataset",
+        str(default_dataset),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (run / "resume.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -144,13 +188,30 @@ def test_ddp_with_two_cpu_processes_matches_a_single_process(default_dataset, tm
     single = run_lvm(*common, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "lvm.cli", *common, "--out", str(tmp_path / "ddp")],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "lvm.cli",
+            *common,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     h1 = json.loads((tmp_path / "single" / "training_history.json").read_text())
     h2 = json.loads((tmp_path / "ddp" / "training_history.json").read_text())
     assert h2["world_size"] == 2 and h1["world_size"] == 1
-    for a, b in zip(h1["epochs"], h2["epochs"]):
+    for a, b in zip(h1["epochs"], h2["epochs"], strict=False):
         assert abs(a["val_cosine"] - b["val_cosine"]) < 0.005
         assert abs(a["train_loss_mse"] - b["train_loss_mse"]) < 0.1 * a["train_loss_mse"]
 
@@ -176,7 +237,9 @@ def test_corrupt_checkpoint_file(small_dataset, tmp_path):
     w.write_bytes(w.read_bytes()[:100])
     assert "corrupt" in one_line(run_lvm("evaluate", str(tmp_path / "run"), "--dataset", str(small_dataset)))
     (tmp_path / "run" / "last.json").write_text("{not json")
-    assert "corrupt checkpoint config" in one_line(run_lvm("evaluate", str(tmp_path / "run" / "last.json"), "--dataset", str(small_dataset)))
+    assert "corrupt checkpoint config" in one_line(
+        run_lvm("evaluate", str(tmp_path / "run" / "last.json"), "--dataset", str(small_dataset))
+    )
 
 
 class _Exploit:
@@ -201,15 +264,42 @@ def test_checkpoint_and_dataset_mismatch_is_refused(small_dataset, small_corpus,
 
     train(small_dataset, tmp_path / "run", epochs=1)
     cls = tmp_path / "cls"
-    build_dataset(BuildConfig(corpus=str(small_corpus), encoder=EncoderSpec(pooling="cls"), split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1)), cls, progress=False, log=lambda m: None)
+    build_dataset(
+        BuildConfig(
+            corpus=str(small_corpus),
+            encoder=EncoderSpec(pooling="cls"),
+            split=SplitPolicy(ood_fraction=0.25, val_fraction=0.2, seed=1),
+        ),
+        cls,
+        progress=False,
+        log=lambda m: None,
+    )
     assert "encoder fingerprint" in one_line(run_lvm("evaluate", str(tmp_path / "run"), "--dataset", str(cls)))
-    res = run_lvm("train", "--dataset", str(cls), "--warm-start", str(tmp_path / "run"), "--out", str(tmp_path / "warm"), "--quiet")
+    res = run_lvm(
+        "train",
+        "--dataset",
+        str(cls),
+        "--warm-start",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "warm"),
+        "--quiet",
+    )
     assert "encoder fingerprint" in one_line(res)
 
 
 def test_warm_start_scales_the_learning_rate(small_dataset, tmp_path):
     train(small_dataset, tmp_path / "base", epochs=1)
-    hist = train(small_dataset, tmp_path / "warm", epochs=1, warm_start=str(tmp_path / "base"), warm_start_lr_scale=0.5, lr=1e-3, warmup_frac=0.0, min_lr_ratio=1.0)
+    hist = train(
+        small_dataset,
+        tmp_path / "warm",
+        epochs=1,
+        warm_start=str(tmp_path / "base"),
+        warm_start_lr_scale=0.5,
+        lr=1e-3,
+        warmup_frac=0.0,
+        min_lr_ratio=1.0,
+    )
     assert hist["epochs"][0]["lr"] == pytest.approx(5e-4)
     cfg = json.loads((tmp_path / "warm" / "config.json").read_text())
     assert cfg["warm_start"] == str(tmp_path / "base")

@@ -92,7 +92,10 @@ def test_filter_raises_coherence_and_writes_a_gated_dataset(diluted, clean, tmp_
     assert a["chunks"] == ds.n_chunks < parent.n_chunks
     assert json.loads((out / "filter_summary.json").read_text())["after"] == a
     measured = G.coherence_stats(ds)  # the summary's "after" is what the gate measures on the output
-    assert (a["mean_coherence"], a["low_share"]) == (pytest.approx(measured["mean"]), pytest.approx(measured["low_share"]))
+    assert (a["mean_coherence"], a["low_share"]) == (
+        pytest.approx(measured["mean"]),
+        pytest.approx(measured["low_share"]),
+    )
     assert a["sequences"] == sum(len(ds.sequences(s, 5, 1)) for s in SPLIT_NAMES) >= summary["sequences"]["kept"]
     assert "| mean coherence |" in format_filter_summary(summary)
 
@@ -109,7 +112,11 @@ def test_filter_raises_coherence_and_writes_a_gated_dataset(diluted, clean, tmp_
         score = (chunks[:-1] * chunks[1:]).sum(axis=1).mean()
         assert mask[i] == (score >= 0.35)
     # every kept sequence is a sequence of the filtered dataset (same context and target vectors)
-    new_seq = {ds.vectors[j - k : j + 1].tobytes() for v in (ds.sequences(s, 5, 1) for s in SPLIT_NAMES) for j, k in zip(v.targets, v.n_context)}
+    new_seq = {
+        ds.vectors[j - k : j + 1].tobytes()
+        for v in (ds.sequences(s, 5, 1) for s in SPLIT_NAMES)
+        for j, k in zip(v.targets, v.n_context, strict=False)
+    }
     assert all(parent.vectors[t[i] - n[i] : t[i] + 1].tobytes() in new_seq for i in np.flatnonzero(mask))
 
     # provenance: parent, settings, same vector space and profile
@@ -126,7 +133,12 @@ def test_filter_raises_coherence_and_writes_a_gated_dataset(diluted, clean, tmp_
         root, run = art["source_id"].rsplit("#", 1)
         assert split_of.setdefault(root, art["split"]) == art["split"]
     prof = load_profile("gtr-t5-wiki")
-    results = [G.coherence(ds, prof), G.split_hygiene(ds, prof), G.normalization(ds, prof), G.alignment(ds.sequences("train", 5, 1), prof)]
+    results = [
+        G.coherence(ds, prof),
+        G.split_hygiene(ds, prof),
+        G.normalization(ds, prof),
+        G.alignment(ds.sequences("train", 5, 1), prof),
+    ]
     assert [r.status for r in results if r.status == G.RED] == [], [r.message for r in results]
     assert results[1].metrics["shared_articles"] == 0
 
@@ -160,9 +172,15 @@ def _titled_dataset(out: Path, titles: list[str], texts: list[list[str]]) -> Pat
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
     with atomic_dir(out) as tmp:
         np.save(tmp / "vectors.npy", vec.astype(np.float32))
-        write_dataset(tmp, article_id=article_id, position=position, texts=[s for t in texts for s in t],
-                      articles=[{"source_id": f"s{i}", "title": title} for i, title in enumerate(titles)],
-                      article_split=np.zeros(len(titles), dtype=np.int8), meta={"encoder": {"fingerprint": "test"}})
+        write_dataset(
+            tmp,
+            article_id=article_id,
+            position=position,
+            texts=[s for t in texts for s in t],
+            articles=[{"source_id": f"s{i}", "title": title} for i, title in enumerate(titles)],
+            article_split=np.zeros(len(titles), dtype=np.int8),
+            meta={"encoder": {"fingerprint": "test"}},
+        )
     return out
 
 

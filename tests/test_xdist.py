@@ -14,7 +14,18 @@ TIMING_METRICS = {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "search_ms_per_query"
 
 def gate_run(tmp_path, name, ckpts, dataset, *extra):
     out = tmp_path / f"{name}.json"
-    cmd = [sys.executable, "-m", "pytest", "gates/", "-q", "-p", "no:cacheprovider", f"--dataset={dataset}", f"--results={out}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "gates/",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--dataset={dataset}",
+        f"--results={out}",
+        *extra,
+    ]
     cmd += [f"--checkpoint={c}" for c in ckpts]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,7 +54,11 @@ def test_two_workers_give_the_serial_results(default_dataset, tmp_path):
 
     runs = []
     for model, epochs in (("amn", 1), ("context_mean", 1)):
-        Trainer(TrainConfig(dataset=str(default_dataset), model=model, epochs=epochs, kill_switches=False), tmp_path / model, progress=False).run()
+        Trainer(
+            TrainConfig(dataset=str(default_dataset), model=model, epochs=epochs, kill_switches=False),
+            tmp_path / model,
+            progress=False,
+        ).run()
         runs.append(tmp_path / model)
     serial_proc, serial = gate_run(tmp_path, "serial", runs, default_dataset)
     par_proc, parallel = gate_run(tmp_path, "parallel", runs, default_dataset, "-n", "2")

@@ -14,8 +14,8 @@ from lvm.gates.status import (
     GREEN,
     RED,
     GateResult,
-    gate_params,
     annotate,
+    gate_params,
     judge,
     skipped,
 )
@@ -33,9 +33,15 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
     if not stored:
         # imported legacy data: nothing to compare against. Not GREEN (the space is unverified), not
         # RED (nothing contradicts it): AMBER, and checkpoints must still agree with the dataset.
-        return GateResult("encoder_fingerprint", AMBER, {"fingerprint_recorded": 0.0, "declared_encoder": spec.get("name")}, [],
-                          "encoder_fingerprint AMBER: the dataset records no encoder fingerprint (imported data), so its vector "
-                          "space cannot be verified; rebuild it with `lvm build-data` to gate the encoder", **where)
+        return GateResult(
+            "encoder_fingerprint",
+            AMBER,
+            {"fingerprint_recorded": 0.0, "declared_encoder": spec.get("name")},
+            [],
+            "encoder_fingerprint AMBER: the dataset records no encoder fingerprint (imported data), so its vector "
+            "space cannot be verified; rebuild it with `lvm build-data` to gate the encoder",
+            **where,
+        )
     mismatched = sorted(name for name, fp in (checkpoint_fingerprints or {}).items() if fp != stored)
     if ds.meta.get("synthetic"):
         # synthetic data has no encoder: its "space" is the generator config, recomputed here
@@ -45,16 +51,32 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         params["segments"] = tuple(Segment(**g) for g in params.get("segments", []))
         recomputed = SynthConfig(**params).fingerprint()
         ok = recomputed == stored and not mismatched
-        return GateResult("encoder_fingerprint", GREEN if ok else RED, {"fingerprint_match": float(recomputed == stored),
-                          "checkpoints_match": float(not mismatched), "stored": stored, "recomputed": recomputed}, [],
-                          "" if ok else f"encoder_fingerprint RED: synthetic generator config does not reproduce the stored fingerprint "
-                          f"or a checkpoint comes from another space ({', '.join(mismatched)})", **where)
+        return GateResult(
+            "encoder_fingerprint",
+            GREEN if ok else RED,
+            {
+                "fingerprint_match": float(recomputed == stored),
+                "checkpoints_match": float(not mismatched),
+                "stored": stored,
+                "recomputed": recomputed,
+            },
+            [],
+            ""
+            if ok
+            else f"encoder_fingerprint RED: synthetic generator config does not reproduce the stored fingerprint "
+            f"or a checkpoint comes from another space ({', '.join(mismatched)})",
+            **where,
+        )
     try:
         encoder = load_encoder(EncoderSpec.from_dict(spec))
     except LvmError as exc:
         return skipped("encoder_fingerprint", f"declared encoder not available here: {exc}", **where)
     probe = ds.probe_vectors
-    min_cos = float(M.rowwise_cos(probe, encoder.probe_vectors).min()) if probe is not None and probe.shape == encoder.probe_vectors.shape else float("nan")
+    min_cos = (
+        float(M.rowwise_cos(probe, encoder.probe_vectors).min())
+        if probe is not None and probe.shape == encoder.probe_vectors.shape
+        else float("nan")
+    )
     metrics = {
         "fingerprint_match": float(encoder.fingerprint == stored),
         "probe_min_cos": min_cos,
@@ -64,8 +86,6 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         "mismatched_checkpoints": mismatched,
     }
     return judge("encoder_fingerprint", metrics, profile, **where)
-
-
 
 
 def normalization(ds: Dataset, profile: Profile) -> GateResult:
@@ -90,7 +110,9 @@ def oracle_recall(ds: Dataset, index, profile: Profile, sample: int | None = Non
     ranks = M.ranks_of(ids, found, canon)
     metrics = {f"recall_at_{kk}": float(((ranks > 0) & (ranks <= kk)).mean()) for kk in ks}
     metrics["self_at_1"] = float((found[:, 0] == ids).mean())
-    metrics["duplicate_rate"] = float((np.bincount(canon, minlength=len(canon))[canon[ids]] > 1).mean())  # queries with a twin
+    metrics["duplicate_rate"] = float(
+        (np.bincount(canon, minlength=len(canon))[canon[ids]] > 1).mean()
+    )  # queries with a twin
     targets = next((v.targets for v in (ds.sequences(s, 1, 1) for s in ("val", "train", "ood")) if len(v)), ids)
     t_ids = np.sort(rng.choice(targets, size=min(n, len(targets)), replace=False))
     t = np.ascontiguousarray(ds.vectors[t_ids], dtype=np.float32)
@@ -144,8 +166,9 @@ def coherence(ds: Dataset, profile: Profile) -> GateResult:
     return judge("coherence", coherence_stats(ds), profile, dataset=ds.path.name)
 
 
-def segment_breakdown(ds: Dataset, baseline_mean: float, n_segments: int = 10, by: str = "article_range",
-                      width: int | None = None) -> list[dict]:
+def segment_breakdown(
+    ds: Dataset, baseline_mean: float, n_segments: int = 10, by: str = "article_range", width: int | None = None
+) -> list[dict]:
     """Mean adjacency coherence per article-id range (``n_segments`` equal ranges, or ranges of
     ``width`` article ids) or per topic, sorted by drop vs ``baseline_mean``."""
     same = np.flatnonzero(ds.article_id[1:] == ds.article_id[:-1])
@@ -161,12 +184,19 @@ def segment_breakdown(ds: Dataset, baseline_mean: float, n_segments: int = 10, b
             edges = np.append(np.arange(0, n_art, width), n_art)
         else:
             edges = np.linspace(0, n_art, n_segments + 1).astype(int)
-        groups = {f"{lo}-{hi - 1}": (art >= lo) & (art < hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo}
+        groups = {f"{lo}-{hi - 1}": (art >= lo) & (art < hi) for lo, hi in zip(edges[:-1], edges[1:], strict=False) if hi > lo}
     for name, sel in groups.items():
         if sel.any():
             c = cos[sel]
-            rows.append({"segment": str(name), "pairs": int(sel.sum()), "mean": float(c.mean()), "low_share": float((c < M.LOW_COHERENCE).mean()),
-                         "drop_vs_baseline": float(baseline_mean - c.mean())})
+            rows.append(
+                {
+                    "segment": str(name),
+                    "pairs": int(sel.sum()),
+                    "mean": float(c.mean()),
+                    "low_share": float((c < M.LOW_COHERENCE).mean()),
+                    "drop_vs_baseline": float(baseline_mean - c.mean()),
+                }
+            )
     return sorted(rows, key=lambda r: -r["drop_vs_baseline"])
 
 
@@ -175,15 +205,24 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
     if baseline is None:
         return skipped("coherence_drift", "no --baseline-dataset given", **where)
     if baseline.encoder_fingerprint != ds.encoder_fingerprint:
-        return annotate(judge("coherence_drift", {"comparable": 0.0, "mean_drift_rel": float("nan"), "low_share_delta_pp": float("nan")}, profile, **where),
-                        f"Baseline {baseline.path.name} was encoded with another encoder (fingerprints differ): coherence is not comparable.")
+        return annotate(
+            judge(
+                "coherence_drift",
+                {"comparable": 0.0, "mean_drift_rel": float("nan"), "low_share_delta_pp": float("nan")},
+                profile,
+                **where,
+            ),
+            f"Baseline {baseline.path.name} was encoded with another encoder (fingerprints differ): coherence is not comparable.",
+        )
     new, base = coherence_stats(ds), coherence_stats(baseline)
     params = gate_params(profile, "coherence_drift")
     metrics = {
         "comparable": 1.0,
-        "mean": new["mean"], "baseline_mean": base["mean"],
+        "mean": new["mean"],
+        "baseline_mean": base["mean"],
         "mean_drift_rel": (new["mean"] - base["mean"]) / base["mean"],
-        "low_share": new["low_share"], "baseline_low_share": base["low_share"],
+        "low_share": new["low_share"],
+        "baseline_low_share": base["low_share"],
         "low_share_delta_pp": 100 * (new["low_share"] - base["low_share"]),
         "segments": segment_breakdown(ds, base["mean"], params["segments"], params["segment_by"])[:5],
     }
@@ -193,7 +232,11 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
 def _article_signatures(ds: Dataset) -> dict[int, bytes]:
     """Each article's sequence of row hashes (identical articles under different ids collide)."""
     h = ds.row_hashes
-    return {a["article_id"]: h[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]].tobytes() for a in ds.articles if a["n_chunks"]}
+    return {
+        a["article_id"]: h[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]].tobytes()
+        for a in ds.articles
+        if a["n_chunks"]
+    }
 
 
 def _article_keys(ds: Dataset, split: str | None = None) -> dict[str, set]:
@@ -245,7 +288,9 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> 
         "train_ood_duplicate_share": float(dup / max(len(ood_hashes), 1)),
         "train_coherence": train_coh,
         "ood_coherence": ood_coh,
-        "ood_train_coherence_gap": abs(ood_coh - train_coh) if not (math.isnan(ood_coh) or math.isnan(train_coh)) else 0.0,
+        "ood_train_coherence_gap": abs(ood_coh - train_coh)
+        if not (math.isnan(ood_coh) or math.isnan(train_coh))
+        else 0.0,
         "splits": {name: int((ds.split == c).sum()) for c, name in enumerate(SPLIT_NAMES)},
     }
     return judge("split_hygiene", metrics, profile, dataset=ds.path.name)
@@ -254,8 +299,15 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> 
 _FROM_PROFILE = -1  # max_per_article default: the profile's value (None means no cap)
 
 
-def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int | None = None, max_per_article: int | None = _FROM_PROFILE,
-                  seed: int = 0, n_batches: int | None = None, masked=None) -> GateResult:
+def batch_hygiene(
+    view: SequenceView,
+    profile: Profile,
+    batch_size: int | None = None,
+    max_per_article: int | None = _FROM_PROFILE,
+    seed: int = 0,
+    n_batches: int | None = None,
+    masked=None,
+) -> GateResult:
     """Batches from the trainer's sampler: no same-article pair left among InfoNCE negatives.
 
     ``masked(ids, B)`` is the loss's (B, B) mask of removed negatives (default: InfoNCE's own).
@@ -281,9 +333,12 @@ def batch_hygiene(view: SequenceView, profile: Profile, batch_size: int | None =
         exposed += int((same & ~excl).sum())
         pairs += int(same.sum())
         max_items = max(max_items, int(np.bincount(art[b]).max()))
-    metrics = {"same_article_negatives": exposed, "same_article_pairs": pairs, "max_items_per_article": max_items,
-               "cap": max_per_article or 0, "batches": len(batches)}
+    metrics = {
+        "same_article_negatives": exposed,
+        "same_article_pairs": pairs,
+        "max_items_per_article": max_items,
+        "cap": max_per_article or 0,
+        "batches": len(batches),
+    }
     metrics["cap_respected"] = float(not max_per_article or max_items <= max_per_article)
     return judge("batch_hygiene", metrics, profile, dataset=view.dataset.path.name, split=view.split)
-
-

@@ -22,7 +22,6 @@ from lvm.gates.status import (
 )
 from lvm.profiles import Profile
 
-
 CARD_REQUIRED = ("name", "type", "ctx", "input_dim", "encoder_fingerprint")
 NOT_CALLABLE = "predictions only: there is no model to call"
 
@@ -34,8 +33,14 @@ def checkpoint_integrity(card, ds: Dataset, profile: Profile, name: str, load_er
     if card is None:
         # nothing else can be checked on a model that does not load: one failure, not four
         cause = profile.gate("checkpoint_integrity").get("cause", "")
-        return GateResult("checkpoint_integrity", RED, {"loads": 0.0}, [],
-                          f"checkpoint_integrity RED: loads = 0: {load_error}. Likely cause: {cause}", **where)
+        return GateResult(
+            "checkpoint_integrity",
+            RED,
+            {"loads": 0.0},
+            [],
+            f"checkpoint_integrity RED: loads = 0: {load_error}. Likely cause: {cause}",
+            **where,
+        )
     metrics = {
         "loads": 1.0,
         "metadata_complete": float(all(getattr(card, k) is not None for k in CARD_REQUIRED)),
@@ -48,10 +53,13 @@ def checkpoint_integrity(card, ds: Dataset, profile: Profile, name: str, load_er
     }
     result = judge("checkpoint_integrity", metrics, profile, **where)
     if card.encoder_fingerprint is None:
-        result.message += " (the model card has no encoder_fingerprint: add the dataset's, printed by `lvm inspect DATASET`)"
+        result.message += (
+            " (the model card has no encoder_fingerprint: add the dataset's, printed by `lvm inspect DATASET`)"
+        )
     if not card.accepts_mask:
-        result.message = (result.message + " " if result.message else "") + \
-            f"(model declares accepts_mask = false: gated on full contexts only, min_ctx = ctx = {card.ctx})"
+        result.message = (
+            result.message + " " if result.message else ""
+        ) + f"(model declares accepts_mask = false: gated on full contexts only, min_ctx = ctx = {card.ctx})"
     return result
 
 
@@ -76,8 +84,14 @@ def output_sanity(ev: ModelEval, profile: Profile) -> GateResult:
 def cosine_gate(gate: str, ev: ModelEval, profile: Profile, other: ModelEval | None = None) -> GateResult:
     """``val_cosine`` / ``ood_cosine``: mean cos(ŷ, y) with a bootstrap 95 % CI."""
     ci = M.cluster_bootstrap(ev.cos, ev.view.article_ids)  # articles resampled: their sequences overlap
-    metrics = {gate: ci["mean"], f"{gate}_ci_low": ci["ci_low"], f"{gate}_ci_high": ci["ci_high"], "n": ci["n"],
-               "articles": ci["clusters"], "n_eff": ci["n_eff"]}
+    metrics = {
+        gate: ci["mean"],
+        f"{gate}_ci_low": ci["ci_low"],
+        f"{gate}_ci_high": ci["ci_high"],
+        "n": ci["n"],
+        "articles": ci["clusters"],
+        "n_eff": ci["n_eff"],
+    }
     if other is not None:
         metrics["ood_minus_val"] = float(ev.cos.mean() - other.cos.mean())
     return judge(gate, metrics, profile, **ev.where())
@@ -91,13 +105,25 @@ def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int 
     """
     idx = ev.sample(gate_params(profile, "beats_baselines")["sample"], seed)
     target = ev.target[idx]
-    base_cos = {name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()}
+    base_cos = {
+        name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()
+    }
     scores = {name: float(c.mean()) for name, c in base_cos.items()}
     best = max(scores, key=scores.get)
-    diff = M.paired_difference(ev.cos[idx], base_cos[best], clusters=ev.view.article_ids[idx])  # same articles both sides
-    metrics = {"model_cosine": float(ev.cos[idx].mean()), "baselines": scores, "best_baseline": best, "sample": int(len(idx)),
-               "margin": diff["mean"], "margin_ci_low": diff["ci_low"], "margin_ci_high": diff["ci_high"],
-               "articles": diff["clusters"], "n_eff": diff["n_eff"]}
+    diff = M.paired_difference(
+        ev.cos[idx], base_cos[best], clusters=ev.view.article_ids[idx]
+    )  # same articles both sides
+    metrics = {
+        "model_cosine": float(ev.cos[idx].mean()),
+        "baselines": scores,
+        "best_baseline": best,
+        "sample": int(len(idx)),
+        "margin": diff["mean"],
+        "margin_ci_low": diff["ci_low"],
+        "margin_ci_high": diff["ci_high"],
+        "articles": diff["clusters"],
+        "n_eff": diff["n_eff"],
+    }
     return judge("beats_baselines", metrics, profile, **ev.where())
 
 
@@ -190,7 +216,9 @@ def training_health(history: dict | None, profile: Profile, epoch: int | None = 
         if cfg_lambda > 0:
             info_enabled = True
             lambda_mse = (history.get("loss_config") or {}).get("lambda_mse", 1.0)
-            ratios.append(cfg_lambda * e.get("train_loss_info", 0.0) / max(lambda_mse * e.get("train_loss_mse", 0.0), 1e-12))
+            ratios.append(
+                cfg_lambda * e.get("train_loss_info", 0.0) / max(lambda_mse * e.get("train_loss_mse", 0.0), 1e-12)
+            )
     nonfinite = sum(1 for e in epochs for k, v in e.items() if isinstance(v, float) and not math.isfinite(v))
     # the train–val gap of the epoch whose weights are gated (best checkpoint), else of the last one
     last = next((e for e in epochs if e["epoch"] == epoch), epochs[-1])

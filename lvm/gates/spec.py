@@ -35,8 +35,9 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("coherence", DATA, "mean"),
     GateSpec("coherence_drift", DATA, "mean_drift_rel", params={"segments": 10, "segment_by": "article_range"}),
     GateSpec("split_hygiene", DATA, "shared_articles"),
-    GateSpec("batch_hygiene", DATA, "same_article_negatives",
-             params={"batches": 50, "batch_size": 256, "max_per_article": 2}),
+    GateSpec(
+        "batch_hygiene", DATA, "same_article_negatives", params={"batches": 50, "batch_size": 256, "max_per_article": 2}
+    ),
     GateSpec("checkpoint_integrity", MODEL, "fingerprint_match"),
     GateSpec("output_sanity", MODEL, "max_norm_error", calls_model=True, params={"sample": 512}),
     GateSpec("val_cosine", MODEL, "val_cosine"),

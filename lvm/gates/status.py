@@ -6,6 +6,7 @@ messages), ``rules`` and gate parameters. A rule names a metric and either ``min
 caps the status (``"AMBER"`` for report-with-warning rules); ``split`` limits it to one split.
 A metric below AMBER is RED; a NaN metric is RED (it could not be computed).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,6 @@ from lvm.profiles import Profile
 GREEN, AMBER, RED, SKIP = "GREEN", "AMBER", "RED", "SKIP"
 _ORDER = {GREEN: 0, AMBER: 1, RED: 2}
 GATE_SPEC_VERSION = 1
-
 
 
 @dataclass
@@ -65,7 +65,9 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, unmeasured: dict | None = None, **where) -> GateResult:
+def judge(
+    gate: str, metrics: dict, profile: Profile, split: str | None = None, unmeasured: dict | None = None, **where
+) -> GateResult:
     """Apply every rule of ``[gates.<gate>]`` to ``metrics``; the message names what failed and why.
 
     ``unmeasured`` maps a metric that could not be measured for this model (e.g. determinism of a
@@ -83,14 +85,22 @@ def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, 
         statuses.append(st)
         if st != GREEN:
             if "min_green" in rule:
-                bound = f"< {rule['min_green']}" + (f" (AMBER down to {rule['min_amber']})" if "min_amber" in rule else "")
+                bound = f"< {rule['min_green']}" + (
+                    f" (AMBER down to {rule['min_amber']})" if "min_amber" in rule else ""
+                )
             else:
-                bound = f"> {rule['max_green']}" + (f" (AMBER up to {rule['max_amber']})" if "max_amber" in rule else "")
-            failed.append(f"{rule['metric']} = {_fmt(value)} {bound} [{st}]" + (f": {rule['why']}" if rule.get("why") else ""))
+                bound = f"> {rule['max_green']}" + (
+                    f" (AMBER up to {rule['max_amber']})" if "max_amber" in rule else ""
+                )
+            failed.append(
+                f"{rule['metric']} = {_fmt(value)} {bound} [{st}]" + (f": {rule['why']}" if rule.get("why") else "")
+            )
     status = worst(statuses)
     message = ""
     if failed:
-        message = f"{gate} {status}: " + "; ".join(failed) + (f". Likely cause: {spec['cause']}" if spec.get("cause") else "")
+        message = (
+            f"{gate} {status}: " + "; ".join(failed) + (f". Likely cause: {spec['cause']}" if spec.get("cause") else "")
+        )
     if unmeasured:
         note = "; ".join(f"{k} not measured ({why})" for k, why in unmeasured.items())
         message = f"{message} ({note})" if message else note
@@ -99,6 +109,7 @@ def judge(gate: str, metrics: dict, profile: Profile, split: str | None = None, 
 
 def skipped(gate: str, reason: str, **where) -> GateResult:
     return GateResult(gate, SKIP, message=reason, **where)
+
 
 def annotate(result: GateResult, text: str) -> GateResult:
     """Append context (why a metric could not be trusted) to a result's message."""
@@ -114,6 +125,8 @@ def gate_params(profile: Profile, gate: str) -> dict:
     table = {k: v for k, v in profile.gate(gate).items() if k not in PROFILE_KEYS}
     unknown = sorted(set(table) - set(declared))
     if unknown:
-        raise LvmError(f"gate profile {profile.name}: [gates.{gate}] has unknown parameter(s) {', '.join(unknown)}; "
-                       f"known: {', '.join(declared) or 'none'}")
+        raise LvmError(
+            f"gate profile {profile.name}: [gates.{gate}] has unknown parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(declared) or 'none'}"
+        )
     return {**declared, **table}

@@ -18,11 +18,19 @@ def test_output_sanity(val_eval, gate_profile, gate_status):
 
 
 def test_val_cosine(val_eval, gate_profile, gate_status):
-    gate_status(gates.cosine_gate("val_cosine", val_eval, gate_profile), per_sequence=val_eval.cos, articles=val_eval.view.article_ids)
+    gate_status(
+        gates.cosine_gate("val_cosine", val_eval, gate_profile),
+        per_sequence=val_eval.cos,
+        articles=val_eval.view.article_ids,
+    )
 
 
 def test_ood_cosine(ood_eval, val_eval, gate_profile, gate_status):
-    gate_status(gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval), per_sequence=ood_eval.cos, articles=ood_eval.view.article_ids)
+    gate_status(
+        gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval),
+        per_sequence=ood_eval.cos,
+        articles=ood_eval.view.article_ids,
+    )
 
 
 @pytest.mark.parametrize("split", ["val", "ood"])
@@ -46,7 +54,9 @@ def test_context_ablations(val_eval, gate_profile, gate_status):
 
 
 def test_retrieval(gate_session, lvm_dataset, val_eval, gate_profile, gate_status, request):
-    gate_status(gates.retrieval(val_eval, gate_session.index(lvm_dataset), gate_profile, request.config.getoption("--nprobe")))
+    gate_status(
+        gates.retrieval(val_eval, gate_session.index(lvm_dataset), gate_profile, request.config.getoption("--nprobe"))
+    )
 
 
 def test_latency(val_eval, gate_profile, gate_status, request):
@@ -59,5 +69,8 @@ def test_training_health(lvm_model, checkpoint_path, gate_profile, gate_status):
     card = loaded.card if loaded else None
     hist_path = Path(card.history_path) if card and card.history_path else None
     history = json.loads(hist_path.read_text()) if hist_path and hist_path.is_file() else None
-    gate_status(gates.training_health(history, gate_profile, epoch=card.epoch if card else None,
-                                      checkpoint=_label(checkpoint_path), dataset=None))
+    gate_status(
+        gates.training_health(
+            history, gate_profile, epoch=card.epoch if card else None, checkpoint=_label(checkpoint_path), dataset=None
+        )
+    )

@@ -57,15 +57,12 @@ def build_model(model_type: str, config: dict) -> nn.Module:
         raise LvmError(f"unknown model type {model_type!r}; known types: {', '.join(MODEL_TYPES)}")
     model_class, config_class = MODEL_TYPES[model_type]
     if not isinstance(config, dict):
-        raise LvmError(
-            f"{model_type} config must be a mapping of hyper-parameters; got {type(config).__name__}"
-        )
+        raise LvmError(f"{model_type} config must be a mapping of hyper-parameters; got {type(config).__name__}")
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(config) - set(fields))
     if unknown:
         raise LvmError(
-            f"unknown {model_type} config key(s): {', '.join(map(str, unknown))}; "
-            f"known keys: {', '.join(fields)}"
+            f"unknown {model_type} config key(s): {', '.join(map(str, unknown))}; known keys: {', '.join(fields)}"
         )
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
     missing = [n for n in required if n not in config]

@@ -203,8 +203,10 @@ def _split_factory_result(out, spec: str):
         return out
     if callable(out):
         return out, None
-    raise LvmError(f"{spec}: the factory must return a model (a callable), (model, card) or {{'model', 'card'}}; "
-                   f"got {type(out).__name__}")
+    raise LvmError(
+        f"{spec}: the factory must return a model (a callable), (model, card) or {{'model', 'card'}}; "
+        f"got {type(out).__name__}"
+    )
 
 
 def load_python(spec: str, card_path: str | Path | None = None) -> LoadedModel:
@@ -224,7 +226,9 @@ def load_python(spec: str, card_path: str | Path | None = None) -> LoadedModel:
     except LvmError:
         raise
     except Exception as exc:  # the user's code failed: say where, in one line
-        raise LvmError(f"{spec}: the factory raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+        raise LvmError(
+            f"{spec}: the factory raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        ) from None
     if weights:
         _load_weights(model, Path(card_path).parent / str(weights))
     data = dict(card_data or {})
@@ -251,11 +255,15 @@ def _load_weights(model, path: Path) -> None:
     from lvm.models.legacy import load_strict
 
     if not isinstance(model, nn.Module):
-        raise LvmError(f"{path}: the factory returned {type(model).__name__}, not a torch.nn.Module; weights cannot be loaded")
+        raise LvmError(
+            f"{path}: the factory returned {type(model).__name__}, not a torch.nn.Module; weights cannot be loaded"
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise LvmError(f"{path}: cannot read safetensors weights ({str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        raise LvmError(
+            f"{path}: cannot read safetensors weights ({str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from None
     load_strict(model, state, str(path))
 
 
@@ -275,7 +283,9 @@ def load_export(path: str | Path, card_path: str | Path | None = None) -> Loaded
     try:
         program = torch.export.load(str(p))
     except Exception as exc:  # a corrupt archive surfaces as many exception types
-        raise LvmError(f"{p}: not a torch.export program ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        raise LvmError(
+            f"{p}: not a torch.export program ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from None
     return LoadedModel(card, Predictor(program.module(), trainable=False))
 
 
@@ -297,12 +307,20 @@ def export_model(loaded: LoadedModel, out: str | Path, batch_hint: int = 4) -> d
         with torch.no_grad():
             program = torch.export.export(module, (x, mask), dynamic_shapes={"x": {0: batch}, "mask": {0: batch}})
     except Exception as exc:
-        raise LvmError(f"torch.export failed for {card.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+        raise LvmError(
+            f"torch.export failed for {card.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the file is then written atomically
     torch.export.save(program, buffer)
     write_atomic(out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
-    exported = {**card.to_dict(), "kind": "export", "exported_from": card.source, "source": str(out), "source_sha256": sha256_file(out)}
+    exported = {
+        **card.to_dict(),
+        "kind": "export",
+        "exported_from": card.source,
+        "source": str(out),
+        "source_sha256": sha256_file(out),
+    }
     write_json_atomic(out.with_suffix(".json"), exported)
     return exported
 
@@ -317,11 +335,21 @@ def card_from_checkpoint_meta(meta: dict) -> ModelCard:
     cfg = meta.get("train_config") or {}
     return ModelCard(
         name=meta.get("name") or (path.parent.name if path.stem in ("best", "last") else path.stem),
-        type=str(meta["model_type"]), ctx=int(meta["ctx"]), min_ctx=int(meta.get("min_ctx", 1)), input_dim=int(meta["input_dim"]),
-        encoder_fingerprint=meta.get("encoder_fingerprint"), n_params=meta.get("n_params"),
-        accepts_mask=bool(meta.get("accepts_mask", True)), kind="lvm", source=str(path),
-        source_sha256=meta.get("weights_sha256"), model_config=meta.get("model_config"), training=cfg or None,
-        loss_config=meta.get("loss_config") or cfg.get("loss"), epoch=meta.get("epoch"), dataset_hash=meta.get("dataset_hash"),
+        type=str(meta["model_type"]),
+        ctx=int(meta["ctx"]),
+        min_ctx=int(meta.get("min_ctx", 1)),
+        input_dim=int(meta["input_dim"]),
+        encoder_fingerprint=meta.get("encoder_fingerprint"),
+        n_params=meta.get("n_params"),
+        accepts_mask=bool(meta.get("accepts_mask", True)),
+        kind="lvm",
+        source=str(path),
+        source_sha256=meta.get("weights_sha256"),
+        model_config=meta.get("model_config"),
+        training=cfg or None,
+        loss_config=meta.get("loss_config") or cfg.get("loss"),
+        epoch=meta.get("epoch"),
+        dataset_hash=meta.get("dataset_hash"),
         history_path=str(hist) if hist.is_file() else None,
     )
 
@@ -360,8 +388,10 @@ def load_imported(card: Path) -> LoadedModel:
     if program.is_file():
         return load_export(program, card)
     factory = read_card_file(card).get("factory") or "py:FILE.py:FACTORY"
-    raise LvmError(f"{card.parent}: imported without a torch.export program (--no-export); gate it with "
-                   f"--checkpoint={factory} --model-card={card} (runs that code)")
+    raise LvmError(
+        f"{card.parent}: imported without a torch.export program (--no-export); gate it with "
+        f"--checkpoint={factory} --model-card={card} (runs that code)"
+    )
 
 
 def load_model(spec: str | Path, card_path: str | Path | None = None) -> LoadedModel:
@@ -381,7 +411,10 @@ def model_label(spec: str | Path) -> str:
     """A short name for a checkpoint spec (the stoplight table's checkpoint column)."""
     s = str(spec)
     if s.startswith(PY_PREFIX):
-        return s.rpartition(":")[2] if not s[len(PY_PREFIX):].rpartition(":")[0].endswith(".py") else \
-            f"{Path(s[len(PY_PREFIX):].rpartition(':')[0]).stem}:{s.rpartition(':')[2]}"
+        return (
+            s.rpartition(":")[2]
+            if not s[len(PY_PREFIX) :].rpartition(":")[0].endswith(".py")
+            else f"{Path(s[len(PY_PREFIX) :].rpartition(':')[0]).stem}:{s.rpartition(':')[2]}"
+        )
     p = Path(s)
     return p.name if p.is_dir() else f"{p.parent.name}/{p.stem}"

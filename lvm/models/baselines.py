@@ -45,12 +45,12 @@ def masked_context(
     if x.dim() != 3:
         raise LvmError(f"context must have shape (batch, ctx, dim); got {tuple(x.shape)}")
     B, T, D = x.shape
-    if input_dim is not None and D != input_dim:
+    if input_dim is not None and input_dim != D:
         raise LvmError(
             f"context vectors are {D}-D but the model was built for {input_dim}-D; "
             "use a dataset encoded with the model's encoder"
         )
-    if ctx is not None and T > ctx:
+    if ctx is not None and ctx < T:
         raise LvmError(
             f"context has {T} chunks but the model was built for ctx={ctx}; "
             f"pass at most {ctx} chunks (sequences(ctx={ctx}))"
@@ -152,7 +152,7 @@ class Ridge(nn.Module):
         """(B, T, D) context -> (B, ctx*D) flattened features, zero-padded on the left to ctx."""
         x, _ = masked_context(x, mask, self.config.input_dim, self.config.ctx)
         B, T, D = x.shape
-        if T < self.config.ctx:
+        if self.config.ctx > T:
             x = F.pad(x, (0, 0, self.config.ctx - T, 0))  # (B, ctx, D): more left padding
         return x.reshape(B, self.config.ctx * D)
 
@@ -163,9 +163,7 @@ class Ridge(nn.Module):
             raise LvmError("Ridge.fit expects batches of (x, mask, y)") from None
         x, mask, y = _as_tensor(x, torch.float64), _as_tensor(mask, torch.bool), _as_tensor(y, torch.float64)
         if y.shape != (x.shape[0], self.config.input_dim):
-            raise LvmError(
-                f"targets must have shape (batch, {self.config.input_dim}); got {tuple(y.shape)}"
-            )
+            raise LvmError(f"targets must have shape (batch, {self.config.input_dim}); got {tuple(y.shape)}")
         return self._features(x, mask), y
 
     @torch.no_grad()
@@ -174,7 +172,7 @@ class Ridge(nn.Module):
         train_batches: Iterable,
         val_batches: Iterable,
         alphas: Iterable[float] = DEFAULT_RIDGE_ALPHAS,
-    ) -> "Ridge":
+    ) -> Ridge:
         """Fit on ``train_batches``, choose α on ``val_batches``; each yields (x, mask, y) arrays.
 
         One pass over train accumulates Σf, Σy, ΣffT, ΣfyT in float64; S_ff = V Λ Vᵀ is
@@ -219,7 +217,7 @@ class Ridge(nn.Module):
         if n_val == 0:
             raise LvmError("Ridge.fit needs validation sequences to choose alpha; got none")
         scores = (cos_sum / n_val).tolist()
-        self.val_scores = dict(zip(alphas, scores))
+        self.val_scores = dict(zip(alphas, scores, strict=False))
         # On a tie prefer the larger alpha: the same validation score with a smaller weight norm.
         best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
 

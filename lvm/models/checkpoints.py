@@ -21,7 +21,16 @@ from lvm.models.baselines import BASELINES
 
 CHECKPOINT_FORMAT = "lvm-checkpoint"
 CHECKPOINT_VERSION = 1
-REQUIRED_KEYS = ("format", "version", "model_type", "model_config", "input_dim", "ctx", "encoder_fingerprint", "dataset_hash")
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "model_type",
+    "model_config",
+    "input_dim",
+    "ctx",
+    "encoder_fingerprint",
+    "dataset_hash",
+)
 
 
 def model_types() -> list[str]:
@@ -92,7 +101,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
 
     p = resolve_checkpoint(path)
     if p.suffix in (".pt", ".pth", ".pkl", ".bin"):
-        raise LvmError(f"{p}: pickled checkpoints are not loaded (they can execute code); lvm checkpoints are NAME.safetensors + NAME.json")
+        raise LvmError(
+            f"{p}: pickled checkpoints are not loaded (they can execute code); lvm checkpoints are NAME.safetensors + NAME.json"
+        )
     meta = read_checkpoint_meta(p)
     weights = p.with_suffix(".safetensors")
     if not weights.is_file():
@@ -107,7 +118,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise LvmError(f"{weights}: weights do not fit a {meta['model_type']} with this config ({str(exc).splitlines()[0]})") from None
+        raise LvmError(
+            f"{weights}: weights do not fit a {meta['model_type']} with this config ({str(exc).splitlines()[0]})"
+        ) from None
     model.eval()
     return model, meta
 
@@ -119,7 +132,9 @@ def load_legacy_state_dict(path: str | Path) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError) as exc:
-        raise LvmError(f"{path}: refused to load (not plain tensors; loading it could execute code): {str(exc).splitlines()[0][:200]}") from None
+        raise LvmError(
+            f"{path}: refused to load (not plain tensors; loading it could execute code): {str(exc).splitlines()[0][:200]}"
+        ) from None
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -65,9 +65,7 @@ class RecurrentStack(nn.Module):
         D, H = config.input_dim, config.hidden_dim
         self.w_in = nn.Linear(D, H)
         # One single-layer RNN per layer, so that the residual can be added between layers.
-        self.layers = nn.ModuleList(
-            self.rnn_class(H, H, batch_first=True) for _ in range(config.n_layers)
-        )
+        self.layers = nn.ModuleList(self.rnn_class(H, H, batch_first=True) for _ in range(config.n_layers))
         self.dropout = nn.Dropout(config.dropout)
         self.ln_out = nn.LayerNorm(H)
         self.w_out = nn.Linear(H, D)

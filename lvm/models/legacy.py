@@ -17,7 +17,15 @@ import torch
 
 from lvm.errors import LvmError
 from lvm.io import atomic_dir, refuse_foreign_folder, sha256_file, write_atomic, write_json_atomic
-from lvm.models.adapters import LoadedModel, ModelCard, Predictor, _import_factory, _split_factory_result, count_params, export_model
+from lvm.models.adapters import (
+    LoadedModel,
+    ModelCard,
+    Predictor,
+    _import_factory,
+    _split_factory_result,
+    count_params,
+    export_model,
+)
 
 CARD_FILE = "model.json"
 # what the seeds' `args` may hold besides str/int/float/bool/None/list/dict: rebuilt by their constructors, no code
@@ -37,7 +45,12 @@ def read_seed_checkpoint(path: str | Path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError, TypeError) as exc:
         why = _why(exc)
         raise LvmError(f"{p}: refused (not plain tensors and data; loading it could execute code): {why}") from None
-    if isinstance(obj, dict) and "model_state_dict" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (
+        isinstance(obj, dict)
+        and "model_state_dict" not in obj
+        and obj
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         obj = {"model_state_dict": obj}  # a bare state dict
     if not isinstance(obj, dict) or not isinstance(obj.get("model_state_dict"), dict):
         raise LvmError(f"{p}: no model_state_dict inside (expected the seeds' checkpoint dict or a bare state dict)")
@@ -65,8 +78,11 @@ def load_strict(model: torch.nn.Module, state: dict, where: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
-              if tuple(state[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -92,9 +108,19 @@ def _plain(obj):
     return str(obj)
 
 
-def import_checkpoint(pt_path: str | Path, factory: str, out: str | Path, *, encoder_fingerprint: str | None = None,
-                      ctx: int | None = None, min_ctx: int | None = None, input_dim: int | None = None,
-                      name: str | None = None, accepts_mask: bool = True, export: bool = True) -> dict:
+def import_checkpoint(
+    pt_path: str | Path,
+    factory: str,
+    out: str | Path,
+    *,
+    encoder_fingerprint: str | None = None,
+    ctx: int | None = None,
+    min_ctx: int | None = None,
+    input_dim: int | None = None,
+    name: str | None = None,
+    accepts_mask: bool = True,
+    export: bool = True,
+) -> dict:
     """Convert a seeds' checkpoint into ``out/model.safetensors``, ``out/model.json`` (card) and
     ``out/model.pt2``; returns the card. Nothing from the ``.pt`` file runs; the factory's code does."""
     from safetensors.torch import save_file
@@ -112,25 +138,44 @@ def import_checkpoint(pt_path: str | Path, factory: str, out: str | Path, *, enc
     except LvmError:
         raise
     except Exception as exc:
-        raise LvmError(f"{factory}: building it from the file's model_config {sorted(config)} raised {type(exc).__name__}: {exc}") from None
+        raise LvmError(
+            f"{factory}: building it from the file's model_config {sorted(config)} raised {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(model, torch.nn.Module):
-        raise LvmError(f"{factory}: returned {type(model).__name__}, not a torch.nn.Module (weights cannot be loaded into it)")
+        raise LvmError(
+            f"{factory}: returned {type(model).__name__}, not a torch.nn.Module (weights cannot be loaded into it)"
+        )
     load_strict(model, obj["model_state_dict"], str(pt_path))
     model.eval()
     sources = [config, args if isinstance(args, dict) else {}]
     card = ModelCard(
-        name=name or Path(pt_path).parent.name or Path(pt_path).stem, type=str(obj.get("model_type") or type(model).__name__),
-        ctx=ctx or _first(sources, CTX_KEYS) or 0, min_ctx=min_ctx or 1, input_dim=input_dim or _first(sources, DIM_KEYS) or 0,
-        encoder_fingerprint=encoder_fingerprint, n_params=count_params(model), accepts_mask=accepts_mask, kind="python",
-        source=str(Path(pt_path).resolve()), source_sha256=sha256_file(pt_path), model_config=_plain(config),
-        training=args or None, epoch=obj.get("epoch") if isinstance(obj.get("epoch"), int) else None,
+        name=name or Path(pt_path).parent.name or Path(pt_path).stem,
+        type=str(obj.get("model_type") or type(model).__name__),
+        ctx=ctx or _first(sources, CTX_KEYS) or 0,
+        min_ctx=min_ctx or 1,
+        input_dim=input_dim or _first(sources, DIM_KEYS) or 0,
+        encoder_fingerprint=encoder_fingerprint,
+        n_params=count_params(model),
+        accepts_mask=accepts_mask,
+        kind="python",
+        source=str(Path(pt_path).resolve()),
+        source_sha256=sha256_file(pt_path),
+        model_config=_plain(config),
+        training=args or None,
+        epoch=obj.get("epoch") if isinstance(obj.get("epoch"), int) else None,
     )
     if card.ctx == 0 or card.input_dim == 0:
         raise LvmError(f"{pt_path}: ctx / input_dim not found in model_config or args; pass --ctx and --input-dim")
     card.validate(str(pt_path))
-    data = {**card.to_dict(), "format": "lvm-model-card", "factory": factory, "weights": "model.safetensors",
-            "factory_source_sha256": sha256_file(source) if source else None,
-            "imported_from": card.source, "imported_sha256": card.source_sha256}  # kept in model.pt2's card
+    data = {
+        **card.to_dict(),
+        "format": "lvm-model-card",
+        "factory": factory,
+        "weights": "model.safetensors",
+        "factory_source_sha256": sha256_file(source) if source else None,
+        "imported_from": card.source,
+        "imported_sha256": card.source_sha256,
+    }  # kept in model.pt2's card
     with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         write_atomic(tmp / "model.safetensors", lambda t: save_file(state, str(t)))

@@ -31,15 +31,29 @@ def write_manifest(ds, ctx: int, min_ctx: int, out: str | Path, splits=SPLITS) -
 
     out = Path(out)
     refuse_foreign_folder(out, MANIFEST)
-    manifest = {"kind": MANIFEST_KIND, "version": 1, "dataset": str(ds.path), "dataset_hash": ds.content_hash,
-                "encoder_fingerprint": ds.encoder_fingerprint, "dim": ds.dim, "ctx": ctx, "min_ctx": min_ctx, "splits": {}}
+    manifest = {
+        "kind": MANIFEST_KIND,
+        "version": 1,
+        "dataset": str(ds.path),
+        "dataset_hash": ds.content_hash,
+        "encoder_fingerprint": ds.encoder_fingerprint,
+        "dim": ds.dim,
+        "ctx": ctx,
+        "min_ctx": min_ctx,
+        "splits": {},
+    }
     with atomic_dir(out) as tmp:
         for split in splits:
             view = ds.sequences(split, ctx, min_ctx)
             idx = np.arange(len(view))
             np.save(tmp / f"{split}_targets.npy", view.targets)
-            np.save(tmp / f"{split}_context.npy", view.context_indices(idx) if len(view) else np.zeros((0, ctx), np.int64))
-            manifest["splits"][split] = {"n": int(len(view)), "targets_sha256": sha256_file(tmp / f"{split}_targets.npy")}
+            np.save(
+                tmp / f"{split}_context.npy", view.context_indices(idx) if len(view) else np.zeros((0, ctx), np.int64)
+            )
+            manifest["splits"][split] = {
+                "n": int(len(view)),
+                "targets_sha256": sha256_file(tmp / f"{split}_targets.npy"),
+            }
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 
@@ -72,8 +86,10 @@ def load_predictions(folder: str | Path, card_path: str | Path | None = None) ->
     data.update(kind="predictions", source=str(folder))
     card = ModelCard.from_dict(data, where=str(card_path or folder / "card.json"))
     if (card.ctx, card.gated_min_ctx) != (manifest.get("ctx"), manifest.get("min_ctx")):
-        raise LvmError(f"{folder}: card says ctx={card.ctx}, min_ctx={card.gated_min_ctx} but the manifest was written for "
-                       f"ctx={manifest.get('ctx')}, min_ctx={manifest.get('min_ctx')}")
+        raise LvmError(
+            f"{folder}: card says ctx={card.ctx}, min_ctx={card.gated_min_ctx} but the manifest was written for "
+            f"ctx={manifest.get('ctx')}, min_ctx={manifest.get('min_ctx')}"
+        )
     preds = {}
     for split, info in manifest["splits"].items():
         f = folder / f"{split}.npy"
@@ -84,9 +100,16 @@ def load_predictions(folder: str | Path, card_path: str | Path | None = None) ->
         except (ValueError, OSError) as exc:
             raise LvmError(f"{f}: not a .npy array ({str(exc)[:120]})") from None
         n = info.get("n") if isinstance(info, dict) else None
-        if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] != card.input_dim or not np.issubdtype(arr.dtype, np.floating):
-            raise LvmError(f"{f}: expected a float array of shape ({n}, {card.input_dim}) aligned to the manifest; "
-                           f"got {arr.dtype} {tuple(arr.shape)}")
+        if (
+            arr.ndim != 2
+            or arr.shape[0] != n
+            or arr.shape[1] != card.input_dim
+            or not np.issubdtype(arr.dtype, np.floating)
+        ):
+            raise LvmError(
+                f"{f}: expected a float array of shape ({n}, {card.input_dim}) aligned to the manifest; "
+                f"got {arr.dtype} {tuple(arr.shape)}"
+            )
         preds[split] = np.asarray(arr, dtype=np.float32)
     if not preds:
         raise LvmError(f"{folder}: no predictions (expected {' and/or '.join(f'{s}.npy' for s in manifest['splits'])})")
@@ -100,11 +123,15 @@ def check_alignment(loaded: LoadedModel, view, folder: str | Path) -> None:
     """Refuse predictions whose manifest does not list exactly the view's sequences."""
     manifest = getattr(loaded, "manifest", {})
     if manifest.get("dataset_hash") not in (None, view.dataset.content_hash):
-        raise LvmError(f"{folder}: predictions were made for another dataset (manifest hash "
-                       f"{str(manifest.get('dataset_hash'))[:12]}…, dataset {view.dataset.content_hash[:12]}…)")
+        raise LvmError(
+            f"{folder}: predictions were made for another dataset (manifest hash "
+            f"{str(manifest.get('dataset_hash'))[:12]}…, dataset {view.dataset.content_hash[:12]}…)"
+        )
     targets = Path(folder) / f"{view.split}_targets.npy"
     if targets.is_file():
         stored = np.load(targets, allow_pickle=False)
         if stored.shape != view.targets.shape or not np.array_equal(stored, view.targets):
-            raise LvmError(f"{folder}: {view.split} predictions are aligned to other sequences than this dataset's "
-                           f"{view.split} split at ctx={view.ctx}, min_ctx={view.min_ctx} (rerun `lvm sequences`)")
+            raise LvmError(
+                f"{folder}: {view.split} predictions are aligned to other sequences than this dataset's "
+                f"{view.split} split at ctx={view.ctx}, min_ctx={view.min_ctx} (rerun `lvm sequences`)"
+            )

@@ -38,9 +38,7 @@ class TransformerConfig:
             if getattr(self, name) < 1:
                 raise LvmError(f"transformer config: {name} must be >= 1; got {getattr(self, name)}")
         if self.d_model % self.n_heads:
-            raise LvmError(
-                f"transformer config: d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
-            )
+            raise LvmError(f"transformer config: d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise LvmError(f"transformer config: dropout must be in [0, 1); got {self.dropout}")
 

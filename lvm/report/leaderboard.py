@@ -17,7 +17,6 @@ Markdown and exits with its code: 1 on a RED regression or when NEW itself holds
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 from lvm.errors import LvmError
@@ -29,15 +28,34 @@ from lvm.report.results import read_results
 from lvm.report.rows import RETRIEVAL_METRICS, LeaderboardRow, collect_rows, load_documents, loss_summary
 
 __all__ = [
-    "COLUMNS", "DISPLAY", "GATE_ORDER", "RETRIEVAL_METRICS", "LeaderboardRow", "build_leaderboard", "collect_rows", "compare_main",
-    "leaderboard_main", "loss_summary", "plot_coherence", "plot_offset_sweep", "plot_training_curves", "render_csv", "render_html",
+    "COLUMNS",
+    "DISPLAY",
+    "GATE_ORDER",
+    "RETRIEVAL_METRICS",
+    "LeaderboardRow",
+    "build_leaderboard",
+    "collect_rows",
+    "compare_main",
+    "leaderboard_main",
+    "loss_summary",
+    "plot_coherence",
+    "plot_offset_sweep",
+    "plot_training_curves",
+    "render_csv",
+    "render_html",
     "render_markdown",
 ]
 
 PLOT_CAPTIONS = (
     ("Training curves", "Mean cos(ŷ, y) per epoch from each run's training_history.json: val solid, train dashed."),
-    ("Adjacency coherence", "Share of within-article adjacent chunk pairs per cosine bin (coherence gate), one series per dataset."),
-    ("Offset sweep", "Mean cos(ŷ, chunk at target+k) on val (offset_sweep gate); k = 0 is the true next chunk, k = −1 the last context chunk."),
+    (
+        "Adjacency coherence",
+        "Share of within-article adjacent chunk pairs per cosine bin (coherence gate), one series per dataset.",
+    ),
+    (
+        "Offset sweep",
+        "Mean cos(ŷ, chunk at target+k) on val (offset_sweep gate); k = 0 is the true next chunk, k = −1 the last context chunk.",
+    ),
 )
 
 
@@ -53,15 +71,19 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     groups, rows, hists = collect_rows(paths)
     generated = utc_timestamp()
     pngs = (plot_training_curves(rows, groups), plot_coherence(hists), plot_offset_sweep(rows, groups))
-    plots = [(title, png, caption) for (title, caption), png in zip(PLOT_CAPTIONS, pngs)]
+    plots = [(title, png, caption) for (title, caption), png in zip(PLOT_CAPTIONS, pngs, strict=False)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html"}
     write_text_atomic(files["md"], render_markdown(groups, sources, generated))
     write_text_atomic(files["csv"], render_csv(rows))
     write_text_atomic(files["html"], render_html(groups, rows, plots, sources, generated))
-    return {"groups": [{k: g[k] for k in ("number", "key", "comparability", "datasets")} for g in groups],
-            "rows": [r.to_dict() for r in rows], "files": files, "plots": {title: png is not None for title, png, _ in plots}}
+    return {
+        "groups": [{k: g[k] for k in ("number", "key", "comparability", "datasets")} for g in groups],
+        "rows": [r.to_dict() for r in rows],
+        "files": files,
+        "plots": {title: png is not None for title, png, _ in plots},
+    }
 
 
 def leaderboard_main(results_paths: list[str | Path], out_dir: str | Path) -> int:
@@ -69,7 +91,9 @@ def leaderboard_main(results_paths: list[str | Path], out_dir: str | Path) -> in
     res = build_leaderboard([Path(p) for p in results_paths], Path(out_dir))
     n_models = sum(r["kind"] == "model" for r in res["rows"])
     n_base = len(res["rows"]) - n_models
-    print(f"leaderboard: {n_models} checkpoint row(s), {n_base} baseline row(s) in {len(res['groups'])} comparability group(s)")
+    print(
+        f"leaderboard: {n_models} checkpoint row(s), {n_base} baseline row(s) in {len(res['groups'])} comparability group(s)"
+    )
     for f in res["files"].values():
         print(f"  {f}")
     return 0
@@ -88,8 +112,15 @@ def compare_main(new: Path, baseline: Path, profile_name: str | None = None, all
     if not name or name == "unknown":
         raise LvmError(f"{new} records no gate profile; pass one with --gate-profile")
     profile = load_profile(name)
-    verdict = check(new_doc, base_doc, profile.data.get("regression"), new_name=Path(new).name, base_name=Path(baseline).name,
-                    profile_name=profile.name, allow_missing=allow_missing)
+    verdict = check(
+        new_doc,
+        base_doc,
+        profile.data.get("regression"),
+        new_name=Path(new).name,
+        base_name=Path(baseline).name,
+        profile_name=profile.name,
+        allow_missing=allow_missing,
+    )
     print(verdict.markdown())
     if verdict.exit_code:
         print(f"lvm compare: {verdict.summary.replace('**', '')}", file=sys.stderr)

@@ -45,8 +45,14 @@ def _figure() -> tuple[Figure, object]:
     return fig, fig.add_subplot()
 
 
-def coherence_histogram(bins: list[str], series: list[tuple[str, list[float]]], *, overlay: bool = False,
-                        xlabel: str = "adjacency cosine bin", marker_x: float | None = None) -> Figure:
+def coherence_histogram(
+    bins: list[str],
+    series: list[tuple[str, list[float]]],
+    *,
+    overlay: bool = False,
+    xlabel: str = "adjacency cosine bin",
+    marker_x: float | None = None,
+) -> Figure:
     """Share of within-article adjacent pairs per cosine bin, in %, one bar series per (label, shares).
 
     ``shares`` are fractions (0–1) per bin. The series stand side by side, or with ``overlay`` on top
@@ -87,7 +93,14 @@ def plot_training_curves(rows: list[LeaderboardRow], groups: list[dict]) -> str 
         x = [e["epoch"] for e in ep]
         ax.plot(x, [e.get("val_cosine") for e in ep], "-o", color=colour, label=f"{_label(r, groups)} val")
         if any("train_cosine" in e for e in ep):
-            ax.plot(x, [e.get("train_cosine") for e in ep], "--", color=colour, alpha=0.7, label=f"{_label(r, groups)} train")
+            ax.plot(
+                x,
+                [e.get("train_cosine") for e in ep],
+                "--",
+                color=colour,
+                alpha=0.7,
+                label=f"{_label(r, groups)} train",
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean cos(ŷ, y)")
@@ -102,7 +115,10 @@ def plot_coherence(hists: list[dict]) -> str | None:
     if not hists:
         return None
     bins = list(dict.fromkeys(b for h in hists for b in h["histogram"]))
-    series = [(f"{h['dataset']} ({str(h['dataset_hash'] or '')[:8]})", [h["histogram"].get(b) or 0.0 for b in bins]) for h in hists]
+    series = [
+        (f"{h['dataset']} ({str(h['dataset_hash'] or '')[:8]})", [h["histogram"].get(b) or 0.0 for b in bins])
+        for h in hists
+    ]
     return png_base64(coherence_histogram(bins, series))
 
 
@@ -114,7 +130,13 @@ def plot_offset_sweep(rows: list[LeaderboardRow], groups: list[dict]) -> str | N
     fig, ax = _figure()
     for i, r in enumerate(sweeps):
         pts = sorted((int(k), v) for k, v in r.sweep.items() if v is not None)
-        ax.plot([k for k, _ in pts], [v for _, v in pts], "-o", color=f"C{i % 10}", label=f"{_label(r, groups)} · {r.dataset}")
+        ax.plot(
+            [k for k, _ in pts],
+            [v for _, v in pts],
+            "-o",
+            color=f"C{i % 10}",
+            label=f"{_label(r, groups)} · {r.dataset}",
+        )
     ax.axvline(0, color="grey", lw=1, ls=":")
     ax.set_xlabel("offset k from the true next chunk (k = −1: last context chunk)")
     ax.set_ylabel("mean cos(ŷ, chunk at k)")

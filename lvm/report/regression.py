@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lvm.data.datasets import SKETCH_TOLERANCE
 from lvm.gates.spec import HARDWARE_BOUND_GATES
 from lvm.gates.status import AMBER, GREEN, RED, SKIP, GateResult, worst
-from lvm.data.datasets import SKETCH_TOLERANCE
 from lvm.report.results import PAIRED_BOOTSTRAP_METRICS, dataset_label
 
 # absolute tolerance of a metric the profile's [regression] table does not name
@@ -85,7 +85,8 @@ def _drop_status(metric: str, r: dict, b: dict) -> tuple[str, str]:
     # the same articles resampled on both sides (sequences of one article overlap: a cluster bootstrap)
     d = paired_difference(np.asarray(ns), np.asarray(bs), clusters=np.asarray(arts) if same_articles else None)
     note = f"paired Δ {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" + (
-        f" over {d['clusters']} articles (n_eff {d['n_eff']:.0f})" if same_articles else "")
+        f" over {d['clusters']} articles (n_eff {d['n_eff']:.0f})" if same_articles else ""
+    )
     if d["ci_high"] >= 0:
         return AMBER, note + ": drop not significant"
     return RED, note
@@ -103,8 +104,19 @@ def _metric_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
         worse = (bv - nv) if higher else (nv - bv)
         tol = _tolerance(r["gate"], m, tolerances, bv)
         status, note = _drop_status(m, r, b) if worse > tol else (GREEN, "")
-        out.append({**row, "metric": m, "baseline": bv, "new": nv, "delta": nv - bv, "tolerance": tol,
-                    "higher_is_better": higher, "status": status, "note": note})
+        out.append(
+            {
+                **row,
+                "metric": m,
+                "baseline": bv,
+                "new": nv,
+                "delta": nv - bv,
+                "tolerance": tol,
+                "higher_is_better": higher,
+                "status": status,
+                "note": note,
+            }
+        )
     return out
 
 
@@ -114,7 +126,11 @@ def _comparison_rows(r: dict, b: dict, tolerances: dict) -> list[dict]:
     why = _not_comparable(r, b)
     if why:
         return [{**row, "metric": NOT_COMPARABLE, "status": AMBER, "note": why}]
-    turned_red = [{**row, "metric": TURNED_RED, "status": RED, "note": "gate turned RED"}] if b["status"] != RED and r["status"] == RED else []
+    turned_red = (
+        [{**row, "metric": TURNED_RED, "status": RED, "note": "gate turned RED"}]
+        if b["status"] != RED and r["status"] == RED
+        else []
+    )
     return turned_red + _metric_rows(r, b, row, tolerances)
 
 
@@ -122,9 +138,19 @@ def _regression_result(ckpt: str | None, ds: str | None, rows: list[dict]) -> Ga
     """The ``regression`` result of one (checkpoint, dataset): the worst of its comparison rows."""
     status = worst(r["status"] for r in rows)
     bad = [r for r in rows if r["status"] != GREEN]
-    msg = "; ".join(f"{r['gate']}.{r['metric']}: {r.get('baseline', r['baseline_status'])} -> {r.get('new', r['new_status'])} [{r['status']}] {r['note']}".strip() for r in bad)
-    return GateResult("regression", status, {"comparisons": rows, "regressed": [f"{r['gate']}.{r['metric']}" for r in bad if r["status"] == RED]},
-                      [], f"regression {status}: {msg}" if bad else "", dataset=ds, checkpoint=ckpt)
+    msg = "; ".join(
+        f"{r['gate']}.{r['metric']}: {r.get('baseline', r['baseline_status'])} -> {r.get('new', r['new_status'])} [{r['status']}] {r['note']}".strip()
+        for r in bad
+    )
+    return GateResult(
+        "regression",
+        status,
+        {"comparisons": rows, "regressed": [f"{r['gate']}.{r['metric']}" for r in bad if r["status"] == RED]},
+        [],
+        f"regression {status}: {msg}" if bad else "",
+        dataset=ds,
+        checkpoint=ckpt,
+    )
 
 
 def compare(new: dict, base: dict, tolerances: dict | None = None) -> list[GateResult]:
@@ -158,11 +184,16 @@ def _cell(v) -> str:
 
 def markdown_table(regressions: list[GateResult]) -> str:
     """A pull-request-comment table: gate, baseline, new, Δ, status."""
-    lines = ["| checkpoint | dataset | gate | metric | baseline | new | Δ | status |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| checkpoint | dataset | gate | metric | baseline | new | Δ | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for res in regressions:
         for r in res.metrics["comparisons"]:
-            lines.append(f"| {res.checkpoint or '-'} | {res.dataset or '-'} | {r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
-                         f"{_cell(r.get('baseline', r['baseline_status']))} | {_cell(r.get('new', r['new_status']))} | {_cell(r.get('delta'))} | {r['status']} |")
+            lines.append(
+                f"| {res.checkpoint or '-'} | {res.dataset or '-'} | {r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
+                f"{_cell(r.get('baseline', r['baseline_status']))} | {_cell(r.get('new', r['new_status']))} | {_cell(r.get('delta'))} | {r['status']} |"
+            )
     return "\n".join(lines)
 
 
@@ -218,8 +249,12 @@ def _regressed_line(r: GateResult, c: dict) -> str:
     if c["metric"] == TURNED_RED:
         what = f"status {c['baseline_status']} -> {c['new_status']}"
     else:
-        what = f"{c['metric']} {c['baseline']:.4g} -> {c['new']:.4g} (Δ {c['delta']:+.4g}, tolerance {c['tolerance']:.3g})"
-    return f"- {_gate_name(c)} · {what} · {r.checkpoint or '-'} on {r.dataset or '-'}" + (f" · {c['note']}" if c.get("note") else "")
+        what = (
+            f"{c['metric']} {c['baseline']:.4g} -> {c['new']:.4g} (Δ {c['delta']:+.4g}, tolerance {c['tolerance']:.3g})"
+        )
+    return f"- {_gate_name(c)} · {what} · {r.checkpoint or '-'} on {r.dataset or '-'}" + (
+        f" · {c['note']}" if c.get("note") else ""
+    )
 
 
 def _red_gate_line(r: dict) -> str:
@@ -235,7 +270,9 @@ def coverage_problems(new_doc: dict, base_doc: dict) -> list[str]:
     if run.get("complete") is False:
         sel = run.get("selection") or {}
         how = ", ".join(f"{k}={v}" for k, v in sel.items() if v) or "gates missing"
-        problems.append(f"NEW comes from a partial run ({how}); gates not run: {', '.join(run.get('gates_missing') or []) or '-'}")
+        problems.append(
+            f"NEW comes from a partial run ({how}); gates not run: {', '.join(run.get('gates_missing') or []) or '-'}"
+        )
 
     def present(doc: dict) -> dict:
         return {_key(r): r for r in doc.get("results", []) if r.get("gate") != "regression" and r.get("status") != SKIP}
@@ -248,14 +285,27 @@ def coverage_problems(new_doc: dict, base_doc: dict) -> list[str]:
     lost = sorted(k for k in set(base_keys) - set(new_keys) if k[1] not in lost_ckpts)
     if lost:
         names = [f"{g}{'/' + sp if sp else ''} ({ck or '-'} on {ds or '-'})" for g, ck, ds, sp in lost]
-        problems.append(f"{len(lost)} gate result(s) of BASELINE missing or SKIPped in NEW: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+        problems.append(
+            f"{len(lost)} gate result(s) of BASELINE missing or SKIPped in NEW: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}"
+        )
     return problems
 
 
-def _summary(status: str, compared: int, regressed: int, red_gates: int, new_name: str, base_name: str, profile_name: str | None,
-             not_comparable: int = 0, problems: list[str] | None = None) -> str:
+def _summary(
+    status: str,
+    compared: int,
+    regressed: int,
+    red_gates: int,
+    new_name: str,
+    base_name: str,
+    profile_name: str | None,
+    not_comparable: int = 0,
+    problems: list[str] | None = None,
+) -> str:
     """The one-line verdict; ``status`` is the verdict's own (``_verdict_status``)."""
-    counted = f"{compared} metric comparison(s)" + (f", {not_comparable} result(s) not comparable" if not_comparable else "")
+    counted = f"{compared} metric comparison(s)" + (
+        f", {not_comparable} result(s) not comparable" if not_comparable else ""
+    )
     if compared == 0:
         return f"**Verdict: RED** — nothing was comparable between {new_name} and {base_name} (0 metrics compared): the check cannot pass."
     if problems:
@@ -267,15 +317,25 @@ def _summary(status: str, compared: int, regressed: int, red_gates: int, new_nam
     return f"**Verdict: GREEN** — no regression in {counted} against {base_name} (profile {profile_name})."
 
 
-def _verdict_status(regressions: list[GateResult], compared: int, regressed: int, red_gates: int, problems: list[str]) -> str:
+def _verdict_status(
+    regressions: list[GateResult], compared: int, regressed: int, red_gates: int, problems: list[str]
+) -> str:
     """RED on a regression, a RED gate in NEW, nothing compared or NEW not covering BASELINE; AMBER when a row is AMBER."""
     if regressed or red_gates or compared == 0 or problems:
         return RED
     return AMBER if worst(r.status for r in regressions) == AMBER else GREEN
 
 
-def check(new_doc: dict, base_doc: dict, tolerances: dict | None = None, *, new_name: str = "NEW", base_name: str = "BASELINE",
-          profile_name: str | None = None, allow_missing: bool = False) -> Verdict:
+def check(
+    new_doc: dict,
+    base_doc: dict,
+    tolerances: dict | None = None,
+    *,
+    new_name: str = "NEW",
+    base_name: str = "BASELINE",
+    profile_name: str | None = None,
+    allow_missing: bool = False,
+) -> Verdict:
     """The regression verdict of results document ``new_doc`` against ``base_doc``.
 
     ``tolerances`` is a profile's ``[regression]`` table (see ``compare``); ``new_name``,
@@ -287,16 +347,39 @@ def check(new_doc: dict, base_doc: dict, tolerances: dict | None = None, *, new_
     comparisons = [(r, c) for r in regressions for c in r.metrics.get("comparisons", [])]
     measured = [c for _, c in comparisons if c.get("metric") != NOT_COMPARABLE]
     regressed = [(r, c) for r, c in comparisons if c.get("status") == RED]
-    not_comparable = [r for r in regressions if any(c.get("metric") == NOT_COMPARABLE for c in r.metrics.get("comparisons", []))]
+    not_comparable = [
+        r for r in regressions if any(c.get("metric") == NOT_COMPARABLE for c in r.metrics.get("comparisons", []))
+    ]
     n_not_comparable = sum(c.get("metric") == NOT_COMPARABLE for _, c in comparisons)
     red_gates = [r for r in new_doc.get("results", []) if r.get("status") == RED and r.get("gate") != "regression"]
     problems = [] if allow_missing else coverage_problems(new_doc, base_doc)
     status = _verdict_status(regressions, len(measured), len(regressed), len(red_gates), problems)
     if profile_name is None:
         profile_name = (new_doc.get("profile") or {}).get("name")
-    summary = _summary(status, len(measured), len(regressed), len(red_gates), new_name, base_name, profile_name, n_not_comparable, problems)
+    summary = _summary(
+        status,
+        len(measured),
+        len(regressed),
+        len(red_gates),
+        new_name,
+        base_name,
+        profile_name,
+        n_not_comparable,
+        problems,
+    )
     exit_code = 1 if status == RED or any(r.status == RED for r in regressions) else 0
-    verdict = Verdict(regressions, len(measured), len(regressed), len(not_comparable), status, exit_code, summary, new_name,
-                      regressed, red_gates, not_comparable)
+    verdict = Verdict(
+        regressions,
+        len(measured),
+        len(regressed),
+        len(not_comparable),
+        status,
+        exit_code,
+        summary,
+        new_name,
+        regressed,
+        red_gates,
+        not_comparable,
+    )
     verdict.problems = problems
     return verdict

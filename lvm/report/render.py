@@ -45,8 +45,10 @@ def _heading(g: dict) -> str:
     fp = (c.get("encoder_fingerprint") or "?")[:12]
     dh = (c.get("dataset_id") or c.get("dataset_hash") or "?")[:12]
     prof = f"{c.get('profile')} v{c.get('profile_version')}" if c.get("profile") else "?"
-    return (f"Group {g['number']}: encoder {fp}… · dataset {', '.join(str(d) for d in g['datasets'])} ({dh}…) · "
-            f"hardware {c.get('hardware_class') or 'any (latency per machine)'} · profile {prof}")
+    return (
+        f"Group {g['number']}: encoder {fp}… · dataset {', '.join(str(d) for d in g['datasets'])} ({dh}…) · "
+        f"hardware {c.get('hardware_class') or 'any (latency per machine)'} · profile {prof}"
+    )
 
 
 # (header, row -> text, key of the status that colours the cell)
@@ -91,10 +93,17 @@ def _markdown_row(r: LeaderboardRow) -> str:
 
 
 def render_markdown(groups: list[dict], sources: list[tuple[Path, dict]], generated: str) -> str:
-    lines = ["# LVM leaderboard", "", f"Generated {generated} from {len(sources)} results file(s): "
-             + ", ".join(f"`{p}` ({d.get('created_at')}, commit {_commit(d)})" for p, d in sources) + ".", "",
-             "Rows are ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware and are not "
-             "ranked against each other. Baseline rows are the null baselines measured by `beats_baselines`.", ""]
+    lines = [
+        "# LVM leaderboard",
+        "",
+        f"Generated {generated} from {len(sources)} results file(s): "
+        + ", ".join(f"`{p}` ({d.get('created_at')}, commit {_commit(d)})" for p, d in sources)
+        + ".",
+        "",
+        "Rows are ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware and are not "
+        "ranked against each other. Baseline rows are the null baselines measured by `beats_baselines`.",
+        "",
+    ]
     for g in groups:
         lines += [f"## {_heading(g)}", "", f"Comparability key `{g['key']}`.", ""]
         heads = [h for h, _, _ in DISPLAY] + ["not GREEN"]
@@ -148,15 +157,24 @@ def _td(text: str, cls: str | None = None, title: str | None = None) -> str:
 
 
 def _html_head(sources: list[tuple[Path, dict]], generated: str) -> list[str]:
-    return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>LVM leaderboard</title>",
-            f"<style>{CSS}</style></head><body>", "<h1>LVM leaderboard</h1>",
-            f'<p class="sources">Generated {html.escape(generated)} from '
-            + ", ".join(f"<code>{html.escape(str(p))}</code> ({html.escape(str(d.get('created_at')))}, commit "
-                        f"{html.escape(_commit(d))})" for p, d in sources) + "</p>",
-            '<p class="legend"><span class="l" style="background:#c8ecc9">GREEN healthy</span><span style="background:#ffe3a3">AMBER look before you ship</span>'
-            '<span style="background:#f7b4ae">RED do not merge</span><span style="background:#f7f7f7"><i>baseline</i> null baseline, no status</span></p>',
-            '<p class="meta">Ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware and are never ranked '
-            "against each other. Metric cells take the colour of the gate that measured them; the gate columns show every gate's status.</p>"]
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>LVM leaderboard</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>LVM leaderboard</h1>",
+        f'<p class="sources">Generated {html.escape(generated)} from '
+        + ", ".join(
+            f"<code>{html.escape(str(p))}</code> ({html.escape(str(d.get('created_at')))}, commit "
+            f"{html.escape(_commit(d))})"
+            for p, d in sources
+        )
+        + "</p>",
+        '<p class="legend"><span class="l" style="background:#c8ecc9">GREEN healthy</span><span style="background:#ffe3a3">AMBER look before you ship</span>'
+        '<span style="background:#f7b4ae">RED do not merge</span><span style="background:#f7f7f7"><i>baseline</i> null baseline, no status</span></p>',
+        '<p class="meta">Ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware and are never ranked '
+        "against each other. Metric cells take the colour of the gate that measured them; the gate columns show every gate's status.</p>",
+    ]
 
 
 def _html_row(r: LeaderboardRow, gates: list[str]) -> str:
@@ -177,13 +195,17 @@ def _html_row(r: LeaderboardRow, gates: list[str]) -> str:
 
 def _html_group(g: dict, gates: list[str]) -> list[str]:
     key = html.escape(g["key"])
-    return [f'<h2 id="group-{g["number"]}">{html.escape(_heading(g))}</h2>',
-            f'<p class="meta">comparability key <code>{key}</code></p>',
-            f'<div class="wrap"><table class="leaderboard" id="leaderboard-group-{g["number"]}" data-comparability-key="{key}">',
-            "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in DISPLAY)
-            + "".join(f'<th class="gate">{html.escape(x)}</th>' for x in gates) + "</tr></thead><tbody>",
-            *(_html_row(r, gates) for r in g["rows"]),
-            "</tbody></table></div>"]
+    return [
+        f'<h2 id="group-{g["number"]}">{html.escape(_heading(g))}</h2>',
+        f'<p class="meta">comparability key <code>{key}</code></p>',
+        f'<div class="wrap"><table class="leaderboard" id="leaderboard-group-{g["number"]}" data-comparability-key="{key}">',
+        "<thead><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in DISPLAY)
+        + "".join(f'<th class="gate">{html.escape(x)}</th>' for x in gates)
+        + "</tr></thead><tbody>",
+        *(_html_row(r, gates) for r in g["rows"]),
+        "</tbody></table></div>",
+    ]
 
 
 def _html_plot(title: str, png: str | None, caption: str) -> str:
@@ -192,8 +214,13 @@ def _html_plot(title: str, png: str | None, caption: str) -> str:
     return f"<figure><figcaption>{html.escape(title)}: no data in these results.</figcaption></figure>"
 
 
-def render_html(groups: list[dict], rows: list[LeaderboardRow], plots: list[tuple[str, str | None, str]], sources: list[tuple[Path, dict]],
-                generated: str) -> str:
+def render_html(
+    groups: list[dict],
+    rows: list[LeaderboardRow],
+    plots: list[tuple[str, str | None, str]],
+    sources: list[tuple[Path, dict]],
+    generated: str,
+) -> str:
     """The page: ``plots`` are (title, base64 PNG or None, caption)."""
     gates = _gate_columns(rows)
     out = _html_head(sources, generated)

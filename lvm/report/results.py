@@ -97,8 +97,13 @@ def provenance(seed: int = 0) -> dict:
     }
 
 
-def comparability(encoder_fingerprint: str | None, dataset_id: str | None, profile_name: str, profile_version: int,
-                  hw_class: str | None = None) -> tuple[dict, str]:
+def comparability(
+    encoder_fingerprint: str | None,
+    dataset_id: str | None,
+    profile_name: str,
+    profile_version: int,
+    hw_class: str | None = None,
+) -> tuple[dict, str]:
     """(comparability dict, its key). Two results compare when their keys agree (and their vector
     sketches agree within ``SKETCH_TOLERANCE``, see ``lvm.report.regression``).
 
@@ -106,8 +111,12 @@ def comparability(encoder_fingerprint: str | None, dataset_id: str | None, profi
     machine-stable identity (``Dataset.identity``: texts, ids, positions, splits, encoder; not the
     vectors' low bits) and the profile. ``hw_class`` is given for hardware-bound gates (latency) only.
     """
-    comp = {"encoder_fingerprint": encoder_fingerprint, "dataset_id": dataset_id, "profile": profile_name,
-            "profile_version": profile_version}
+    comp = {
+        "encoder_fingerprint": encoder_fingerprint,
+        "dataset_id": dataset_id,
+        "profile": profile_name,
+        "profile_version": profile_version,
+    }
     if hw_class is not None:
         comp["hardware_class"] = hw_class
     key = hashlib.sha256(json.dumps(comp, sort_keys=True).encode()).hexdigest()[:16]
@@ -134,15 +143,17 @@ def summarize(results: list[dict]) -> dict:
 
 
 def build_document(results: list[dict], profile_name: str, profile_version: int, seed: int = 0) -> dict:
-    return _clean({
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created_at": utc_timestamp(),
-        "provenance": provenance(seed),
-        "profile": {"name": profile_name, "version": profile_version},
-        "results": results,
-        "summary": summarize(results),
-    })
+    return _clean(
+        {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created_at": utc_timestamp(),
+            "provenance": provenance(seed),
+            "profile": {"name": profile_name, "version": profile_version},
+            "results": results,
+            "summary": summarize(results),
+        }
+    )
 
 
 def write_results(path: str | Path, doc: dict) -> Path:

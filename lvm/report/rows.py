@@ -25,15 +25,47 @@ from lvm.report.results import dataset_label, read_results
 STATUSES = (GREEN, AMBER, RED)
 MODEL, BASELINE = "model", "baseline"  # a row's kind
 RETRIEVAL_METRICS = ("contain_at_50", "r_at_5", "eff_at_5", "mrr_at_50")
-LOSS_TERMS = (("lambda_mse", "MSE"), ("lambda_cos", "Cos"), ("lambda_info", "InfoNCE"), ("lambda_moment", "Moment"), ("lambda_variance", "Var"))
+LOSS_TERMS = (
+    ("lambda_mse", "MSE"),
+    ("lambda_cos", "Cos"),
+    ("lambda_info", "InfoNCE"),
+    ("lambda_moment", "Moment"),
+    ("lambda_variance", "Var"),
+)
 
 # A row's public columns, in CSV order (gate_<id> status columns follow, in the gate table's order).
 COLUMNS = (
-    "group", "rank", "kind", "checkpoint", "dataset", "model_type", "val_cosine", "val_ci_low", "val_ci_high",
-    "ood_cosine", "ood_ci_low", "ood_ci_high", "delta_ood_minus_val", "p95_ms", "n_params", "loss", "date",
-    "margin", "margin_ci_low", "margin_ci_high", "best_baseline", *RETRIEVAL_METRICS, "status",
-    "epochs", "checkpoint_path", "results_file", "comparability_key", "encoder_fingerprint", "dataset_hash",
-    "hardware_class", "profile",
+    "group",
+    "rank",
+    "kind",
+    "checkpoint",
+    "dataset",
+    "model_type",
+    "val_cosine",
+    "val_ci_low",
+    "val_ci_high",
+    "ood_cosine",
+    "ood_ci_low",
+    "ood_ci_high",
+    "delta_ood_minus_val",
+    "p95_ms",
+    "n_params",
+    "loss",
+    "date",
+    "margin",
+    "margin_ci_low",
+    "margin_ci_high",
+    "best_baseline",
+    *RETRIEVAL_METRICS,
+    "status",
+    "epochs",
+    "checkpoint_path",
+    "results_file",
+    "comparability_key",
+    "encoder_fingerprint",
+    "dataset_hash",
+    "hardware_class",
+    "profile",
 )
 
 
@@ -81,7 +113,9 @@ class LeaderboardRow:
     gates: dict[str, str] = field(default_factory=dict, repr=False)  # gate id -> status
     comparability: dict = field(default_factory=dict, repr=False)
     created: str = field(default="", repr=False)  # for deduplication: the newest file wins
-    cell_status: dict[str, str | None] = field(default_factory=dict, repr=False)  # column -> status of the gate that measured it
+    cell_status: dict[str, str | None] = field(
+        default_factory=dict, repr=False
+    )  # column -> status of the gate that measured it
     history: dict | None = field(default=None, repr=False)
     sweep: dict | None = field(default=None, repr=False)  # offset-sweep profile on val: k -> mean cosine
     ctx: int | None = field(default=None, repr=False)
@@ -98,7 +132,9 @@ class LeaderboardRow:
 
 def load_documents(paths: list[Path]) -> list[tuple[Path, dict]]:
     if not paths:
-        raise LvmError("no results files given (expected one or more gate results JSON files, e.g. reports/gate_results.json)")
+        raise LvmError(
+            "no results files given (expected one or more gate results JSON files, e.g. reports/gate_results.json)"
+        )
     return [(Path(p), read_results(p)) for p in paths]
 
 
@@ -174,10 +210,12 @@ def _attribute(r: dict, rows: dict[tuple, list], data: dict[str, list]) -> list:
     placed goes to every row of its file, so that a crash is never hidden.
     """
     node = r.get("nodeid") or ""
-    params = node[node.find("[") + 1:] if "[" in node else ""
+    params = node[node.find("[") + 1 :] if "[" in node else ""
 
-    def named(prefix: str) -> bool:  # "wiki-minilm-amn" names [wiki-minilm-amn] and [wiki-minilm-amn-val], not [wiki-minilm-amn2]
-        return params.startswith(prefix) and params[len(prefix):len(prefix) + 1] in ("]", "-")
+    def named(
+        prefix: str,
+    ) -> bool:  # "wiki-minilm-amn" names [wiki-minilm-amn] and [wiki-minilm-amn-val], not [wiki-minilm-amn2]
+        return params.startswith(prefix) and params[len(prefix) : len(prefix) + 1] in ("]", "-")
 
     if "test_data_gates" in node:
         hits = [lst for ds, lst in data.items() if ds and named(ds)]
@@ -251,17 +289,34 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     for ds, res in data.items():
         coh = _cell(res, "coherence")
         if coh and isinstance(coh["metrics"].get("histogram"), dict):
-            out.append({"dataset": ds, "group": _group_of(res, ds)[0], "dataset_hash": coh.get("dataset_hash") or (coh.get("comparability") or {}).get("dataset_hash"),
-                        "histogram": coh["metrics"]["histogram"], "created_at": created})
+            out.append(
+                {
+                    "dataset": ds,
+                    "group": _group_of(res, ds)[0],
+                    "dataset_hash": coh.get("dataset_hash") or (coh.get("comparability") or {}).get("dataset_hash"),
+                    "histogram": coh["metrics"]["histogram"],
+                    "created_at": created,
+                }
+            )
     return out
 
 
 def _shared(path: Path, ds: str | None, key: str, comp: dict, created: str | None, meta: dict | None) -> dict:
     """The fields a model row and its baseline rows share: group, dataset, provenance."""
-    return {"group": key, "dataset": ds, "date": created, "results_file": str(path), "comparability_key": key,
-            "encoder_fingerprint": comp.get("encoder_fingerprint"), "dataset_hash": comp.get("dataset_id") or comp.get("dataset_hash"),
-            "hardware_class": comp.get("hardware_class"), "profile": comp.get("profile"),
-            "comparability": comp, "created": created or "", "ctx": (meta or {}).get("ctx")}
+    return {
+        "group": key,
+        "dataset": ds,
+        "date": created,
+        "results_file": str(path),
+        "comparability_key": key,
+        "encoder_fingerprint": comp.get("encoder_fingerprint"),
+        "dataset_hash": comp.get("dataset_id") or comp.get("dataset_hash"),
+        "hardware_class": comp.get("hardware_class"),
+        "profile": comp.get("profile"),
+        "comparability": comp,
+        "created": created or "",
+        "ctx": (meta or {}).get("ctx"),
+    }
 
 
 def _model_info(path: Path, ckpt: str, ckpt_path: str | None, models: dict) -> tuple[dict | None, dict, dict | None]:
@@ -270,7 +325,12 @@ def _model_info(path: Path, ckpt: str, ckpt_path: str | None, models: dict) -> t
     entry = models.get(ckpt) if isinstance(models, dict) else None
     if isinstance(entry, dict) and isinstance(entry.get("card"), dict):
         card = entry["card"]
-        meta = {"model_type": card.get("type"), "n_params": card.get("n_params"), "ctx": card.get("ctx"), "min_ctx": card.get("min_ctx")}
+        meta = {
+            "model_type": card.get("type"),
+            "n_params": card.get("n_params"),
+            "ctx": card.get("ctx"),
+            "min_ctx": card.get("min_ctx"),
+        }
         history = entry.get("history") if isinstance(entry.get("history"), dict) else None
         loss = card.get("loss_config") or (history or {}).get("loss_config")
         return meta, {"loss": loss, "model": card.get("type")}, history
@@ -280,8 +340,15 @@ def _model_info(path: Path, ckpt: str, ckpt_path: str | None, models: dict) -> t
     return meta, config, history
 
 
-def _model_row(path: Path, ckpt: str, ds: str | None, res: list[dict], data_res: list[dict], created: str | None,
-               models: dict | None = None) -> tuple[LeaderboardRow, dict | None]:
+def _model_row(
+    path: Path,
+    ckpt: str,
+    ds: str | None,
+    res: list[dict],
+    data_res: list[dict],
+    created: str | None,
+    models: dict | None = None,
+) -> tuple[LeaderboardRow, dict | None]:
     """(the checkpoint's row, its checkpoint metadata) from its results and its dataset's data gates."""
     key, comp = _group_of(res, ds, data_res)
     val, ood = _cell(res, "val_cosine"), _cell(res, "ood_cosine")
@@ -293,21 +360,38 @@ def _model_row(path: Path, ckpt: str, ds: str | None, res: list[dict], data_res:
     vc, oc = _metric(val, "val_cosine"), _metric(ood, "ood_cosine")
     ood_minus_val = _metric(ood, "ood_minus_val")
     row = LeaderboardRow(
-        kind=MODEL, checkpoint=ckpt, model_type=model_type,
-        val_cosine=vc, val_ci_low=_metric(val, "val_cosine_ci_low"), val_ci_high=_metric(val, "val_cosine_ci_high"),
-        ood_cosine=oc, ood_ci_low=_metric(ood, "ood_cosine_ci_low"), ood_ci_high=_metric(ood, "ood_cosine_ci_high"),
+        kind=MODEL,
+        checkpoint=ckpt,
+        model_type=model_type,
+        val_cosine=vc,
+        val_ci_low=_metric(val, "val_cosine_ci_low"),
+        val_ci_high=_metric(val, "val_cosine_ci_high"),
+        ood_cosine=oc,
+        ood_ci_low=_metric(ood, "ood_cosine_ci_low"),
+        ood_ci_high=_metric(ood, "ood_cosine_ci_high"),
         delta_ood_minus_val=ood_minus_val if ood_minus_val is not None else _minus(oc, vc),
-        p95_ms=_metric(lat, "p95_ms"), n_params=_metric(integ, "n_params") or (meta or {}).get("n_params"),
+        p95_ms=_metric(lat, "p95_ms"),
+        n_params=_metric(integ, "n_params") or (meta or {}).get("n_params"),
         loss=loss_summary(config.get("loss"), model_type),
-        margin=_metric(beats_val, "margin"), margin_ci_low=_metric(beats_val, "margin_ci_low"),
-        margin_ci_high=_metric(beats_val, "margin_ci_high"), best_baseline=_metric(beats_val, "best_baseline"),
+        margin=_metric(beats_val, "margin"),
+        margin_ci_low=_metric(beats_val, "margin_ci_low"),
+        margin_ci_high=_metric(beats_val, "margin_ci_high"),
+        best_baseline=_metric(beats_val, "best_baseline"),
         **{k: _metric(ret, k) for k in RETRIEVAL_METRICS},
         status=worst(r["status"] for r in res + data_res),
-        epochs=len(trained_epochs(history)) if history else None, checkpoint_path=ckpt_path,
+        epochs=len(trained_epochs(history)) if history else None,
+        checkpoint_path=ckpt_path,
         gates=_gate_statuses(res + data_res),
-        cell_status={"val_cosine": _st(val), "ood_cosine": _st(ood), "p95_ms": _st(lat), "n_params": _st(integ),
-                     "margin": _st(beats_val), **{k: _st(ret) for k in RETRIEVAL_METRICS}},
-        history=history, sweep=_metric(_cell(res, "offset_sweep", "val"), "profile"),
+        cell_status={
+            "val_cosine": _st(val),
+            "ood_cosine": _st(ood),
+            "p95_ms": _st(lat),
+            "n_params": _st(integ),
+            "margin": _st(beats_val),
+            **{k: _st(ret) for k in RETRIEVAL_METRICS},
+        },
+        history=history,
+        sweep=_metric(_cell(res, "offset_sweep", "val"), "profile"),
         **_shared(path, ds, key, comp, created, meta),
     )
     return row, meta
@@ -317,14 +401,40 @@ def _baseline_rows(row: LeaderboardRow, res: list[dict], meta: dict | None) -> l
     """The null baselines ``beats_baselines`` measured beside a checkpoint, one row each."""
     bval = _metric(_cell(res, "beats_baselines", "val"), "baselines") or {}
     bood = _metric(_cell(res, "beats_baselines", "ood"), "baselines") or {}
-    shared = {k: getattr(row, k) for k in ("group", "dataset", "date", "results_file", "comparability_key", "encoder_fingerprint",
-                                           "dataset_hash", "hardware_class", "profile", "comparability", "created", "ctx")}
+    shared = {
+        k: getattr(row, k)
+        for k in (
+            "group",
+            "dataset",
+            "date",
+            "results_file",
+            "comparability_key",
+            "encoder_fingerprint",
+            "dataset_hash",
+            "hardware_class",
+            "profile",
+            "comparability",
+            "created",
+            "ctx",
+        )
+    }
     out = []
     for name in sorted(set(bval) | set(bood)):
         bv, bo = bval.get(name), bood.get(name)
-        out.append(LeaderboardRow(kind=BASELINE, checkpoint=name, model_type=name, val_cosine=bv, ood_cosine=bo,
-                                  delta_ood_minus_val=_minus(bo, bv), loss=loss_summary(None, name), status=None,
-                                  min_ctx=(meta or {}).get("min_ctx"), **shared))
+        out.append(
+            LeaderboardRow(
+                kind=BASELINE,
+                checkpoint=name,
+                model_type=name,
+                val_cosine=bv,
+                ood_cosine=bo,
+                delta_ood_minus_val=_minus(bo, bv),
+                loss=loss_summary(None, name),
+                status=None,
+                min_ctx=(meta or {}).get("min_ctx"),
+                **shared,
+            )
+        )
     return out
 
 

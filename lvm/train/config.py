@@ -22,7 +22,10 @@ class TrainConfig:
     model: str = field(default="amn", metadata={"help": "architecture or null baseline"})
     model_config: dict = field(
         default_factory=dict,
-        metadata={"help": """overrides of the architecture's defaults, e.g. '{"hidden_dim": 512}'""", "metavar": "JSON"},
+        metadata={
+            "help": """overrides of the architecture's defaults, e.g. '{"hidden_dim": 512}'""",
+            "metavar": "JSON",
+        },
     )
     ctx: int = field(default=5, metadata={"help": "context length: chunks read before the one predicted"})
     min_ctx: int = field(default=1, metadata={"help": "shortest context that makes a sequence"})
@@ -33,16 +36,27 @@ class TrainConfig:
     warmup_frac: float = field(default=0.05, metadata={"help": "share of steps with linear LR warm-up"})
     min_lr_ratio: float = field(default=0.05, metadata={"help": "cosine decay floor, as a share of the learning rate"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm, as in the seeds (0: no clipping)"})
-    ema_decay: float = field(default=0.999, metadata={"help": "EMA of weights for eval and checkpoints, as in the seeds (0: off)"})
-    max_per_article: int = field(default=2, metadata={"help": "cap of items per article per batch, the seeds' triage (0: no cap)"})
+    ema_decay: float = field(
+        default=0.999, metadata={"help": "EMA of weights for eval and checkpoints, as in the seeds (0: off)"}
+    )
+    max_per_article: int = field(
+        default=2, metadata={"help": "cap of items per article per batch, the seeds' triage (0: no cap)"}
+    )
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "loss weights and their settings"})
     seed: int = field(default=0, metadata={"help": "seed of the initial weights and the batch order"})
-    warm_start: str | None = field(default=None, metadata={"help": "initialise from a checkpoint (same type and config)", "metavar": "CKPT"})
-    warm_start_lr_scale: float = field(default=0.5, metadata={"help": "learning-rate factor when warm-starting, as in the seeds"})
-    gate_profile: str | None = field(
-        default=None, metadata={"help": "kill-switch thresholds, a profile name or .toml path (default: from the dataset's encoder)"}
+    warm_start: str | None = field(
+        default=None, metadata={"help": "initialise from a checkpoint (same type and config)", "metavar": "CKPT"}
     )
-    kill_switches: bool = field(default=True, metadata={"help": "abort on the gate profile's epoch schedule and OOD sentinel"})
+    warm_start_lr_scale: float = field(
+        default=0.5, metadata={"help": "learning-rate factor when warm-starting, as in the seeds"}
+    )
+    gate_profile: str | None = field(
+        default=None,
+        metadata={"help": "kill-switch thresholds, a profile name or .toml path (default: from the dataset's encoder)"},
+    )
+    kill_switches: bool = field(
+        default=True, metadata={"help": "abort on the gate profile's epoch schedule and OOD sentinel"}
+    )
     eval_batch_size: int = field(default=2048, metadata={"help": "batch size of the val and OOD evaluations"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
@@ -103,7 +117,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, title: str,
         if is_dataclass(kind):
             nested.append((f.name, kind))
             continue
-        help_text = f.metadata["help"] + (" (default %(default)s)" if isinstance(default, (bool, int, float, str)) else "")
+        help_text = f.metadata["help"] + (
+            " (default %(default)s)" if isinstance(default, (bool, int, float, str)) else ""
+        )
         kw = {"dest": f.name, "default": default, "help": help_text}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction

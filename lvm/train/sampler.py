@@ -12,8 +12,14 @@ from collections import Counter, deque
 import numpy as np
 
 
-def article_capped_batches(article_ids: np.ndarray, batch_size: int, max_per_article: int | None, seed: int, epoch: int,
-                           limit: int | None = None) -> list[np.ndarray]:
+def article_capped_batches(
+    article_ids: np.ndarray,
+    batch_size: int,
+    max_per_article: int | None,
+    seed: int,
+    epoch: int,
+    limit: int | None = None,
+) -> list[np.ndarray]:
     """Indices 0..N-1 shuffled (from ``seed`` and ``epoch``) into batches of ``batch_size``.
 
     Every item appears exactly once. No batch holds more than ``max_per_article`` items of one

@@ -14,8 +14,8 @@ EMA_WARMUP = 10  # EMA decay ramps as (1+t)/(EMA_WARMUP+t) so early epochs are n
 def lr_lambda(total_steps: int, warmup_frac: float, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier for ``LambdaLR``, with W = max(1, ⌊total_steps·warmup_frac⌋) warm-up steps:
 
-        f(s) = (s + 1) / W                                      s < W
-        f(s) = r + (1 − r)·½·(1 + cos(π·min(1, (s − W)/(T − W))))   otherwise, r = min_ratio
+    f(s) = (s + 1) / W                                      s < W
+    f(s) = r + (1 − r)·½·(1 + cos(π·min(1, (s − W)/(T − W))))   otherwise, r = min_ratio
     """
     warm = max(1, int(total_steps * warmup_frac))
 

@@ -62,7 +62,9 @@ class KillSwitch(Exception):
     """Raised (after everything is saved) when a training-time gate aborts the run."""
 
     def __init__(self, event: dict):
-        super().__init__(f"kill switch: {event['gate']} at epoch {event['epoch']}: {event['value']:.4f} < {event['threshold']}")
+        super().__init__(
+            f"kill switch: {event['gate']} at epoch {event['epoch']}: {event['value']:.4f} < {event['threshold']}"
+        )
         self.event = event
 
 
@@ -89,8 +91,13 @@ def check_kill_switches(
     row = {"epoch": epoch, "val_cosine": val_cos, "ood_cosine": ood_cos}
     events = [
         {
-            "gate": f"training.{v['metric']}", "epoch": epoch, "value": round(float(v["value"]), 6),
-            "threshold": v["threshold"], "action": v["action"], "status": v["status"], "why": v["why"],
+            "gate": f"training.{v['metric']}",
+            "epoch": epoch,
+            "value": round(float(v["value"]), 6),
+            "threshold": v["threshold"],
+            "action": v["action"],
+            "status": v["status"],
+            "why": v["why"],
             "profile": profile.name,
         }
         for v in profile.schedule_violations([row])
@@ -126,7 +133,9 @@ class Trainer:
             raise LvmError(f"unknown model type {cfg.model!r}; known: {', '.join([*MODEL_TYPES, *BASELINES])}")
         # only rank 0 checks: it starts writing the folder at once, and other ranks would see that
         if self.is_main and self.out.exists() and not resume and any(self.out.iterdir()):
-            raise LvmError(f"run folder {self.out} already exists: pass --resume to continue it or choose another --out")
+            raise LvmError(
+                f"run folder {self.out} already exists: pass --resume to continue it or choose another --out"
+            )
         if resume and not (self.out / "resume.pt").is_file():
             raise LvmError(f"nothing to resume in {self.out} (no resume.pt)")
         self.resume = resume
@@ -196,15 +205,28 @@ class Trainer:
             )
         val = evaluate(model, self.val_view, self.cfg.loss, self.cfg.eval_batch_size)
         ood = evaluate(model, self.ood_view, None, self.cfg.eval_batch_size) if len(self.ood_view) else {"cosine": None}
-        row = {"epoch": 0, "val_cosine": val["cosine"], "val_loss": val["loss"], "ood_cosine": ood["cosine"], "seconds": time.perf_counter() - t0}
-        history = self._history_head(model) | {"epochs": [row], "status": "completed", "best_epoch": 0, "best_val_cosine": val["cosine"]}
+        row = {
+            "epoch": 0,
+            "val_cosine": val["cosine"],
+            "val_loss": val["loss"],
+            "ood_cosine": ood["cosine"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history = self._history_head(model) | {
+            "epochs": [row],
+            "status": "completed",
+            "best_epoch": 0,
+            "best_val_cosine": val["cosine"],
+        }
         metrics = {"val_cosine": val["cosine"], "ood_cosine": ood["cosine"]}
         if self.is_main:
             write_json_atomic(self.out / "config.json", self.cfg.to_dict())
             for stem in ("best", "last"):
                 save_checkpoint(self.out / stem, model, self._ckpt_meta(model, 0, metrics))
             self._write_history(history)
-        self.log.info(f"{self.cfg.model}: val cosine {val['cosine']:.4f}, ood cosine {ood['cosine'] if ood['cosine'] is None else round(ood['cosine'], 4)}")
+        self.log.info(
+            f"{self.cfg.model}: val cosine {val['cosine']:.4f}, ood cosine {ood['cosine'] if ood['cosine'] is None else round(ood['cosine'], 4)}"
+        )
         return history
 
     def _history_head(self, model: nn.Module) -> dict:
@@ -253,7 +275,9 @@ class Trainer:
             abort = self._check_kill_switches(run, epoch, val, ood)
             self._save_epoch(run, epoch, metrics, improved, abort)
             if abort:
-                self.log.info(f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; checkpoints kept in {self.out}")
+                self.log.info(
+                    f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; checkpoints kept in {self.out}"
+                )
                 raise KillSwitch(abort)
         return self._finish(run)
 
@@ -269,14 +293,25 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            train_model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            train_model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-        batches_per_epoch = len(article_capped_batches(self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, 1))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(batches_per_epoch * cfg.epochs, cfg.warmup_frac, cfg.min_lr_ratio))
+        batches_per_epoch = len(
+            article_capped_batches(self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, 1)
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(batches_per_epoch * cfg.epochs, cfg.warmup_frac, cfg.min_lr_ratio)
+        )
         ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         adaptive = cfg.loss.make_adaptive()
         eval_model = make_model(cfg.model, self._model_config()).to(self.device)
-        history = self._history_head(model) | {"epochs": [], "status": "running", "best_epoch": None, "best_val_cosine": None}
+        history = self._history_head(model) | {
+            "epochs": [],
+            "status": "running",
+            "best_epoch": None,
+            "best_val_cosine": None,
+        }
         run = RunState(model, train_model, eval_model, opt, sched, ema, adaptive, history)
         if self.resume:
             self._restore(run)
@@ -308,7 +343,9 @@ class Trainer:
         warm, warm_meta = load_checkpoint(cfg.warm_start)
         check_compatible(warm_meta, self.ds)
         if warm_meta["model_type"] != cfg.model or warm_meta["model_config"] != config_dict(model):
-            raise LvmError(f"warm start {cfg.warm_start}: a {warm_meta['model_type']} with another config cannot initialise this {cfg.model}")
+            raise LvmError(
+                f"warm start {cfg.warm_start}: a {warm_meta['model_type']} with another config cannot initialise this {cfg.model}"
+            )
         model.load_state_dict(warm.state_dict())
         return cfg.lr * cfg.warm_start_lr_scale
 
@@ -338,12 +375,20 @@ class Trainer:
 
         cfg = self.cfg
         run.model.train()
-        batches = article_capped_batches(self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, epoch)
+        batches = article_capped_batches(
+            self.train_view.article_ids, cfg.batch_size, cfg.max_per_article, cfg.seed, epoch
+        )
         if self.world > 1:
             batches = [b[self.rank :: self.world] for b in batches if len(b) >= self.world]
         sums = {k: 0.0 for k in (*COMPONENTS, "total", "lambda_info", "cosine")}
         seen = 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (self.progress and self.is_main), leave=False)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            disable=not (self.progress and self.is_main),
+            leave=False,
+        )
         for idx in bar:
             comps = self._train_step(run, idx, epoch)
             for k in sums:
@@ -360,7 +405,9 @@ class Trainer:
         pred = run.train_model(x, mask)
         loss, comps = compute_loss(pred, y, cfg.loss, art, run.adaptive)
         if not math.isfinite(comps["total"]):
-            raise LvmError(f"epoch {epoch}: loss became {comps['total']} (NaN/Inf); lower the learning rate or check the data")
+            raise LvmError(
+                f"epoch {epoch}: loss became {comps['total']} (NaN/Inf); lower the learning rate or check the data"
+            )
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -385,7 +432,15 @@ class Trainer:
         return val, ood
 
     def _epoch_row(
-        self, run: RunState, epoch: int, sums: dict, seen: int, val: dict, ood: dict | None, seconds: float, train_seconds: float
+        self,
+        run: RunState,
+        epoch: int,
+        sums: dict,
+        seen: int,
+        val: dict,
+        ood: dict | None,
+        seconds: float,
+        train_seconds: float,
     ) -> dict:
         """The epoch's row of training_history.json: means over its sequences, val/OOD scores, LR, speed."""
         row = {
@@ -429,7 +484,9 @@ class Trainer:
         events, abort = check_kill_switches(self.profile, epoch, val["cosine"], ood["cosine"] if ood else None)
         run.history["events"].extend(events)
         for e in events:
-            self.log.info(f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} ({e['action']}): {e['why']}")
+            self.log.info(
+                f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} ({e['action']}): {e['why']}"
+            )
         return abort
 
     def _save_epoch(self, run: RunState, epoch: int, metrics: dict, improved: bool, abort: dict | None) -> None:
@@ -443,14 +500,21 @@ class Trainer:
             run.history["status"], run.history["aborted"] = "aborted", abort
         self._write_history(run.history)  # history before resume.pt: a resumed run never lacks rows
         state = {
-            "epoch": epoch, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
-            "scheduler": run.sched.state_dict(), "ema": run.ema.shadow if run.ema else {}, "ema_steps": run.ema.steps if run.ema else 0,
-            "adaptive": run.adaptive.state_dict() if run.adaptive else {}, "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "ema": run.ema.shadow if run.ema else {},
+            "ema_steps": run.ema.steps if run.ema else 0,
+            "adaptive": run.adaptive.state_dict() if run.adaptive else {},
+            "torch_rng": torch.get_rng_state(),
         }
         write_atomic(self.out / "resume.pt", lambda tmp: torch.save(state, tmp))
 
     def _finish(self, run: RunState) -> dict:
         run.history["status"] = "completed"
         self._write_history(run.history)
-        self.log.info(f"done: best val cosine {run.history['best_val_cosine']:.4f} at epoch {run.history['best_epoch']} -> {self.out}")
+        self.log.info(
+            f"done: best val cosine {run.history['best_val_cosine']:.4f} at epoch {run.history['best_epoch']} -> {self.out}"
+        )
         return run.history
