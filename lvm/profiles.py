@@ -102,20 +102,25 @@ def shipped_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
-def load_profile(name_or_path: str) -> Profile:
+def load_profile(name_or_path: str, _chain: tuple = ()) -> Profile:
     path = Path(name_or_path)
-    if not path.suffix == ".toml" or not path.is_file():
+    if path.suffix != ".toml" or not path.is_file():
         path = PROFILE_DIR / f"{name_or_path}.toml"
     if not path.is_file():
         raise LvmError(f"gate profile {name_or_path!r} not found; shipped profiles: {', '.join(shipped_profiles())}")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise LvmError(f"{path}: invalid TOML ({exc})") from None
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise LvmError(f"{path}: invalid TOML ({str(exc)[:160]})") from None
+    from lvm import schemas
+
+    schemas.validate(schemas.ProfileDoc, data, str(path))
     head = data.get("profile", {})
     if head.get("extends"):
         # a profile overrides whole tables of the profile it extends: gates.<id>, training, regression
-        base = load_profile(head["extends"]).data
+        if str(path.resolve()) in _chain or len(_chain) > 8:
+            raise LvmError(f"{path}: profile.extends forms a cycle ({' -> '.join(map(str, (*_chain, path)))})")
+        base = load_profile(head["extends"], (*_chain, str(path.resolve()))).data
         merged = {**base, **{k: v for k, v in data.items() if k != "gates"}}
         merged["gates"] = {**base.get("gates", {}), **data.get("gates", {})}
         merged["training"] = data.get("training", base.get("training", {}))

@@ -271,30 +271,27 @@ class Dataset:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        meta_path = self.path / "meta.json"
+        from lvm import schemas
+
         if not self.path.is_dir():
             raise LvmError(f"dataset {self.path} not found (build one with `lvm build-data --out {self.path}`)")
+        meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise LvmError(f"{self.path} is not a dataset folder (no meta.json): incomplete or not built by lvm")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise LvmError(f"{meta_path}: corrupt JSON ({exc})") from None
-        version = self.meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise LvmError(f"{self.path}: dataset format version {version}, this lvm reads {FORMAT_VERSION}; rebuild it")
+        raw = schemas.read_json(meta_path, "a dataset's meta.json")
+        if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
+            raise LvmError(f"{self.path}: dataset format version {raw.get('format_version')}, this lvm reads {FORMAT_VERSION}; rebuild it")
+        checked = schemas.validate(schemas.DatasetMeta, raw, str(meta_path))
+        self.meta = raw
         try:
             self.vectors = VectorBank(self.path / "vectors.npy")
-            self.article_id = np.load(self.path / "article_id.npy")
-            self.position = np.load(self.path / "position.npy")
-            self.split = np.load(self.path / "split.npy")
+            self.article_id = np.load(self.path / "article_id.npy", allow_pickle=False)
+            self.position = np.load(self.path / "position.npy", allow_pickle=False)
+            self.split = np.load(self.path / "split.npy", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise LvmError(f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {exc})") from None
-        n = len(self.vectors)
-        if self.vectors.ndim != 2 or self.vectors.shape[1] != self.meta.get("dim"):
-            raise LvmError(f"{self.path}: vectors have shape {self.vectors.shape}, meta says dim {self.meta.get('dim')}")
-        if not (len(self.article_id) == len(self.position) == len(self.split) == n == self.meta["counts"]["chunks"]):
-            raise LvmError(f"{self.path}: per-chunk arrays disagree in length with the {n} vectors (truncated copy?)")
+            raise LvmError(f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})") from None
+        schemas.check_dataset_arrays(self.path, self.vectors, self.article_id, self.position, self.split, checked)
+        schemas.check_finite(self.path, self.vectors)
 
     @property
     def dim(self) -> int:

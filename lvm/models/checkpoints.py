@@ -76,11 +76,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint_meta(path: str | Path) -> dict:
+    """The checkpoint's JSON, checked against ``lvm.schemas.CheckpointMeta`` (types, ranges, sizes)."""
+    from lvm import schemas
+
     p = resolve_checkpoint(path)
-    try:
-        meta = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LvmError(f"{p}: corrupt checkpoint config ({exc})") from None
+    meta = schemas.read_json(p, "an lvm checkpoint config")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise LvmError(f"{p}: not an lvm checkpoint config")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
@@ -88,10 +88,24 @@ def read_checkpoint_meta(path: str | Path) -> dict:
         raise LvmError(f"{p}: checkpoint metadata incomplete, missing {', '.join(missing)}")
     if meta["version"] != CHECKPOINT_VERSION:
         raise LvmError(f"{p}: checkpoint version {meta['version']}, this lvm reads {CHECKPOINT_VERSION}")
+    schemas.validate(schemas.CheckpointMeta, meta, str(p))
     if meta["model_type"] not in model_types():
         raise LvmError(f"{p}: unknown model type {meta['model_type']!r}; known: {', '.join(model_types())}")
     meta["_path"] = str(p)
     return meta
+
+
+MAX_PARAMS = 500_000_000  # an LVM is a few million parameters; a config asking for more is refused before allocating
+
+
+def make_checked_model(model_type: str, config: dict, where: str) -> nn.Module:
+    """``make_model``, sized first on the meta device (no memory) and refused when implausibly large."""
+    with torch.device("meta"):
+        shell = make_model(model_type, config)
+    n = sum(p.numel() for p in shell.parameters()) + sum(b.numel() for b in shell.buffers())
+    if n > MAX_PARAMS:
+        raise LvmError(f"{where}: the config asks for {n:,} parameters (more than {MAX_PARAMS:,}); refused before allocating")
+    return make_model(model_type, config)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
@@ -102,7 +116,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
     p = resolve_checkpoint(path)
     if p.suffix in (".pt", ".pth", ".pkl", ".bin"):
         raise LvmError(
-            f"{p}: pickled checkpoints are not loaded (they can execute code); lvm checkpoints are NAME.safetensors + NAME.json"
+            f"{p}: pickled checkpoints are not loaded (they can execute code); "
+            "lvm checkpoints are NAME.safetensors + NAME.json"
         )
     meta = read_checkpoint_meta(p)
     weights = p.with_suffix(".safetensors")
@@ -114,7 +129,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
         state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise LvmError(f"{weights}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
-    model = make_model(meta["model_type"], meta["model_config"])
+    from lvm.schemas import check_weights
+
+    check_weights(weights, state)
+    model = make_checked_model(meta["model_type"], meta["model_config"], str(p))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -133,7 +151,8 @@ def load_legacy_state_dict(path: str | Path) -> dict:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError) as exc:
         raise LvmError(
-            f"{path}: refused to load (not plain tensors; loading it could execute code): {str(exc).splitlines()[0][:200]}"
+            f"{path}: refused to load (not plain tensors; loading it could execute code): "
+            f"{str(exc).splitlines()[0][:200]}"
         ) from None
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]

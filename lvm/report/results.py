@@ -58,7 +58,7 @@ def hardware() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
     gpu = None
@@ -164,17 +164,18 @@ def write_results(path: str | Path, doc: dict) -> Path:
 
 
 def read_results(path: str | Path) -> dict:
+    """A results file, checked against ``lvm.schemas.ResultsDoc`` (types of every row's fields)."""
+    from lvm import schemas
+
     p = Path(path)
     if not p.is_file():
         raise LvmError(f"results file {p} not found")
-    try:
-        doc = json.loads(p.read_text())
-    except ValueError as exc:
-        raise LvmError(f"{p}: corrupt results JSON ({exc})") from None
+    doc = schemas.read_json(p, "a gate results file")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise LvmError(f"{p}: not an lvm gate results file")
     if doc.get("schema_version") not in READABLE_VERSIONS:
-        raise LvmError(f"{p}: results schema version {doc.get('schema_version')}, this lvm reads {SCHEMA_VERSION}")
+        raise LvmError(f"{p}: results schema version {doc.get('schema_version')}, this lvm reads {', '.join(map(str, READABLE_VERSIONS))}")
+    schemas.validate(schemas.ResultsDoc, doc, str(p))
     return doc
 
 
