@@ -152,13 +152,22 @@ def cmd_inspect(args) -> int:
     enc = info["encoder"]
     lines = [
         f"dataset      {info['path']}  ({info['size_bytes'] / 1e6:.1f} MB, format v{info['format_version']})",
-        f"encoder      {enc['model_id']}  pooling={enc['pooling']} normalize={enc['normalize']} max_len={enc['max_length']}",
+        (
+            f"encoder      {enc['model_id']}  pooling={enc['pooling']} normalize={enc['normalize']} "
+            f"max_len={enc['max_length']}"
+        ),
         f"fingerprint  {enc['fingerprint']}",
         f"corpus       {info['corpus'].get('name')}  split policy {info['split_policy']}",
         f"chunks       {c['chunks']} in {c['articles']} articles, dim {info['dim']}",
-        f"splits       train {c['train_articles']} art / {c['train_chunks']} chunks,  val {c['val_articles']} / {c['val_chunks']},  ood {c['ood_articles']} / {c['ood_chunks']}",
+        (
+            f"splits       train {c['train_articles']} art / {c['train_chunks']} chunks,  "
+            f"val {c['val_articles']} / {c['val_chunks']},  ood {c['ood_articles']} / {c['ood_chunks']}"
+        ),
         f"sequences    ctx={s['ctx']} min_ctx={s['min_ctx']}: train {s['train']}, val {s['val']}, ood {s['ood']}",
-        f"norms        mean {n['mean']:.6f}  std {n['std']:.2e}  min {n['min']:.6f}  max {n['max']:.6f}  nonfinite {n['nonfinite']}  zero {n['zero']}",
+        (
+            f"norms        mean {n['mean']:.6f}  std {n['std']:.2e}  min {n['min']:.6f}  max {n['max']:.6f}  "
+            f"nonfinite {n['nonfinite']}  zero {n['zero']}"
+        ),
     ]
     if h.get("n_pairs"):
         lines.append(
@@ -189,7 +198,8 @@ def cmd_import_npz(args) -> int:
     )
     c = res["counts"]
     print(
-        f"{args.out}: {c['chunks']} unique chunks from {res['import']['rows']} rows ({res['import']['duplicates_removed']} duplicate vectors merged), "
+        f"{args.out}: {c['chunks']} unique chunks from {res['import']['rows']} rows "
+        f"({res['import']['duplicates_removed']} duplicate vectors merged), "
         f"{c['articles']} articles, dim {res['dim']}"
     )
     return 0
@@ -211,7 +221,8 @@ def cmd_build_index(args) -> int:
         progress=not args.quiet,
     )
     print(
-        f"{ds.path}/index.faiss: {params.kind} ntotal={params.ntotal} nlist={params.nlist} nprobe={params.nprobe} ({time.perf_counter() - t:.1f} s)"
+        f"{ds.path}/index.faiss: {params.kind} ntotal={params.ntotal} nlist={params.nlist} nprobe={params.nprobe} "
+        f"({time.perf_counter() - t:.1f} s)"
     )
     return 0
 
@@ -309,7 +320,8 @@ def cmd_synth(args) -> int:
     c = meta["counts"]
     print(
         f"{args.out}: {c['chunks']} chunks x {meta['dim']}, {c['articles']} articles, "
-        f"train/val/ood articles {c['train_articles']}/{c['val_articles']}/{c['ood_articles']} ({time.perf_counter() - t:.1f} s)"
+        f"train/val/ood articles {c['train_articles']}/{c['val_articles']}/{c['ood_articles']} "
+        f"({time.perf_counter() - t:.1f} s)"
     )
     return 0
 
@@ -565,7 +577,8 @@ def cmd_export(args) -> int:
 
     card = export_model(load_model(args.model, args.model_card), args.out)
     print(
-        f"{args.out}: torch.export program of {card['name']} ({card['type']}, ctx {card['ctx']}, dim {card['input_dim']}, "
+        f"{args.out}: torch.export program of {card['name']} "
+        f"({card['type']}, ctx {card['ctx']}, dim {card['input_dim']}, "
         f"dynamic batch) + {Path(args.out).with_suffix('.json').name}"
     )
     return 0

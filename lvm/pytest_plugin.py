@@ -85,9 +85,16 @@ def pytest_addoption(parser) -> None:
 
 def _check_options(config) -> None:
     """Misused options fail the session before any gate runs, in one line."""
-    from lvm.errors import LvmError
-
     opt = config.getoption
+    _check_paths_exist(opt)
+    _check_files_load(opt)
+    for name in ("--nprobe", "--latency-threads"):
+        if opt(name) is not None and opt(name) < 1:
+            raise pytest.UsageError(f"{name} must be at least 1; got {opt(name)}")
+
+
+def _check_paths_exist(opt) -> None:
+    """Files and folders named by options exist."""
     for name in ("--baseline-results", "--model-card"):
         if opt(name) and not Path(opt(name)).is_file():
             raise pytest.UsageError(f"{name}: file {opt(name)} not found")
@@ -97,6 +104,12 @@ def _check_options(config) -> None:
     for d in opt("--dataset") + opt("--predictions"):
         if not Path(d).is_dir():
             raise pytest.UsageError(f"--dataset/--predictions: folder {d} not found")
+
+
+def _check_files_load(opt) -> None:
+    """The gate profile and the baseline results named by options can be read."""
+    from lvm.errors import LvmError
+
     if opt("--gate-profile"):
         from lvm.profiles import load_profile
 
@@ -111,9 +124,6 @@ def _check_options(config) -> None:
             read_results(opt("--baseline-results"))
         except LvmError as exc:
             raise pytest.UsageError(f"--baseline-results: {exc}") from None
-    for name in ("--nprobe", "--latency-threads"):
-        if opt(name) is not None and opt(name) < 1:
-            raise pytest.UsageError(f"{name} must be at least 1; got {opt(name)}")
 
 
 def pytest_configure(config) -> None:

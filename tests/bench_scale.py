@@ -77,7 +77,8 @@ def test_bench_full_gate_suite_726k(benchmark, big_index, big_checkpoint, tmp_pa
     # a wrapper process whose only child is the gate run, so RUSAGE_CHILDREN is that run's peak RSS
     wrapper = (
         "import resource, subprocess, sys; r = subprocess.run(sys.argv[2:]); "
-        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r.returncode)"
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+        "sys.exit(r.returncode)"
     )
     cmd = [
         sys.executable,

@@ -19,7 +19,8 @@ SMALL_ARTICLES = [
         "Mercury",
         "Science",
         "Mercury is the smallest planet in the Solar System. It is the closest planet to the Sun. "
-        "Mercury has no natural satellites. Its surface is heavily cratered, much like the Moon. A day on Mercury lasts 59 Earth days.",
+        "Mercury has no natural satellites. Its surface is heavily cratered, much like the Moon. "
+        "A day on Mercury lasts 59 Earth days.",
     ),
     (
         "Venus",
@@ -51,7 +52,8 @@ SMALL_ARTICLES = [
         "Jazz",
         "Arts",
         "Jazz is a music genre that began in New Orleans. It grew out of blues and ragtime. "
-        "Improvisation is central to jazz performance. Louis Armstrong was an early jazz star. Swing and bebop are jazz styles.",
+        "Improvisation is central to jazz performance. Louis Armstrong was an early jazz star. "
+        "Swing and bebop are jazz styles.",
     ),
     (
         "Impressionism",
@@ -64,19 +66,22 @@ SMALL_ARTICLES = [
         "Roman Empire",
         "History",
         "The Roman Empire ruled the Mediterranean for centuries. Augustus was its first emperor. "
-        "Roman roads connected distant provinces. Latin was the language of administration. The western empire fell in 476.",
+        "Roman roads connected distant provinces. Latin was the language of administration. "
+        "The western empire fell in 476.",
     ),
     (
         "French Revolution",
         "History",
         "The French Revolution began in 1789. The storming of the Bastille became its symbol. "
-        "The monarchy was abolished in 1792. King Louis XVI was executed the following year. Napoleon rose to power afterwards.",
+        "The monarchy was abolished in 1792. King Louis XVI was executed the following year. "
+        "Napoleon rose to power afterwards.",
     ),
     (
         "Printing press",
         "History",
         "The printing press was developed by Johannes Gutenberg. "
-        "It used movable metal type. Books became cheaper and more widely available. The press helped spread the Reformation.",
+        "It used movable metal type. Books became cheaper and more widely available. "
+        "The press helped spread the Reformation.",
     ),
     (
         "Football",

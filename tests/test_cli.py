@@ -9,7 +9,7 @@ from conftest import run_lvm
 
 def assert_one_line_error(res, *needles):
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("lvm: error: ")
     for n in needles:

@@ -13,7 +13,9 @@ GATE_MODULE = textwrap.dedent("""
 
     @pytest.mark.parametrize("status", ["GREEN", "AMBER", "RED", "SKIP"])
     def test_fixed(status, gate_status):
-        gate_status(GateResult("fixed_" + status.lower(), status, {"value": 1.0}, [], f"{status} because of value = 1.0"))
+        gate_status(
+            GateResult("fixed_" + status.lower(), status, {"value": 1.0}, [], f"{status} because of value = 1.0")
+        )
 
     def test_boom(gate_status):
         raise RuntimeError("the gate itself broke")

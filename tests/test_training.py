@@ -220,7 +220,7 @@ def test_ddp_with_two_cpu_processes_matches_a_single_process(default_dataset, tm
 
 
 def one_line(res):
-    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("lvm: error:"), res.stderr
     return lines[0]
 

@@ -184,7 +184,9 @@ def segment_breakdown(
             edges = np.append(np.arange(0, n_art, width), n_art)
         else:
             edges = np.linspace(0, n_art, n_segments + 1).astype(int)
-        groups = {f"{lo}-{hi - 1}": (art >= lo) & (art < hi) for lo, hi in zip(edges[:-1], edges[1:], strict=False) if hi > lo}
+        groups = {
+            f"{lo}-{hi - 1}": (art >= lo) & (art < hi) for lo, hi in zip(edges[:-1], edges[1:], strict=False) if hi > lo
+        }
     for name, sel in groups.items():
         if sel.any():
             c = cos[sel]
@@ -212,7 +214,8 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
                 profile,
                 **where,
             ),
-            f"Baseline {baseline.path.name} was encoded with another encoder (fingerprints differ): coherence is not comparable.",
+            f"Baseline {baseline.path.name} was encoded with another encoder (fingerprints differ): "
+            "coherence is not comparable.",
         )
     new, base = coherence_stats(ds), coherence_stats(baseline)
     params = gate_params(profile, "coherence_drift")

@@ -284,7 +284,8 @@ def load_export(path: str | Path, card_path: str | Path | None = None) -> Loaded
         program = torch.export.load(str(p))
     except Exception as exc:  # a corrupt archive surfaces as many exception types
         raise LvmError(
-            f"{p}: not a torch.export program ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            f"{p}: not a torch.export program "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
         ) from None
     return LoadedModel(card, Predictor(program.module(), trainable=False))
 
@@ -308,7 +309,8 @@ def export_model(loaded: LoadedModel, out: str | Path, batch_hint: int = 4) -> d
             program = torch.export.export(module, (x, mask), dynamic_shapes={"x": {0: batch}, "mask": {0: batch}})
     except Exception as exc:
         raise LvmError(
-            f"torch.export failed for {card.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            f"torch.export failed for {card.name}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the file is then written atomically

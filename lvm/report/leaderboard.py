@@ -54,7 +54,8 @@ PLOT_CAPTIONS = (
     ),
     (
         "Offset sweep",
-        "Mean cos(ŷ, chunk at target+k) on val (offset_sweep gate); k = 0 is the true next chunk, k = −1 the last context chunk.",
+        "Mean cos(ŷ, chunk at target+k) on val (offset_sweep gate); "
+        "k = 0 is the true next chunk, k = −1 the last context chunk.",
     ),
 )
 
@@ -92,7 +93,8 @@ def leaderboard_main(results_paths: list[str | Path], out_dir: str | Path) -> in
     n_models = sum(r["kind"] == "model" for r in res["rows"])
     n_base = len(res["rows"]) - n_models
     print(
-        f"leaderboard: {n_models} checkpoint row(s), {n_base} baseline row(s) in {len(res['groups'])} comparability group(s)"
+        f"leaderboard: {n_models} checkpoint row(s), {n_base} baseline row(s) "
+        f"in {len(res['groups'])} comparability group(s)"
     )
     for f in res["files"].values():
         print(f"  {f}")

@@ -56,7 +56,10 @@ def _sketch_differs(r: dict, b: dict) -> str | None:
     except (TypeError, ValueError):
         return "not comparable: unreadable vector sketch"
     if gap > SKETCH_TOLERANCE:
-        return f"not comparable: same texts and ids but different vectors (sketch differs by {gap:.2g} > {SKETCH_TOLERANCE:g})"
+        return (
+            "not comparable: same texts and ids but different vectors "
+            f"(sketch differs by {gap:.2g} > {SKETCH_TOLERANCE:g})"
+        )
     return None
 
 
@@ -139,7 +142,10 @@ def _regression_result(ckpt: str | None, ds: str | None, rows: list[dict]) -> Ga
     status = worst(r["status"] for r in rows)
     bad = [r for r in rows if r["status"] != GREEN]
     msg = "; ".join(
-        f"{r['gate']}.{r['metric']}: {r.get('baseline', r['baseline_status'])} -> {r.get('new', r['new_status'])} [{r['status']}] {r['note']}".strip()
+        (
+            f"{r['gate']}.{r['metric']}: {r.get('baseline', r['baseline_status'])} -> "
+            f"{r.get('new', r['new_status'])} [{r['status']}] {r['note']}"
+        ).strip()
         for r in bad
     )
     return GateResult(
@@ -191,8 +197,10 @@ def markdown_table(regressions: list[GateResult]) -> str:
     for res in regressions:
         for r in res.metrics["comparisons"]:
             lines.append(
-                f"| {res.checkpoint or '-'} | {res.dataset or '-'} | {r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
-                f"{_cell(r.get('baseline', r['baseline_status']))} | {_cell(r.get('new', r['new_status']))} | {_cell(r.get('delta'))} | {r['status']} |"
+                f"| {res.checkpoint or '-'} | {res.dataset or '-'} | "
+                f"{r['gate']}{'/' + r['split'] if r.get('split') else ''} | {r['metric']} | "
+                f"{_cell(r.get('baseline', r['baseline_status']))} | {_cell(r.get('new', r['new_status']))} | "
+                f"{_cell(r.get('delta'))} | {r['status']} |"
             )
     return "\n".join(lines)
 
@@ -259,7 +267,10 @@ def _regressed_line(r: GateResult, c: dict) -> str:
 
 def _red_gate_line(r: dict) -> str:
     split = f"/{r['split']}" if r.get("split") else ""
-    return f"- {r['gate']}{split} ({r.get('checkpoint') or '-'} on {dataset_label(r) or '-'}): {(r.get('message') or '').split('. Likely cause')[0][:200]}"
+    return (
+        f"- {r['gate']}{split} ({r.get('checkpoint') or '-'} on {dataset_label(r) or '-'}): "
+        f"{(r.get('message') or '').split('. Likely cause')[0][:200]}"
+    )
 
 
 def coverage_problems(new_doc: dict, base_doc: dict) -> list[str]:
@@ -286,7 +297,8 @@ def coverage_problems(new_doc: dict, base_doc: dict) -> list[str]:
     if lost:
         names = [f"{g}{'/' + sp if sp else ''} ({ck or '-'} on {ds or '-'})" for g, ck, ds, sp in lost]
         problems.append(
-            f"{len(lost)} gate result(s) of BASELINE missing or SKIPped in NEW: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}"
+            f"{len(lost)} gate result(s) of BASELINE missing or SKIPped in NEW: "
+            f"{', '.join(names[:8])}{' …' if len(names) > 8 else ''}"
         )
     return problems
 
@@ -307,11 +319,17 @@ def _summary(
         f", {not_comparable} result(s) not comparable" if not_comparable else ""
     )
     if compared == 0:
-        return f"**Verdict: RED** — nothing was comparable between {new_name} and {base_name} (0 metrics compared): the check cannot pass."
+        return (
+            f"**Verdict: RED** — nothing was comparable between {new_name} and {base_name} "
+            "(0 metrics compared): the check cannot pass."
+        )
     if problems:
         return f"**Verdict: RED** — {new_name} does not cover {base_name}: {problems[0]} ({counted})."
     if status == RED:
-        return f"**Verdict: RED** — {regressed} regression(s) beyond tolerance, {red_gates} RED gate(s) in {new_name} ({counted})."
+        return (
+            f"**Verdict: RED** — {regressed} regression(s) beyond tolerance, "
+            f"{red_gates} RED gate(s) in {new_name} ({counted})."
+        )
     if status == AMBER:
         return f"**Verdict: AMBER** — no regression beyond tolerance in {counted}; look at the AMBER rows."
     return f"**Verdict: GREEN** — no regression in {counted} against {base_name} (profile {profile_name})."
@@ -320,7 +338,10 @@ def _summary(
 def _verdict_status(
     regressions: list[GateResult], compared: int, regressed: int, red_gates: int, problems: list[str]
 ) -> str:
-    """RED on a regression, a RED gate in NEW, nothing compared or NEW not covering BASELINE; AMBER when a row is AMBER."""
+    """RED on a regression, a RED gate in NEW, nothing compared or NEW not covering BASELINE.
+
+    AMBER when a row is AMBER.
+    """
     if regressed or red_gates or compared == 0 or problems:
         return RED
     return AMBER if worst(r.status for r in regressions) == AMBER else GREEN

@@ -100,8 +100,9 @@ def render_markdown(groups: list[dict], sources: list[tuple[Path, dict]], genera
         + ", ".join(f"`{p}` ({d.get('created_at')}, commit {_commit(d)})" for p, d in sources)
         + ".",
         "",
-        "Rows are ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware and are not "
-        "ranked against each other. Baseline rows are the null baselines measured by `beats_baselines`.",
+        "Rows are ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware "
+        "and are not ranked against each other. "
+        "Baseline rows are the null baselines measured by `beats_baselines`.",
         "",
     ]
     for g in groups:
@@ -130,22 +131,26 @@ def render_csv(rows: list[LeaderboardRow]) -> str:
 # ----------------------------------------------------------------------------- html
 
 CSS = """
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #1d1d1f; background: #fff; }
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; \
+color: #1d1d1f; background: #fff; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 4px; }
 p.meta, p.sources { color: #555; margin: 2px 0 8px; font-size: 12px; }
 .wrap { overflow-x: auto; }
 table.leaderboard { border-collapse: collapse; font-size: 12px; }
-table.leaderboard th, table.leaderboard td { border: 1px solid #d0d0d0; padding: 3px 6px; white-space: nowrap; text-align: right; }
+table.leaderboard th, table.leaderboard td { border: 1px solid #d0d0d0; padding: 3px 6px; white-space: nowrap; \
+text-align: right; }
 table.leaderboard th { background: #f2f2f4; vertical-align: bottom; }
 table.leaderboard td.name, table.leaderboard td.text { text-align: left; }
-table.leaderboard th.gate { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left; font-weight: normal; padding: 6px 2px; }
+table.leaderboard th.gate { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left; \
+font-weight: normal; padding: 6px 2px; }
 td.GREEN { background: #c8ecc9; } td.AMBER { background: #ffe3a3; } td.RED { background: #f7b4ae; font-weight: 600; }
 td.SKIP { background: #eee; color: #777; }
 table.leaderboard td.gate { text-align: center; font-size: 10px; padding: 3px 2px; }
 tr.baseline td { background: #f7f7f7; color: #555; font-style: italic; }
 .legend span { display: inline-block; padding: 1px 8px; margin-right: 6px; border: 1px solid #ccc; font-size: 12px; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; margin-top: 12px; }
-figure { margin: 0; border: 1px solid #e2e2e2; padding: 8px; } figcaption { font-size: 12px; color: #555; max-width: 680px; }
+figure { margin: 0; border: 1px solid #e2e2e2; padding: 8px; } \
+figcaption { font-size: 12px; color: #555; max-width: 680px; }
 figure img { display: block; max-width: 680px; height: auto; }
 """
 
@@ -170,10 +175,13 @@ def _html_head(sources: list[tuple[Path, dict]], generated: str) -> list[str]:
             for p, d in sources
         )
         + "</p>",
-        '<p class="legend"><span class="l" style="background:#c8ecc9">GREEN healthy</span><span style="background:#ffe3a3">AMBER look before you ship</span>'
-        '<span style="background:#f7b4ae">RED do not merge</span><span style="background:#f7f7f7"><i>baseline</i> null baseline, no status</span></p>',
-        '<p class="meta">Ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware and are never ranked '
-        "against each other. Metric cells take the colour of the gate that measured them; the gate columns show every gate's status.</p>",
+        '<p class="legend"><span class="l" style="background:#c8ecc9">GREEN healthy</span>'
+        '<span style="background:#ffe3a3">AMBER look before you ship</span>'
+        '<span style="background:#f7b4ae">RED do not merge</span>'
+        '<span style="background:#f7f7f7"><i>baseline</i> null baseline, no status</span></p>',
+        '<p class="meta">Ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware '
+        "and are never ranked against each other. "
+        "Metric cells take the colour of the gate that measured them; the gate columns show every gate's status.</p>",
     ]
 
 
@@ -198,7 +206,10 @@ def _html_group(g: dict, gates: list[str]) -> list[str]:
     return [
         f'<h2 id="group-{g["number"]}">{html.escape(_heading(g))}</h2>',
         f'<p class="meta">comparability key <code>{key}</code></p>',
-        f'<div class="wrap"><table class="leaderboard" id="leaderboard-group-{g["number"]}" data-comparability-key="{key}">',
+        (
+            f'<div class="wrap"><table class="leaderboard" id="leaderboard-group-{g["number"]}" '
+            f'data-comparability-key="{key}">'
+        ),
         "<thead><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in DISPLAY)
         + "".join(f'<th class="gate">{html.escape(x)}</th>' for x in gates)
@@ -210,7 +221,10 @@ def _html_group(g: dict, gates: list[str]) -> list[str]:
 
 def _html_plot(title: str, png: str | None, caption: str) -> str:
     if png:
-        return f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        return (
+            f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     return f"<figure><figcaption>{html.escape(title)}: no data in these results.</figcaption></figure>"
 
 

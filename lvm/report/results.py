@@ -174,7 +174,10 @@ def read_results(path: str | Path) -> dict:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise LvmError(f"{p}: not an lvm gate results file")
     if doc.get("schema_version") not in READABLE_VERSIONS:
-        raise LvmError(f"{p}: results schema version {doc.get('schema_version')}, this lvm reads {', '.join(map(str, READABLE_VERSIONS))}")
+        raise LvmError(
+            f"{p}: results schema version {doc.get('schema_version')}, "
+            f"this lvm reads {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     schemas.validate(schemas.ResultsDoc, doc, str(p))
     return doc
 

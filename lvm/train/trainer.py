@@ -225,7 +225,8 @@ class Trainer:
                 save_checkpoint(self.out / stem, model, self._ckpt_meta(model, 0, metrics))
             self._write_history(history)
         self.log.info(
-            f"{self.cfg.model}: val cosine {val['cosine']:.4f}, ood cosine {ood['cosine'] if ood['cosine'] is None else round(ood['cosine'], 4)}"
+            f"{self.cfg.model}: val cosine {val['cosine']:.4f}, "
+            f"ood cosine {ood['cosine'] if ood['cosine'] is None else round(ood['cosine'], 4)}"
         )
         return history
 
@@ -276,7 +277,8 @@ class Trainer:
             self._save_epoch(run, epoch, metrics, improved, abort)
             if abort:
                 self.log.info(
-                    f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; checkpoints kept in {self.out}"
+                    f"ABORT: {abort['gate']} {abort['value']:.4f} < {abort['threshold']} at epoch {epoch}; "
+                    f"checkpoints kept in {self.out}"
                 )
                 raise KillSwitch(abort)
         return self._finish(run)
@@ -344,7 +346,8 @@ class Trainer:
         check_compatible(warm_meta, self.ds)
         if warm_meta["model_type"] != cfg.model or warm_meta["model_config"] != config_dict(model):
             raise LvmError(
-                f"warm start {cfg.warm_start}: a {warm_meta['model_type']} with another config cannot initialise this {cfg.model}"
+                f"warm start {cfg.warm_start}: a {warm_meta['model_type']} with another config "
+                f"cannot initialise this {cfg.model}"
             )
         model.load_state_dict(warm.state_dict())
         return cfg.lr * cfg.warm_start_lr_scale
@@ -471,7 +474,8 @@ class Trainer:
 
     def _log_epoch(self, row: dict) -> None:
         self.log.info(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.5f} (mse {row['train_loss_mse']:.5f} info {row['train_loss_info']:.4f} "
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.5f} "
+            f"(mse {row['train_loss_mse']:.5f} info {row['train_loss_info']:.4f} "
             f"λ_info {row['lambda_info']:.3f}) train cos {row['train_cosine']:.4f} | val cos {row['val_cosine']:.4f}"
             + (f" | ood cos {row['ood_cosine']:.4f}" if "ood_cosine" in row else "")
             + f" | lr {row['lr']:.2e} | {row['seconds']:.1f} s, {row['train_seq_per_s']:.0f} seq/s"
@@ -485,7 +489,8 @@ class Trainer:
         run.history["events"].extend(events)
         for e in events:
             self.log.info(
-                f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} ({e['action']}): {e['why']}"
+                f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} "
+                f"({e['action']}): {e['why']}"
             )
         return abort
 
@@ -515,6 +520,7 @@ class Trainer:
         run.history["status"] = "completed"
         self._write_history(run.history)
         self.log.info(
-            f"done: best val cosine {run.history['best_val_cosine']:.4f} at epoch {run.history['best_epoch']} -> {self.out}"
+            f"done: best val cosine {run.history['best_val_cosine']:.4f} "
+            f"at epoch {run.history['best_epoch']} -> {self.out}"
         )
         return run.history
