@@ -67,19 +67,26 @@ def write_json_atomic(path: Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+OUTPUT_MARKER = ".lvm-output"  # written into every folder lvm writes: what it is and which lvm wrote it
+
+
 @contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
+def atomic_dir(out: Path, kind: str = "output") -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out`` in one rename.
 
-    On any error the temporary folder is removed and an existing ``out`` is left untouched.
+    ``out`` may only be replaced when it is missing, empty or lvm's own output (it holds the
+    ``.lvm-output`` marker written here): a user's folder is never deleted. On any error the
+    temporary folder is removed and an existing ``out`` is left untouched.
     """
     out = Path(out)
+    refuse_foreign_folder(out, OUTPUT_MARKER, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "written_at": utc_timestamp()}) + "\n")
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,15 +99,29 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def refuse_foreign_folder(out: Path, marker: str, what: str = "output") -> None:
-    """Refuse to replace ``out`` unless it is missing, empty, or holds ``marker`` (so it is our own
-    kind of output): a user's folder that happens to sit at the output path is never deleted."""
+def refuse_foreign_folder(out: Path, marker: str = OUTPUT_MARKER, what: str = "output") -> None:
+    """Refuse to replace ``out`` unless it is missing, empty, or lvm's own output (the marker, or a
+    dataset folder an earlier lvm wrote): a user's folder that happens to sit at the output path
+    is never deleted."""
     from lvm.errors import LvmError
 
     out = Path(out)
-    if out.is_file():
-        raise LvmError(f"{out} is a file; the {what} is written as a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise LvmError(
-            f"refusing to write into {out}: it is not empty and not an lvm {what} folder (no {marker}); choose another path"
-        )
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise LvmError(f"{out} exists and is not a folder; the {what} is written as a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / marker).exists() or (out / OUTPUT_MARKER).exists() or _earlier_lvm_dataset(out):
+        return
+    raise LvmError(
+        f"refusing to write the {what} into {out}: it is not empty and was not written by lvm (no {OUTPUT_MARKER}); "
+        "choose another path or empty it yourself"
+    )
+
+
+def _earlier_lvm_dataset(out: Path) -> bool:
+    """A dataset folder written before the marker existed: its meta.json says so."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format_version") == 1 and isinstance(meta.get("content_hash"), str)

@@ -99,7 +99,8 @@ def check_dataset_arrays(
     n = meta.counts.chunks
     if vectors.ndim != 2 or vectors.shape[1] != meta.dim:
         raise LvmError(
-            f"{folder}/vectors.npy: expected shape ({n}, {meta.dim}) float32; got {tuple(vectors.shape)} {vectors.dtype}"
+            f"{folder}/vectors.npy: expected shape ({n}, {meta.dim}) float32; "
+            f"got {tuple(vectors.shape)} {vectors.dtype}"
         )
     if vectors.dtype != np.float32:
         raise LvmError(f"{folder}/vectors.npy: expected float32 vectors; got {vectors.dtype}")
@@ -110,11 +111,13 @@ def check_dataset_arrays(
             )
         if len(arr) != n:
             raise LvmError(
-                f"{folder}/{name}.npy: {len(arr)} entries, but meta.json counts {n} chunks (truncated copy?)"
+                f"{folder}/{name}.npy: {len(arr)} entries, but meta.json counts {n} chunks: "
+                "per-chunk arrays disagree in length (truncated copy?)"
             )
     if len(vectors) != n:
         raise LvmError(
-            f"{folder}/vectors.npy: {len(vectors)} vectors, but meta.json counts {n} chunks (truncated copy?)"
+            f"{folder}/vectors.npy: {len(vectors)} vectors, but meta.json counts {n} chunks: "
+            "per-chunk arrays disagree in length (truncated copy?)"
         )
     if (article_id < 0).any():
         raise LvmError(
@@ -123,7 +126,8 @@ def check_dataset_arrays(
     bad = ~np.isin(split, SPLIT_CODES)
     if bad.any():
         raise LvmError(
-            f"{folder}/split.npy: split codes must be 0 (train), 1 (val) or 2 (ood); chunk {int(np.argmax(bad))} has {int(split[bad][0])}"
+            f"{folder}/split.npy: split codes must be 0 (train), 1 (val) or 2 (ood); "
+            f"chunk {int(np.argmax(bad))} has {int(split[bad][0])}"
         )
     check_positions(folder, article_id, position)
 
@@ -142,7 +146,8 @@ def check_positions(folder: Path, article_id: np.ndarray, position: np.ndarray) 
     if wrong.any():
         i = int(np.argmax(wrong))
         raise LvmError(
-            f"{folder}/position.npy: chunk {i} (article {int(article_id[i])}) has position {int(position[i])}, expected "
+            f"{folder}/position.npy: chunk {i} (article {int(article_id[i])}) has position {int(position[i])}, "
+            "expected "
             f"{int(expected[i])}: positions must count 0, 1, 2, ... within each article, in row order"
         )
     starts = article_id[new_article]

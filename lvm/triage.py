@@ -239,7 +239,8 @@ def format_report(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['segment']} | {r['pairs']} | {r['mean']:.4f} | {_pct(r['low_share'])} | {_signed(r['drop_vs_baseline'], digits=4)} |"
+        f"| {r['segment']} | {r['pairs']} | {r['mean']:.4f} | {_pct(r['low_share'])} | "
+        f"{_signed(r['drop_vs_baseline'], digits=4)} |"
         for r in seg["rows"]
     ]
     return "\n".join(lines)
@@ -387,7 +388,8 @@ def filter_dataset(
     mask = coherent & ~in_blocked
     if not mask.any():
         raise LvmError(
-            f"the filter keeps no sequence of {ds.path} (min coherence {min_coherence}, blocklist {blocklist!r}): nothing to write"
+            f"the filter keeps no sequence of {ds.path} (min coherence {min_coherence}, blocklist {blocklist!r}): "
+            "nothing to write"
         )
 
     # chunks covered by kept sequences: t-n .. t for each; maximal runs inside one article -> new articles
@@ -435,7 +437,7 @@ def filter_dataset(
         }
     )
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "filtered dataset") as tmp:
         vec = np.lib.format.open_memmap(
             tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim)
         )

@@ -163,7 +163,7 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
     split = assign_splits(len(table.articles), [a["topic"] for a in table.articles], cfg.split)
     reuse_vectors = bool(old_meta and old_meta.get("vectors_key") == vectors_key and not force)
     partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "dataset") as tmp:
         if reuse_vectors:
             log(f"{out}: corpus and encoder unchanged, reusing encoded vectors")
             shutil.copyfile(out / "vectors.npy", tmp / "vectors.npy")

@@ -196,7 +196,7 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
         "split_policy": (split or SplitPolicy()).to_dict(),
         "import": {"rows": n, "ctx": ctx, "duplicates_removed": int(len(key) - len(uniq)), "duplicate_chunk_vectors": int(dup)},
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "dataset") as tmp:
         np.save(tmp / "vectors.npy", bank.astype(np.float32))
         full = write_dataset(tmp, article_id=chunk_article, position=chunk_pos, texts=texts, articles=articles,
                              article_split=article_split, meta=meta)

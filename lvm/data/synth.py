@@ -144,7 +144,7 @@ def synth_dataset(cfg: SynthConfig, out_dir: str | Path, split: SplitPolicy | No
     articles = [{"source_id": f"synth-{i}", "title": f"synthetic article {i}", "topic": str(topic_of[i])} for i in range(n_art)]
     policy = split or SplitPolicy()
     article_split = assign_splits(n_art, [a["topic"] for a in articles], policy)
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), "dataset") as tmp:
         vec = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float32, shape=(cfg.n_chunks, cfg.dim))
         generate(cfg, vec, lengths, progress)
         vec.flush()

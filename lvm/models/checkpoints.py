@@ -8,7 +8,6 @@ files are only read with ``torch.load(weights_only=True)``, which refuses arbitr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -104,7 +103,9 @@ def make_checked_model(model_type: str, config: dict, where: str) -> nn.Module:
         shell = make_model(model_type, config)
     n = sum(p.numel() for p in shell.parameters()) + sum(b.numel() for b in shell.buffers())
     if n > MAX_PARAMS:
-        raise LvmError(f"{where}: the config asks for {n:,} parameters (more than {MAX_PARAMS:,}); refused before allocating")
+        raise LvmError(
+            f"{where}: the config asks for {n:,} parameters (more than {MAX_PARAMS:,}); refused before allocating"
+        )
     return make_model(model_type, config)
 
 

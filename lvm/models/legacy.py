@@ -126,7 +126,7 @@ def import_checkpoint(
     from safetensors.torch import save_file
 
     out = Path(out)
-    refuse_foreign_folder(out, CARD_FILE, "imported checkpoint")
+    refuse_foreign_folder(out, what="imported checkpoint")  # before any work: atomic_dir checks again
     obj = read_seed_checkpoint(pt_path)
     config = obj.get("model_config") or {}
     if not isinstance(config, dict):
@@ -176,7 +176,7 @@ def import_checkpoint(
         "imported_from": card.source,
         "imported_sha256": card.source_sha256,
     }  # kept in model.pt2's card
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "imported checkpoint") as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         write_atomic(tmp / "model.safetensors", lambda t: save_file(state, str(t)))
         if export:  # model.pt2 + its card model.json: gated without the factory's source

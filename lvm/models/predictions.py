@@ -27,10 +27,7 @@ SPLITS = ("val", "ood")
 
 def write_manifest(ds, ctx: int, min_ctx: int, out: str | Path, splits=SPLITS) -> dict:
     """Write the sequence manifest of ``ds`` for ``ctx``/``min_ctx`` into a new folder ``out``."""
-    from lvm.io import refuse_foreign_folder
-
     out = Path(out)
-    refuse_foreign_folder(out, MANIFEST)
     manifest = {
         "kind": MANIFEST_KIND,
         "version": 1,
@@ -42,7 +39,7 @@ def write_manifest(ds, ctx: int, min_ctx: int, out: str | Path, splits=SPLITS) -
         "min_ctx": min_ctx,
         "splits": {},
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "sequence manifest") as tmp:
         for split in splits:
             view = ds.sequences(split, ctx, min_ctx)
             idx = np.arange(len(view))
