@@ -51,7 +51,10 @@ def adjacency_coherence(vectors: np.ndarray, article_id: np.ndarray) -> np.ndarr
     for s in range(0, n - 1, BLOCK):
         e = min(s + BLOCK, n - 1)
         a = np.asarray(vectors[s : e + 1], dtype=np.float32)
-        out[s:e] = np.einsum("ij,ij->i", a[:-1], a[1:], dtype=np.float64)
+        # a cosine, not a raw dot product: un-normalised data must not read as "coherent" (norms 1.03 -> mean 1.06)
+        norms = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
+        dots = np.einsum("ij,ij->i", a[:-1], a[1:], dtype=np.float64)
+        out[s:e] = dots / np.maximum(norms[:-1] * norms[1:], 1e-12)
     return out[same]
 
 

@@ -324,14 +324,24 @@ def gate_session(request) -> GateSession:
 
 @pytest.fixture(scope="session")
 def lvm_dataset(gate_session, dataset_path):
+    from lvm.errors import LvmError
+
     if dataset_path is None:
         pytest.skip("no --dataset given")
-    return gate_session.dataset(dataset_path)
+    try:
+        return gate_session.dataset(dataset_path)
+    except LvmError as exc:  # a bad dataset makes every gate that needs it RED, with the one-line reason
+        pytest.fail(f"dataset cannot be opened: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def gate_profile(gate_session, lvm_dataset):
-    return gate_session.profile(lvm_dataset)
+    from lvm.errors import LvmError
+
+    try:
+        return gate_session.profile(lvm_dataset)
+    except LvmError as exc:
+        pytest.fail(f"no gate profile for this dataset: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -566,8 +576,11 @@ class LvmGatesPlugin:
             self.results.append(self._load_per_sequence(json.loads(props[RESULT_PROPERTY])))
         elif report.failed and RESULT_PROPERTY not in props and is_gate:
             # a gate that crashed is RED, never silently missing
-            last = str(report.longrepr).splitlines()[-1][:300] if report.longrepr else ""
-            self.results.append(self._unrecorded(report, props, "RED", f"gate crashed: {last}"))
+            text = str(report.longrepr) if report.longrepr else ""
+            lines = [line for line in text.splitlines() if line.strip()]
+            last = lines[-1][:300] if lines else ""
+            why = last if len(lines) == 1 else f"gate crashed: {last}"  # pytest.fail(pytrace=False) is already one line
+            self.results.append(self._unrecorded(report, props, "RED", why))
         elif report.skipped and is_gate:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             self.results.append(self._unrecorded(report, props, "SKIP", reason.removeprefix("Skipped: ")))

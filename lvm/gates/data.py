@@ -84,8 +84,29 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         "stored": stored,
         "recomputed": encoder.fingerprint,
         "mismatched_checkpoints": mismatched,
+        **_stored_vectors_check(ds, encoder, gate_params(profile, "encoder_fingerprint")["text_sample"]),
     }
     return judge("encoder_fingerprint", metrics, profile, **where)
+
+
+def _stored_vectors_check(ds: Dataset, encoder, n: int, seed: int = 0) -> dict:
+    """Re-encode a seeded sample of the stored texts and compare with the stored vectors: the probes
+    prove the encoder, this proves the vectors came from it (a bank built with another pooling and
+    its meta copied from an honest build passes the probe check, not this one)."""
+    texts = ds.texts
+    have = np.flatnonzero([bool(t) for t in texts])
+    if not len(have) or n <= 0:
+        return {"stored_sample_min_cos": float("nan"), "stored_sample": 0}
+    idx = np.sort(np.random.default_rng(seed).choice(have, size=min(n, len(have)), replace=False))
+    fresh = encoder.encode([texts[i] for i in idx])
+    cos = M.rowwise_cos(np.asarray(ds.vectors[idx], dtype=np.float32), fresh)
+    worst = int(idx[int(np.argmin(cos))])
+    return {
+        "stored_sample_min_cos": float(cos.min()),
+        "stored_sample_mean_cos": float(cos.mean()),
+        "stored_sample": int(len(idx)),
+        "stored_sample_worst_chunk": worst,
+    }
 
 
 def normalization(ds: Dataset, profile: Profile) -> GateResult:
@@ -224,6 +245,8 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
         "mean": new["mean"],
         "baseline_mean": base["mean"],
         "mean_drift_rel": (new["mean"] - base["mean"]) / base["mean"],
+        # a rise is a finding too: another pooling, near-duplicates or boilerplate make text look more coherent
+        "mean_rise_rel": max(0.0, (new["mean"] - base["mean"]) / base["mean"]),
         "low_share": new["low_share"],
         "baseline_low_share": base["low_share"],
         "low_share_delta_pp": 100 * (new["low_share"] - base["low_share"]),
@@ -232,61 +255,101 @@ def coherence_drift(ds: Dataset, baseline: Dataset | None, profile: Profile) -> 
     return judge("coherence_drift", metrics, profile, **where)
 
 
-def _article_signatures(ds: Dataset) -> dict[int, bytes]:
-    """Each article's sequence of row hashes (identical articles under different ids collide)."""
-    h = ds.row_hashes
-    return {
-        a["article_id"]: h[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]].tobytes()
-        for a in ds.articles
-        if a["n_chunks"]
-    }
-
-
 def _article_keys(ds: Dataset, split: str | None = None) -> dict[str, set]:
-    """Per article of ``split`` (all articles if None): its source id and a hash of its vectors."""
-    sig = _article_signatures(ds)
+    """Per article of ``split`` (all articles if None): its source id and a hash of its texts."""
+    import hashlib
+
+    texts = ds.texts
     keys: dict[str, set] = {}
     for a in ds.articles:
         if a["n_chunks"] and (split is None or a["split"] == split):
-            keys[f"{ds.path.name}:{a['article_id']}"] = {("source", a["source_id"]), ("content", sig[a["article_id"]])}
+            own = {("source", a["source_id"])}
+            body = "\x00".join(texts[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]])
+            if body.strip():
+                own.add(("text", hashlib.sha256(body.encode("utf-8")).hexdigest()))
+            keys[f"{ds.path.name}:{a['split']}:{a['article_id']}"] = own
     return keys
 
 
-def _leaks(groups: dict[str, dict[str, set]]) -> set[str]:
-    """Articles whose source id or content also occurs in another group (split)."""
+def _leaked_pairs(groups: dict[str, dict[str, set]]) -> set[tuple[str, str]]:
+    """(article, article it repeats) across groups (splits), by source id or by text hash."""
     owner: dict = {}
-    leaked: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
     for group, articles in groups.items():
         for art, keys in articles.items():
             for key in keys:
                 first = owner.setdefault(key, (group, art))
                 if first[0] != group:
-                    leaked.update({art, first[1]})
-    return leaked
+                    pairs.add((art, first[1]))
+    return pairs
 
 
-def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> GateResult:
-    """No article in two of train / val / OOD: not by id, not by source id, not by identical content.
+def _near_identical_pairs(ds: Dataset, index, ood: Dataset | None, params: dict, seed: int = 0) -> set[tuple[str, str]]:
+    """Articles whose chunks are near-identical (cos >= ``near_identical_cos``) to the chunks of one
+    article in another split: a leak re-encoded on another run has other bytes, not other vectors.
+    Up to ``leak_sample`` val/OOD articles (seeded) are searched against the dataset's index."""
+    from lvm.data.splits import SPLIT_NAMES
+
+    if index is None:
+        return set()
+    sources = [(ds, a) for a in ds.articles if a["n_chunks"] and a["split"] != "train"]
+    if ood is not None:
+        sources += [(ood, a) for a in ood.articles if a["n_chunks"]]
+    rng = np.random.default_rng(seed)
+    if len(sources) > params["leak_sample"]:
+        sources = [sources[i] for i in np.sort(rng.choice(len(sources), size=params["leak_sample"], replace=False))]
+    if not sources:
+        return set()
+    rows = [(src, a, j) for src, a in sources for j in range(a["first_chunk"], a["first_chunk"] + a["n_chunks"])]
+    q = np.concatenate([np.asarray(src.vectors[j : j + 1], dtype=np.float32) for src, _, j in rows])
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    sims, found = index.search(np.ascontiguousarray(q), 2)
+    hits: dict[str, list] = {}
+    for (src, a, j), sim, idx in zip(rows, sims, found, strict=True):
+        # the best match that is not the query itself, in another split than the query's article
+        for s_, i_ in zip(sim, idx, strict=True):
+            if i_ < 0 or (src is ds and i_ == j):
+                continue
+            other_split = SPLIT_NAMES[int(ds.split[i_])]
+            if s_ >= params["near_identical_cos"] and (src is not ds or other_split != a["split"]):
+                hits.setdefault(f"{src.path.name}:{a['split']}:{a['article_id']}", []).append(
+                    (f"{ds.path.name}:{other_split}:{int(ds.article_id[i_])}", a["n_chunks"])
+                )
+            break
+    pairs = set()
+    for art, twins in hits.items():
+        names = [t for t, _ in twins]
+        top = max(set(names), key=names.count)
+        if names.count(top) >= max(1, int(np.ceil(0.8 * twins[0][1]))):  # most of its chunks twin one article
+            pairs.add((art, top))
+    return pairs
+
+
+def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None, index=None) -> GateResult:
+    """No article in two of train / val / OOD: not by id, not by source id, not by the same text, not
+    by near-identical vectors (cos >= 0.9999, when the index is given).
 
     With a separate OOD dataset, its articles are checked against every split of ``ds``.
     """
     from lvm.data.splits import OOD, SPLIT_NAMES, TRAIN
 
+    params = gate_params(profile, "split_hygiene")
     groups = {name: _article_keys(ds, name) for name in SPLIT_NAMES}
     if ood is not None:
-        groups["ood"] = {**groups["ood"], **_article_keys(ood)}
-    leaked = _leaks(groups)
+        groups["ood-dataset"] = _article_keys(ood)
+    pairs = _leaked_pairs(groups) | _near_identical_pairs(ds, index, ood, params)
     article_code = np.array([SPLIT_NAMES.index(a["split"]) for a in ds.articles], dtype=np.int8)
-    chunk_conflicts = int((ds.split != article_code[ds.article_id]).sum())  # a chunk in another split than its article
+    outside = np.flatnonzero(ds.split != article_code[ds.article_id])  # chunks in another split than their article
     # exact duplicate chunk vectors between train and OOD (counted: repeated sentences happen)
     ood_hashes = ood.row_hashes if ood is not None else ds.row_hashes[ds.split == OOD]
     dup = int(np.isin(ood_hashes, ds.row_hashes[ds.split == TRAIN]).sum())
     train_coh = coherence_stats(ds, TRAIN).get("mean", float("nan"))
     ood_coh = (coherence_stats(ds, OOD) if ood is None else coherence_stats(ood)).get("mean", float("nan"))
+    leaked = sorted(f"{a} ~ {b}" for a, b in pairs)
     metrics = {
-        "shared_articles": len(leaked) + chunk_conflicts,
-        "leaked_articles": sorted(leaked)[:20],
-        "chunks_outside_article_split": chunk_conflicts,
+        "shared_articles": len({a for a, _ in pairs}) + len(outside),  # each leaked article counted once
+        "leaked_pairs": leaked[:20],
+        "chunks_outside_article_split": int(len(outside)),
         "train_ood_duplicate_vectors": int(dup),
         "train_ood_duplicate_share": float(dup / max(len(ood_hashes), 1)),
         "train_coherence": train_coh,
@@ -296,7 +359,12 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None) -> 
         else 0.0,
         "splits": {name: int((ds.split == c).sum()) for c, name in enumerate(SPLIT_NAMES)},
     }
-    return judge("split_hygiene", metrics, profile, dataset=ds.path.name)
+    result = judge("split_hygiene", metrics, profile, dataset=ds.path.name)
+    if leaked or len(outside):
+        named = "; ".join(leaked[:5]) + (f" (+{len(leaked) - 5} more)" if len(leaked) > 5 else "")
+        extra = f" chunks {outside[:5].tolist()} sit outside their article's split." if len(outside) else ""
+        annotate(result, f"Leaked (split:article ~ split:article): {named or '-'}.{extra}")
+    return result
 
 
 _FROM_PROFILE = -1  # max_per_article default: the profile's value (None means no cap)

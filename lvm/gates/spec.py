@@ -28,13 +28,13 @@ class GateSpec:
 
 
 GATES: tuple[GateSpec, ...] = (
-    GateSpec("encoder_fingerprint", DATA, "fingerprint_match"),
+    GateSpec("encoder_fingerprint", DATA, "fingerprint_match", params={"text_sample": 64}),
     GateSpec("normalization", DATA, "abs_mean_minus_1"),
     GateSpec("oracle_recall", DATA, "recall_at_5", params={"sample": 1000, "ks": [1, 5, 1000]}),
     GateSpec("alignment", DATA, "next_margin", params={"sample": 5000, "tie_tolerance": 0.0, "ctx": 5, "min_ctx": 1}),
     GateSpec("coherence", DATA, "mean"),
     GateSpec("coherence_drift", DATA, "mean_drift_rel", params={"segments": 10, "segment_by": "article_range"}),
-    GateSpec("split_hygiene", DATA, "shared_articles"),
+    GateSpec("split_hygiene", DATA, "shared_articles", params={"near_identical_cos": 0.9999, "leak_sample": 5000}),
     GateSpec(
         "batch_hygiene", DATA, "same_article_negatives", params={"batches": 50, "batch_size": 256, "max_per_article": 2}
     ),

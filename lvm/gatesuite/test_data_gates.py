@@ -43,7 +43,8 @@ def test_coherence_drift(gate_session, lvm_dataset, gate_profile, gate_status, r
 
 def test_split_hygiene(gate_session, lvm_dataset, gate_profile, gate_status, request):
     ood = request.config.getoption("--ood-dataset")
-    gate_status(gates.split_hygiene(lvm_dataset, gate_profile, gate_session.dataset(ood) if ood else None))
+    index = gate_session.index(lvm_dataset)
+    gate_status(gates.split_hygiene(lvm_dataset, gate_profile, gate_session.dataset(ood) if ood else None, index=index))
 
 
 def test_batch_hygiene(gate_session, lvm_dataset, gate_profile, gate_status):
