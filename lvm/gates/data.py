@@ -167,6 +167,9 @@ def alignment(view: SequenceView, profile: Profile, sample: int | None = None, s
         "declared_target_cos": declared,
         "profile": {str(k): v for k, v in prof.items()},
         "next_margin": declared - peak[1],
+        # P(+1) and P(-1) are both adjacent pairs (a tie by nature); chunks two or more steps away are
+        # clearly less similar, so the declared target must beat them by a margin: that has power
+        "skip_margin": declared - max((v for k, v in others.items() if abs(k) >= 2), default=float("nan")),
         "peak_at_next": float(declared >= peak[1] - tie),
         "direction_delta": declared - prof.get(-1, float("nan")),
         "sample": int(n),

@@ -12,6 +12,8 @@ from lvm.data.datasets import Dataset
 from lvm.evaluation import ABLATIONS, ModelEval, batch1_latency, predict
 from lvm.gates.status import (
     AMBER,
+    annotate,
+    cap_thin,
     GREEN,
     RED,
     GateResult,
@@ -81,8 +83,37 @@ def output_sanity(ev: ModelEval, profile: Profile) -> GateResult:
     return judge("output_sanity", metrics, profile, **ev.where())
 
 
-def cosine_gate(gate: str, ev: ModelEval, profile: Profile, other: ModelEval | None = None) -> GateResult:
-    """``val_cosine`` / ``ood_cosine``: mean cos(ŷ, y) with a bootstrap 95 % CI."""
+def baseline_cosines(ev: ModelEval, baselines: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sequence cos of each null baseline on sequences ``idx`` of the model's view, computed once
+    per (view, sample) and shared by every gate that compares the model with them."""
+    cache = ev.__dict__.setdefault("_baseline_cos", {})
+    key = (len(idx), int(idx[:1].sum()) if len(idx) else 0, int(idx[-1:].sum()) if len(idx) else 0)
+    if key not in cache:
+        target = ev.target[idx]
+        cache[key] = {
+            name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()
+        }
+    return cache[key]
+
+
+def _vs_best_baseline(ev: ModelEval, baselines: dict, profile: Profile, seed: int = 0) -> dict:
+    """The model against the best null baseline on the same seeded sample (paired, articles resampled)."""
+    idx = ev.sample(gate_params(profile, "beats_baselines")["sample"], seed)
+    base_cos = baseline_cosines(ev, baselines, idx)
+    scores = {name: float(c.mean()) for name, c in base_cos.items()}
+    best = max(scores, key=scores.get)
+    diff = M.paired_difference(
+        ev.cos[idx], base_cos[best], clusters=ev.view.article_ids[idx]
+    )  # same articles both sides
+    return {"idx": idx, "scores": scores, "best": best, "diff": diff}
+
+
+def cosine_gate(
+    gate: str, ev: ModelEval, profile: Profile, other: ModelEval | None = None, baselines: dict | None = None
+) -> GateResult:
+    """``val_cosine`` / ``ood_cosine``: mean cos(ŷ, y) with an article-cluster bootstrap 95 % CI and,
+    given the null baselines, the margin over the best of them on the same sequences (the question
+    a user asks on any domain: does the model beat what the data gives for free?)."""
     ci = M.cluster_bootstrap(ev.cos, ev.view.article_ids)  # articles resampled: their sequences overlap
     metrics = {
         gate: ci["mean"],
@@ -91,44 +122,85 @@ def cosine_gate(gate: str, ev: ModelEval, profile: Profile, other: ModelEval | N
         "n": ci["n"],
         "articles": ci["clusters"],
         "n_eff": ci["n_eff"],
+        "split_scored": ev.view.split,
+        "dataset_scored": ev.view.dataset.path.name,
     }
     if other is not None:
         metrics["ood_minus_val"] = float(ev.cos.mean() - other.cos.mean())
-    return judge(gate, metrics, profile, **ev.where())
+    unmeasured = {}
+    if baselines:
+        vs = _vs_best_baseline(ev, baselines, profile)
+        metrics.update(
+            {
+                "margin_vs_baseline": vs["diff"]["mean"],
+                "margin_vs_baseline_ci_low": vs["diff"]["ci_low"],
+                "best_baseline": vs["best"],
+                "best_baseline_cosine": vs["scores"][vs["best"]],
+            }
+        )
+    else:
+        unmeasured = {"margin_vs_baseline": "no baselines given"}
+    result = judge(gate, metrics, profile, unmeasured=unmeasured, **ev.where())
+    return cap_thin(result, ci["n_eff"], gate_params(profile, gate)["min_sample"], "independent sequences (n_eff)")
 
 
 def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int = 0) -> GateResult:
-    """Paired per-sequence difference against the best null baseline, with a bootstrap CI.
+    """Paired per-sequence difference against the best null baseline, with an article-cluster CI.
 
     ``baselines`` maps a name to a model (or a ``ModelEval``); all are scored on the same seeded
     sample of sequences (the profile's ``sample``; all sequences when it is larger), streamed.
+    A margin below the profile's minimum effect size is not a win, however significant.
     """
-    idx = ev.sample(gate_params(profile, "beats_baselines")["sample"], seed)
-    target = ev.target[idx]
-    base_cos = {
-        name: M.rowwise_cos(predict(getattr(b, "model", b), ev.view, idx), target) for name, b in baselines.items()
-    }
-    scores = {name: float(c.mean()) for name, c in base_cos.items()}
-    best = max(scores, key=scores.get)
-    diff = M.paired_difference(
-        ev.cos[idx], base_cos[best], clusters=ev.view.article_ids[idx]
-    )  # same articles both sides
+    vs = _vs_best_baseline(ev, baselines, profile, seed)
+    diff = vs["diff"]
     metrics = {
-        "model_cosine": float(ev.cos[idx].mean()),
-        "baselines": scores,
-        "best_baseline": best,
-        "sample": int(len(idx)),
+        "model_cosine": float(ev.cos[vs["idx"]].mean()),
+        "baselines": vs["scores"],
+        "best_baseline": vs["best"],
+        "sample": int(len(vs["idx"])),
         "margin": diff["mean"],
         "margin_ci_low": diff["ci_low"],
         "margin_ci_high": diff["ci_high"],
         "articles": diff["clusters"],
         "n_eff": diff["n_eff"],
     }
-    return judge("beats_baselines", metrics, profile, **ev.where())
+    result = judge("beats_baselines", metrics, profile, **ev.where())
+    if result.status != GREEN:
+        annotate(
+            result,
+            f"Best baseline: {vs['best']} ({vs['scores'][vs['best']]:.4f}) vs model {metrics['model_cosine']:.4f}.",
+        )
+    return cap_thin(
+        result, diff["n_eff"], gate_params(profile, "beats_baselines")["min_sample"], "independent sequences (n_eff)"
+    )
+
+
+def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
+    """Per-sequence cos(ŷ, target) − cos(ŷ, chunk at the k > 0 of highest P(k)), article-cluster CI."""
+    ds = ev.view.dataset
+    ahead = {k: v for k, v in prof.items() if k > 0 and not math.isnan(v)}
+    if not ahead:
+        return {"forward_margin_ci_low": float("nan"), "forward_margin_ci_high": float("nan"), "forward_n_eff": 0.0}
+    k = max(ahead, key=ahead.get)
+    j, ok = M.neighbour_indices(ev.view.targets, ds.article_id, k)
+    if not ok.any():
+        return {"forward_margin_ci_low": float("nan"), "forward_margin_ci_high": float("nan"), "forward_n_eff": 0.0}
+    d = ev.cos[ok] - M.rowwise_cos(ev.pred[ok], np.asarray(ds.vectors[j[ok]], dtype=np.float32))
+    ci = M.cluster_bootstrap(d, ev.view.article_ids[ok])
+    return {
+        "forward_margin_ci_low": ci["ci_low"],
+        "forward_margin_ci_high": ci["ci_high"],
+        "forward_n_eff": ci["n_eff"],
+        "forward_offset": int(k),
+    }
 
 
 def offset_sweep(ev: ModelEval, profile: Profile) -> GateResult:
-    """P(k) = mean cos(ŷ, chunk at target+k), k = −3…3: the model must point at k = 0."""
+    """P(k) = mean cos(ŷ, chunk at target+k), k = −3…3: the model must point at k = 0.
+
+    The forward margin (P(0) over the closest later chunk) is decided with an article-cluster CI;
+    a sample too small for it is AMBER "too few sequences", not RED on noise.
+    """
     ds = ev.view.dataset
     prof = M.similarity_profile(ev.pred, ev.view.targets, ds.vectors, ds.article_id)
     others = {k: v for k, v in prof.items() if k != 0 and not math.isnan(v)}
@@ -139,8 +211,15 @@ def offset_sweep(ev: ModelEval, profile: Profile) -> GateResult:
         "margin": prof[0] - max(others.values()) if others else float("nan"),
         "forward_margin": prof[0] - max(ahead.values()) if ahead else float("nan"),
         "copy_gap": prof.get(-1, float("nan")) - prof[0],
+        **_forward_margin_ci(ev, prof),
     }
-    return judge("offset_sweep", metrics, profile, **ev.where())
+    result = judge("offset_sweep", metrics, profile, **ev.where())
+    return cap_thin(
+        result,
+        metrics["forward_n_eff"],
+        gate_params(profile, "offset_sweep")["min_sample"],
+        "independent sequences (n_eff)",
+    )
 
 
 def no_collapse(ev: ModelEval, profile: Profile) -> GateResult:
@@ -167,7 +246,11 @@ def context_ablations(ev: ModelEval, profile: Profile, seed: int = 0) -> GateRes
     return judge("context_ablations", metrics, profile, **ev.where())
 
 
-def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None) -> GateResult:
+def retrieval(
+    ev: ModelEval, index, profile: Profile, nprobe: int | None = None, baselines: dict | None = None
+) -> GateResult:
+    """R@k, Contain@50, Eff@5, MRR of the predictions in the bank; given the null baselines, each
+    also relative to the best baseline's (same queries, same index)."""
     if nprobe is not None and hasattr(index, "nprobe"):
         index.nprobe = nprobe
     params = gate_params(profile, "retrieval")
@@ -183,7 +266,20 @@ def retrieval(ev: ModelEval, index, profile: Profile, nprobe: int | None = None)
     metrics["sample"] = int(len(idx))
     metrics["search_ms_per_query"] = search_ms
     metrics["nprobe"] = int(getattr(index, "nprobe", 0))
-    return judge("retrieval", metrics, profile, **ev.where())
+    unmeasured = {}
+    if baselines:
+        best = _vs_best_baseline(ev, baselines, profile)["best"]
+        base_pred = predict(getattr(baselines[best], "model", baselines[best]), ev.view, idx)
+        _, base_found = index.search(np.ascontiguousarray(base_pred, dtype=np.float32), k)
+        base = M.retrieval_metrics(M.ranks_of(ev.view.targets[idx], base_found, ds.duplicate_canon), k)
+        metrics["best_baseline"] = best
+        for name in ("contain_at_50", "r_at_5", "eff_at_5"):
+            if name in metrics and name in base:
+                metrics[f"baseline_{name}"] = base[name]
+                metrics[f"{name}_vs_baseline"] = metrics[name] - base[name]
+    else:
+        unmeasured = {f"{n}_vs_baseline": "no baselines given" for n in ("contain_at_50", "r_at_5", "eff_at_5")}
+    return judge("retrieval", metrics, profile, unmeasured=unmeasured, **ev.where())
 
 
 def latency(ev: ModelEval, profile: Profile, timings: dict | None = None, threads: int = 1) -> GateResult:
@@ -233,4 +329,15 @@ def training_health(history: dict | None, profile: Profile, epoch: int | None = 
         "aborted": float(history.get("status") == "aborted"),
         "epochs": len(epochs),
     }
-    return judge("training_health", metrics, profile, **where)
+    unmeasured = {}
+    lambda_mse = (history.get("loss_config") or {}).get("lambda_mse", 1.0)
+    if info_enabled and not lambda_mse:
+        unmeasured["loss_balance_max"] = "MSE is off (λ_mse = 0): there is no MSE term to balance InfoNCE against"
+        metrics["loss_balance_max"] = float("nan")
+    result = judge("training_health", metrics, profile, unmeasured=unmeasured, **where)
+    if schedule:
+        fired = "; ".join(
+            f"epoch {v['epoch']}: val_cosine {v['value']:.4f} < {v['threshold']} ({v['action']})" for v in schedule
+        )
+        annotate(result, f"Kill-switch rules that fired: {fired}.")
+    return result

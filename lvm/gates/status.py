@@ -130,3 +130,15 @@ def gate_params(profile: Profile, gate: str) -> dict:
             f"known: {', '.join(declared) or 'none'}"
         )
     return {**declared, **table}
+
+
+def cap_thin(result: GateResult, n: float, min_n: int, what: str = "sequences") -> GateResult:
+    """Too small a sample decides nothing: GREEN and RED both become AMBER "too few sequences"."""
+    if min_n and n < min_n and result.status in (GREEN, RED):
+        was = result.status
+        result.status = AMBER
+        result.message = (
+            f"{result.gate} AMBER: too few {what} to decide (n = {n:.0f} < {min_n}); it would read {was}. "
+            + (result.message or "")
+        ).strip()
+    return result

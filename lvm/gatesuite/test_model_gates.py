@@ -17,17 +17,24 @@ def test_output_sanity(val_eval, gate_profile, gate_status):
     gate_status(gates.output_sanity(val_eval, gate_profile))
 
 
-def test_val_cosine(val_eval, gate_profile, gate_status):
+def _baselines(gate_session, lvm_dataset, ev):
+    return gate_session.baselines(lvm_dataset, ev.view.ctx, ev.view.min_ctx)
+
+
+def test_val_cosine(gate_session, lvm_dataset, val_eval, gate_profile, gate_status):
     gate_status(
-        gates.cosine_gate("val_cosine", val_eval, gate_profile),
+        gates.cosine_gate(
+            "val_cosine", val_eval, gate_profile, baselines=_baselines(gate_session, lvm_dataset, val_eval)
+        ),
         per_sequence=val_eval.cos,
         articles=val_eval.view.article_ids,
     )
 
 
-def test_ood_cosine(ood_eval, val_eval, gate_profile, gate_status):
+def test_ood_cosine(gate_session, lvm_dataset, ood_eval, val_eval, gate_profile, gate_status):
+    base = _baselines(gate_session, lvm_dataset, ood_eval)
     gate_status(
-        gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval),
+        gates.cosine_gate("ood_cosine", ood_eval, gate_profile, other=val_eval, baselines=base),
         per_sequence=ood_eval.cos,
         articles=ood_eval.view.article_ids,
     )
@@ -36,8 +43,7 @@ def test_ood_cosine(ood_eval, val_eval, gate_profile, gate_status):
 @pytest.mark.parametrize("split", ["val", "ood"])
 def test_beats_baselines(split, gate_session, lvm_dataset, val_eval, ood_eval, gate_profile, gate_status):
     ev = val_eval if split == "val" else ood_eval
-    base = gate_session.baselines(lvm_dataset, ev.view.ctx, ev.view.min_ctx)
-    gate_status(gates.beats_baselines(ev, base, gate_profile))
+    gate_status(gates.beats_baselines(ev, _baselines(gate_session, lvm_dataset, ev), gate_profile))
 
 
 @pytest.mark.parametrize("split", ["val", "ood"])
@@ -54,9 +60,9 @@ def test_context_ablations(val_eval, gate_profile, gate_status):
 
 
 def test_retrieval(gate_session, lvm_dataset, val_eval, gate_profile, gate_status, request):
-    gate_status(
-        gates.retrieval(val_eval, gate_session.index(lvm_dataset), gate_profile, request.config.getoption("--nprobe"))
-    )
+    index, nprobe = gate_session.index(lvm_dataset), request.config.getoption("--nprobe")
+    base = _baselines(gate_session, lvm_dataset, val_eval)
+    gate_status(gates.retrieval(val_eval, index, gate_profile, nprobe, baselines=base))
 
 
 def test_latency(val_eval, gate_profile, gate_status, request):
