@@ -6,6 +6,7 @@ metadata: the first shipped profile that lists the dataset's encoder model id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,44 @@ class Profile:
             raise LvmError(f"gate profile {self.name} ({self.path.name}) has no [gates.{gate_id}] table")
         return spec
 
-    def rules_at(self, kind: str, epoch: int) -> list[EpochRule]:
-        return [r for r in getattr(self, kind) if r.epoch == epoch]
+    @property
+    def reference_samples(self) -> int | None:
+        """Training sequences per epoch of the runs the epoch schedule was calibrated on (``[training]
+        reference_samples_per_epoch``): a rule "at epoch E" means after E x this many samples seen."""
+        ref = self.data.get("training", {}).get("reference_samples_per_epoch")
+        return int(ref) if ref else None
+
+    def due_epoch(self, rule: EpochRule, samples_per_epoch: int | None = None) -> int:
+        """The epoch of *this* run at which ``rule`` is judged: the first whose samples seen reach the
+        rule's (so the schedule means the same on 5k and 500k sequences); the rule's own epoch when
+        the run's or the profile's epoch size is unknown."""
+        ref = self.reference_samples
+        if not ref or not samples_per_epoch:
+            return rule.epoch
+        return max(1, math.ceil(rule.epoch * ref / samples_per_epoch))
+
+    def rules_at(self, kind: str, epoch: int, samples_per_epoch: int | None = None) -> list[EpochRule]:
+        return [r for r in getattr(self, kind) if self.due_epoch(r, samples_per_epoch) == epoch]
+
+    def unreached(self, epochs: int, samples_per_epoch: int | None = None) -> list[dict]:
+        """Rules a run of ``epochs`` epochs never reaches (a dataset too small for the schedule)."""
+        return [
+            {
+                "metric": kind,
+                "rule_epoch": r.epoch,
+                "due_epoch": self.due_epoch(r, samples_per_epoch),
+                "threshold": r.min,
+            }
+            for kind in SCHEDULE_METRICS
+            for r in getattr(self, kind)
+            if self.due_epoch(r, samples_per_epoch) > epochs
+        ]
 
     def schedule_violations(
-        self, epochs: Iterable[Mapping], kinds: Sequence[str] = tuple(SCHEDULE_METRICS)
+        self,
+        epochs: Iterable[Mapping],
+        kinds: Sequence[str] = tuple(SCHEDULE_METRICS),
+        samples_per_epoch: int | None = None,
     ) -> list[dict]:
         """The epoch rules (kill switches) that training-history rows break, in row, kind, rule order.
 
@@ -69,11 +103,12 @@ class Profile:
                 value = row.get(SCHEDULE_METRICS[kind])
                 if value is None:
                     continue
-                for rule in self.rules_at(kind, row["epoch"]):
+                for rule in self.rules_at(kind, row["epoch"], samples_per_epoch):
                     if value < rule.min:
                         violations.append(
                             {
                                 "epoch": row["epoch"],
+                                "rule_epoch": rule.epoch,
                                 "metric": kind,
                                 "value": value,
                                 "threshold": rule.min,
@@ -135,15 +170,40 @@ def load_profile(name_or_path: str, _chain: tuple = ()) -> Profile:
     )
 
 
+def _model_id(meta: dict) -> str | None:
+    enc = meta.get("encoder") or {}
+    return (enc.get("pipeline") or {}).get("model_id") or (enc.get("spec") or {}).get("name")
+
+
+def check_fits(profile: Profile, meta: dict) -> Profile:
+    """Refuse a profile calibrated for another encoder or dimension than the dataset's (its thresholds
+    would judge another vector space). Synthetic data, which names its own profile, is exempt."""
+    if meta.get("synthetic"):
+        return profile
+    head = profile.data.get("profile", {})
+    dim, want_dim = meta.get("dim"), head.get("dim")
+    if want_dim is not None and dim is not None and dim != want_dim:
+        raise LvmError(
+            f"gate profile {profile.name} is calibrated for {want_dim}-D vectors but the dataset has {dim}-D "
+            "vectors; pick the profile of its encoder or write one with `lvm calibrate`"
+        )
+    model_id, encoders = _model_id(meta), head.get("encoders") or []
+    if model_id and encoders and model_id not in encoders and not head.get("any_encoder"):
+        raise LvmError(
+            f"gate profile {profile.name} is calibrated for {', '.join(encoders)}, not for the dataset's encoder "
+            f"{model_id}; pick the profile of its encoder or write one with `lvm calibrate`"
+        )
+    return profile
+
+
 def profile_for_dataset(meta: dict, explicit: str | None = None) -> Profile:
-    """The explicit profile, else the first shipped one whose ``encoders`` lists the dataset's encoder."""
+    """The explicit profile, else the first shipped one whose ``encoders`` lists the dataset's encoder;
+    either way one whose encoder and dimension fit the dataset (``check_fits``)."""
     if explicit:
-        return load_profile(explicit)
+        return check_fits(load_profile(explicit), meta)
     if meta.get("gate_profile"):  # a dataset may name its profile (synthetic data does)
-        return load_profile(meta["gate_profile"])
-    model_id = ((meta.get("encoder") or {}).get("pipeline") or {}).get("model_id") or (
-        (meta.get("encoder") or {}).get("spec") or {}
-    ).get("name")
+        return check_fits(load_profile(meta["gate_profile"]), meta)
+    model_id = _model_id(meta)
     for name in shipped_profiles():
         prof = load_profile(name)
         if model_id and model_id in prof.data.get("profile", {}).get("encoders", []):

@@ -66,6 +66,12 @@ def pytest_addoption(parser) -> None:
         help="dataset folder (built by `lvm build-data` or `lvm import-npz`; repeatable)",
     )
     group.addoption("--ood-dataset", default=None, metavar="DIR", help="separate out-of-distribution dataset")
+    group.addoption(
+        "--ood-split",
+        default=None,
+        choices=("train", "val", "ood"),
+        help="score only this split of --ood-dataset (default: all of it)",
+    )
     group.addoption("--baseline-dataset", default=None, metavar="DIR", help="dataset that worked, for coherence drift")
     group.addoption(
         "--baseline-results", default=None, metavar="FILE", help="results file to check regressions against"
@@ -207,14 +213,15 @@ class GateSession:
         return self._once(("index", str(ds.path)), lambda: load_or_build_index(ds)[0])
 
     def ood_view(self, ds, ctx, min_ctx):
-        """The OOD sequences: a separate --ood-dataset (its OOD split, or all its sequences when it
-        was built without splits, i.e. all in train), else the dataset's own OOD split."""
+        """The OOD sequences: every sequence of a separate --ood-dataset (all its splits: it is out of
+        distribution as a whole; --ood-split narrows it), else the dataset's own OOD split. The
+        cosine gates record which dataset and split they scored."""
+        from lvm.data.datasets import ALL_SPLITS
+
         other = self.config.getoption("--ood-dataset")
         if not other:
             return ds.sequences("ood", ctx, min_ctx)
-        ood_ds = self.dataset(other)
-        view = ood_ds.sequences("ood", ctx, min_ctx)
-        return view if len(view) else ood_ds.sequences("train", ctx, min_ctx)
+        return self.dataset(other).sequences(self.config.getoption("--ood-split") or ALL_SPLITS, ctx, min_ctx)
 
     def model(self, spec: str):
         """``(LoadedModel or None, load error or None)`` for a checkpoint spec, loaded once."""

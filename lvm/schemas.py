@@ -306,8 +306,239 @@ class ProfileHead(_Open):
     dim: Dim | None = None
 
 
+class TrainingTable(_Open):
+    val_cosine: list[EpochRuleModel] = Field(default_factory=list)
+    ood_sentinel: list[EpochRuleModel] = Field(default_factory=list)
+    reference_samples_per_epoch: Annotated[int, Field(ge=1, strict=True)] | None = None
+
+
 class ProfileDoc(_Open):
     profile: ProfileHead = Field(default_factory=ProfileHead)
     gates: dict[str, GateTable] = Field(default_factory=dict)
-    training: dict[str, list[EpochRuleModel]] = Field(default_factory=dict)
+    training: TrainingTable = Field(default_factory=TrainingTable)
     regression: dict = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- dataset side files
+
+
+def read_jsonl(path: Path, what: str) -> list:
+    """One JSON value per line; one line naming the file and line when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise LvmError(f"{path} not found ({what})")
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                try:
+                    rows.append(json.loads(line))
+                except (ValueError, RecursionError):
+                    raise LvmError(f"{path}:{lineno}: not valid JSON ({what})") from None
+    except UnicodeDecodeError:
+        raise LvmError(f"{path}: not UTF-8 text ({what})") from None
+    return rows
+
+
+def check_texts(path: Path, texts: list, n_chunks: int) -> list[str]:
+    """``texts.jsonl``: one JSON string per chunk."""
+    if len(texts) != n_chunks:
+        raise LvmError(f"{path}: {len(texts)} lines, but the dataset has {n_chunks} chunks (one text per chunk)")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise LvmError(f"{path}:{bad + 1}: expected a JSON string (the chunk's text); got {type(texts[bad]).__name__}")
+    return texts
+
+
+class ArticleRow(_Open):
+    source_id: str | int
+    title: str = ""
+    topic: str = ""
+    split: Literal["train", "val", "ood"]
+    first_chunk: Count = 0
+    n_chunks: Count = 0
+
+
+_ARTICLE_ROWS = None
+
+
+def check_articles(path: Path, rows: list, max_article_id: int) -> list[dict]:
+    """``articles.jsonl``: one object per article, indexed by the dense article ids of ``article_id.npy``."""
+    from pydantic import TypeAdapter
+
+    global _ARTICLE_ROWS
+    if _ARTICLE_ROWS is None:
+        _ARTICLE_ROWS = TypeAdapter(list[ArticleRow])
+    try:
+        _ARTICLE_ROWS.validate_python(rows)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        raise one_line(exc, f"{path}:{int(loc[0]) + 1}" if loc and isinstance(loc[0], int) else str(path)) from None
+    if len(rows) <= max_article_id:
+        raise LvmError(
+            f"{path}: {len(rows)} articles, but article_id.npy names article {max_article_id}: "
+            "article ids must index this table (0..A-1)"
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- training runs
+
+NonNeg = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)]
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
+class LossSettings(_Open):
+    lambda_mse: NonNeg = 1.0
+    lambda_cos: NonNeg = 0.0
+    lambda_info: NonNeg = 0.0
+    lambda_moment: NonNeg = 0.0
+    lambda_variance: NonNeg = 0.0
+    tau: Positive = 0.07
+    adaptive_info: StrictBool = False
+    adaptive_base: NonNeg = 0.5
+    adaptive_min: NonNeg = 0.01
+    adaptive_max: NonNeg = 0.5
+    adaptive_decay: Fraction = 0.99
+    variance_floor_ratio: NonNeg = 0.5
+
+    @model_validator(mode="after")
+    def _clamps(self):
+        if self.adaptive_min > self.adaptive_max:
+            raise ValueError(f"adaptive_min ({self.adaptive_min}) must not exceed adaptive_max ({self.adaptive_max})")
+        return self
+
+
+class TrainSettings(_Open):
+    """``lvm train``'s options and a run's ``config.json`` (``lvm.train.config.TrainConfig``)."""
+
+    dataset: str
+    model: str
+    model_config_: dict = Field(alias="model_config")
+    ctx: Ctx
+    min_ctx: Ctx
+    epochs: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 24)]
+    lr: Positive
+    weight_decay: NonNeg
+    warmup_frac: Fraction
+    min_lr_ratio: Fraction
+    grad_clip: NonNeg
+    ema_decay: Annotated[float, Field(strict=True, ge=0, lt=1, allow_inf_nan=False)]
+    max_per_article: Count
+    loss: LossSettings
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+    warm_start: str | None = None
+    warm_start_lr_scale: Positive
+    gate_profile: str | None = None
+    kill_switches: StrictBool
+    eval_batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 24)]
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")]
+    threads: Annotated[int, Field(strict=True, ge=1, le=4096)] | None = None
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.min_ctx > self.ctx:
+            raise ValueError(f"min_ctx ({self.min_ctx}) must not exceed ctx ({self.ctx})")
+        CheckpointMeta._sizes(self.model_config_)
+        if "input_dim" in self.model_config_:
+            raise ValueError("model_config must not set input_dim: it is the dataset's dim")
+        if self.model_config_.get("ctx", self.ctx) != self.ctx:
+            raise ValueError(f"model_config ctx ({self.model_config_['ctx']!r}) differs from ctx ({self.ctx})")
+        return self
+
+
+def load_resume_state(path: Path, map_location) -> dict:
+    """A run's ``resume.pt`` (``weights_only``: tensors and plain data), its keys and their types checked."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise LvmError(f"nothing to resume in {path.parent} (no {path.name})")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError, TypeError, OSError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(exc).__name__)
+        raise LvmError(f"{path}: not a readable resume state (refused or corrupt: {why[:160]})") from None
+    if not isinstance(state, dict):
+        raise LvmError(f"{path}: expected the trainer's resume state (a dict); got {type(state).__name__}")
+    kinds = {
+        "epoch": int,
+        "model": dict,
+        "optimizer": dict,
+        "scheduler": dict,
+        "ema": dict,
+        "ema_steps": int,
+        "adaptive": dict,
+        "torch_rng": torch.Tensor,
+    }
+    for key, kind in kinds.items():
+        v = state.get(key)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise LvmError(f"{path}: {key} must be {kind.__name__}; got {type(v).__name__}")
+    if state["epoch"] < 0 or state["ema_steps"] < 0:
+        raise LvmError(f"{path}: epoch and ema_steps must be >= 0")
+    for key in ("model", "ema"):
+        bad = [k for k, v in state[key].items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise LvmError(f"{path}: {key}.{bad[0]} is not a tensor")
+    if state["torch_rng"].dtype != torch.uint8 or state["torch_rng"].dim() != 1:
+        raise LvmError(f"{path}: torch_rng must be a 1-D uint8 tensor (torch.get_rng_state())")
+    emas = [state["adaptive"].get(k) for k in ("ema_mse", "ema_info")] if state["adaptive"] else [None, None]
+    if (emas[0] is None) != (emas[1] is None) or not all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) for v in emas
+    ):
+        raise LvmError(f"{path}: adaptive must hold finite numbers ema_mse and ema_info (or neither)")
+    return state
+
+
+def check_resume_fits(path: Path, state: dict, model, optimizer) -> None:
+    """After loading: the EMA weights and the optimizer's moments have the model's keys and shapes."""
+    ref = model.state_dict()
+    ema = state["ema"]
+    if ema:
+        if set(ema) != set(ref):
+            raise LvmError(
+                f"{path}: the EMA weights name other tensors than the model ({sorted(set(ema) ^ set(ref))[:3]})"
+            )
+        for k, t in ema.items():
+            if t.shape != ref[k].shape or t.dtype != ref[k].dtype:
+                raise LvmError(
+                    f"{path}: ema.{k} is {t.dtype} {tuple(t.shape)}; "
+                    f"the model's is {ref[k].dtype} {tuple(ref[k].shape)}"
+                )
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if hasattr(v, "shape") and v.dim() and (v.shape != p.shape or not v.is_floating_point()):
+                    raise LvmError(
+                        f"{path}: optimizer state {k} {tuple(v.shape)} does not fit a parameter {tuple(p.shape)}"
+                    )
+
+
+class HistoryRow(_Open):
+    epoch: Annotated[int, Field(strict=True, ge=0)]
+    val_cosine: float | None = None
+
+
+class HistoryEvent(_Open):
+    epoch: Annotated[int, Field(strict=True, ge=0)] = 0
+
+
+class TrainingHistory(_Open):
+    """A run's ``training_history.json``, as far as resuming and the gates read it."""
+
+    epochs: list[HistoryRow] = Field(default_factory=list)
+    events: list[HistoryEvent] = Field(default_factory=list)
+    aborted: HistoryEvent | None = None
+    best_epoch: Annotated[int, Field(strict=True, ge=0)] | None = None
+    best_val_cosine: float | None = None
+    resumed_at_epoch: list[int] = Field(default_factory=list)

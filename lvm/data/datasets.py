@@ -37,6 +37,7 @@ from lvm.io import sha256_files, write_json_atomic
 from lvm.data.splits import SPLIT_NAMES
 
 FORMAT_VERSION = 1
+ALL_SPLITS = "all"  # a view over every split (a separate OOD dataset is scored whole)
 _ARRAYS = ("vectors.npy", "article_id.npy", "position.npy", "split.npy")
 _HASHED_FILES = _ARRAYS + ("texts.jsonl", "articles.jsonl")
 _IDENTITY_FILES = ("article_id.npy", "position.npy", "split.npy", "texts.jsonl", "articles.jsonl")
@@ -171,7 +172,7 @@ class VectorBank:
         return len(self) * self._row_bytes
 
     def __getitem__(self, key):
-        if isinstance(key, slice) and key.step in (None, 1) and self.ndim == 2:
+        if isinstance(key, slice) and key.step in (None, 1) and self.ndim == 2 and self._map.flags.c_contiguous:
             start, stop, _ = key.indices(len(self))
             n = max(stop - start, 0)
             with open(self.path, "rb") as fh:
@@ -215,11 +216,11 @@ class SequenceView:
     def __init__(self, dataset: "Dataset", split: str, ctx: int, min_ctx: int):
         if not 1 <= min_ctx <= ctx:
             raise LvmError(f"need 1 <= min_ctx <= ctx, got ctx={ctx}, min_ctx={min_ctx}")
-        if split not in SPLIT_NAMES:
-            raise LvmError(f"unknown split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+        if split not in (*SPLIT_NAMES, ALL_SPLITS):
+            raise LvmError(f"unknown split {split!r}: expected one of {', '.join(SPLIT_NAMES)} or {ALL_SPLITS}")
         self.dataset, self.split, self.ctx, self.min_ctx = dataset, split, ctx, min_ctx
-        code = SPLIT_NAMES.index(split)
-        ok = (dataset.position >= min_ctx) & (dataset.split == code)
+        in_split = np.ones(len(dataset.split), dtype=bool) if split == ALL_SPLITS else dataset.split == SPLIT_NAMES.index(split)
+        ok = (dataset.position >= min_ctx) & in_split
         self.targets = np.flatnonzero(ok).astype(np.int64)
         self.n_context = np.minimum(dataset.position[self.targets], ctx).astype(np.int64)
 
@@ -337,16 +338,21 @@ class Dataset:
 
     @cached_property
     def texts(self) -> list[str]:
+        from lvm import schemas
+
         path = self.path / "texts.jsonl"
         if not path.is_file():
             return [""] * self.n_chunks
-        with open(path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh]
+        return schemas.check_texts(path, schemas.read_jsonl(path, "chunk texts"), self.n_chunks)
 
     @cached_property
     def articles(self) -> list[dict]:
-        with open(self.path / "articles.jsonl", encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh]
+        """One row per dense article id (checked: objects with a split, covering every id)."""
+        from lvm import schemas
+
+        path = self.path / "articles.jsonl"
+        rows = schemas.read_jsonl(path, "the article table")
+        return schemas.check_articles(path, rows, int(self.article_id.max()) if len(self.article_id) else -1)
 
     @cached_property
     def probe_vectors(self) -> np.ndarray | None:

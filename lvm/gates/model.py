@@ -12,11 +12,11 @@ from lvm.data.datasets import Dataset
 from lvm.evaluation import ABLATIONS, ModelEval, batch1_latency, predict
 from lvm.gates.status import (
     AMBER,
-    annotate,
-    cap_thin,
     GREEN,
     RED,
     GateResult,
+    annotate,
+    cap_thin,
     gate_params,
     judge,
     skipped,
@@ -302,7 +302,8 @@ def training_health(history: dict | None, profile: Profile, epoch: int | None = 
     if not epochs:
         return skipped("training_health", "baseline without training epochs", **where)
     # the val-cosine schedule, judged as the trainer's kill switches judge it
-    violations = profile.schedule_violations(epochs, kinds=("val_cosine",))
+    per_epoch = (history.get("sequences") or {}).get("train") if isinstance(history.get("sequences"), dict) else None
+    violations = profile.schedule_violations(epochs, kinds=("val_cosine",), samples_per_epoch=per_epoch)
     schedule = [{k: v[k] for k in ("epoch", "value", "threshold", "action")} for v in violations]
     status_by_rule = worst([GREEN, *(v["status"] for v in violations)])
     ratios = []

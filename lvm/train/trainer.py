@@ -85,7 +85,7 @@ def to_torch(batch, device):
 
 
 def check_kill_switches(
-    profile: Profile, epoch: int, val_cos: float, ood_cos: float | None
+    profile: Profile, epoch: int, val_cos: float, ood_cos: float | None, samples_per_epoch: int | None = None
 ) -> tuple[list[dict], dict | None]:
     """Events (one per epoch rule broken, warnings included) and the first abort event (or None)."""
     row = {"epoch": epoch, "val_cosine": val_cos, "ood_cosine": ood_cos}
@@ -100,7 +100,7 @@ def check_kill_switches(
             "why": v["why"],
             "profile": profile.name,
         }
-        for v in profile.schedule_violations([row])
+        for v in profile.schedule_violations([row], samples_per_epoch=samples_per_epoch)
     ]
     return events, next((e for e in events if e["action"] == "abort"), None)
 
@@ -323,7 +323,21 @@ class Trainer:
             f"training {cfg.model} ({count_parameters(model):,} params) on {len(self.train_view)} sequences "
             f"(ctx={cfg.ctx}, min_ctx={cfg.min_ctx}), {cfg.epochs} epochs, device {self.device}, world {self.world}"
         )
+        self._warn_unreached(run)
         return run
+
+    def _warn_unreached(self, run: RunState) -> None:
+        """A dataset too small for the kill-switch schedule gets a warning, not an abort at epoch 1."""
+        if self.profile is None or not self.cfg.kill_switches:
+            return
+        unreached = self.profile.unreached(self.cfg.epochs, len(self.train_view))
+        run.history["schedule_unreached"] = unreached
+        for u in unreached:
+            self.log.info(
+                f"  WARNING {u['metric']} rule of reference epoch {u['rule_epoch']} (>= {u['threshold']}) falls due at "
+                f"epoch {u['due_epoch']} of this run ({len(self.train_view):,} sequences an epoch): not reached in "
+                f"{self.cfg.epochs} epochs"
+            )
 
     def _init_distributed(self) -> None:
         """Under torchrun: join the process group; on GPU each rank takes its LOCAL_RANK device."""
@@ -354,20 +368,45 @@ class Trainer:
 
     def _restore(self, run: RunState) -> None:
         """Continue from resume.pt: weights, optimizer, scheduler, EMA, adaptive λ, RNG and history."""
-        state = torch.load(self.out / "resume.pt", map_location=self.device, weights_only=True)
-        run.model.load_state_dict(state["model"])
-        run.opt.load_state_dict(state["optimizer"])
-        run.sched.load_state_dict(state["scheduler"])
-        if run.ema is not None:
-            run.ema.shadow, run.ema.steps = state["ema"], int(state["ema_steps"])
-        if run.adaptive is not None and state.get("adaptive"):
-            run.adaptive.load_state_dict(state["adaptive"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        from lvm.schemas import check_resume_fits, load_resume_state
+
+        path = self.out / "resume.pt"
+        state = load_resume_state(path, self.device)  # weights_only, keys and types checked
+        try:
+            run.model.load_state_dict(state["model"])
+            run.opt.load_state_dict(state["optimizer"])
+            run.sched.load_state_dict(state["scheduler"])
+            check_resume_fits(path, state, run.model, run.opt)
+            if run.ema is not None:
+                run.ema.shadow, run.ema.steps = state["ema"] or run.ema.shadow, int(state["ema_steps"])
+            if run.adaptive is not None and state.get("adaptive"):
+                run.adaptive.load_state_dict(state["adaptive"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise LvmError(f"{path}: does not fit this run's model and optimizer ({why})") from None
         run.start_epoch = int(state["epoch"]) + 1
-        run.history = json.loads((self.out / "training_history.json").read_text())
+        run.history = self._history_until(
+            json.loads((self.out / "training_history.json").read_text()), int(state["epoch"])
+        )
         run.history["status"] = "running"
         run.history.setdefault("resumed_at_epoch", []).append(run.start_epoch)
         self.log.info(f"resuming {self.out} at epoch {run.start_epoch}")
+
+    @staticmethod
+    def _history_until(history: dict, epoch: int) -> dict:
+        """The history as resume.pt saw it: rows and events after ``epoch`` dropped (the history is
+        written just before resume.pt, so a kill between the two leaves one epoch that is trained
+        again), the best epoch recomputed from the rows kept, an abort of a dropped epoch forgotten."""
+        rows = [r for r in history.get("epochs", []) if r.get("epoch", 0) <= epoch]
+        history["epochs"] = rows
+        history["events"] = [e for e in history.get("events", []) if e.get("epoch", 0) <= epoch]
+        best = max(rows, key=lambda r: r["val_cosine"], default=None)  # first of equals, as _record_epoch
+        history["best_epoch"] = best["epoch"] if best else None
+        history["best_val_cosine"] = best["val_cosine"] if best else None
+        if (history.get("aborted") or {}).get("epoch", 0) > epoch:
+            history.pop("aborted")
+        return history
 
     def _train_epoch(self, run: RunState, epoch: int) -> tuple[dict, int]:
         """One pass over the article-capped batches (under DDP, this rank's slice of each global batch).
@@ -430,7 +469,10 @@ class Trainer:
         else:
             run.eval_model.load_state_dict(run.model.state_dict())
         val = evaluate(run.eval_model, self.val_view, cfg.loss, cfg.eval_batch_size, self.device)
-        sentinel = bool(self.profile and self.profile.rules_at("ood_sentinel", epoch)) and len(self.ood_view) > 0
+        sentinel = (
+            bool(self.profile and self.profile.rules_at("ood_sentinel", epoch, len(self.train_view)))
+            and len(self.ood_view) > 0
+        )
         ood = evaluate(run.eval_model, self.ood_view, None, cfg.eval_batch_size, self.device) if sentinel else None
         return val, ood
 
@@ -485,7 +527,9 @@ class Trainer:
         """Judge the profile's epoch rules: record and log every event; the abort event, if any."""
         if self.profile is None:
             return None
-        events, abort = check_kill_switches(self.profile, epoch, val["cosine"], ood["cosine"] if ood else None)
+        events, abort = check_kill_switches(
+            self.profile, epoch, val["cosine"], ood["cosine"] if ood else None, len(self.train_view)
+        )
         run.history["events"].extend(events)
         for e in events:
             self.log.info(
