@@ -125,7 +125,7 @@ def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
     ds = open_dataset(path)
     coh = ds.adjacency
     size = sum(f.stat().st_size for f in ds.path.iterdir() if f.is_file())
-    index = json.loads((ds.path / "index.json").read_text()) if (ds.path / "index.json").is_file() else None
+    corpus = ds.meta.get("corpus")
     return {
         "path": str(ds.path),
         "format_version": ds.meta["format_version"],
@@ -135,12 +135,26 @@ def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
         "norms": norm_summary(ds.vectors),
         "coherence": coherence_summary(coh),
         "encoder": _encoder_summary(ds.meta),
-        "corpus": ds.meta.get("corpus", {}),
+        "corpus": corpus if isinstance(corpus, dict) else {},
         "split_policy": ds.meta.get("split_policy"),
-        "index": index,
+        "index": _index_info(ds.path),
         "content_hash": ds.content_hash,
         "size_bytes": size,
     }
+
+
+def _index_info(folder: Path) -> dict | None:
+    """The index parameters (``index.json``), None without an index, ``{"error": ...}`` when unreadable."""
+    from lvm import schemas
+
+    path = folder / "index.json"
+    if not path.is_file():
+        return None
+    try:
+        idx = schemas.read_json(path, "the index parameters")
+    except LvmError as exc:
+        return {"error": str(exc)}
+    return idx if isinstance(idx, dict) else {"error": f"{path}: not a JSON object"}
 
 
 def cmd_inspect(args) -> int:
@@ -148,7 +162,10 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    c, s, n, h = info["counts"], info["sequences"], info["norms"], info["coherence"]
+    s, n, h = info["sequences"], info["norms"], info["coherence"]
+    c = {k: info["counts"].get(k, "?") for k in info["counts"]} | {
+        k: info["counts"].get(k, "?") for s_ in ("train", "val", "ood") for k in (f"{s_}_articles", f"{s_}_chunks")
+    }
     enc = info["encoder"]
     lines = [
         f"dataset      {info['path']}  ({info['size_bytes'] / 1e6:.1f} MB, format v{info['format_version']})",
@@ -176,11 +193,13 @@ def cmd_inspect(args) -> int:
         )
         lines.append("             " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in h["histogram"].items()))
     idx = info["index"]
-    lines.append(
-        f"index        {idx['kind']} ntotal={idx['ntotal']} nlist={idx['nlist']} nprobe={idx['nprobe']}"
-        if idx
-        else "index        none (run `lvm build-index`)"
-    )
+    if not idx:
+        lines.append("index        none (run `lvm build-index`)")
+    elif "error" in idx:
+        lines.append(f"index        unreadable ({idx['error']}; run `lvm build-index`)")
+    else:
+        g = idx.get
+        lines.append(f"index        {g('kind')} ntotal={g('ntotal')} nlist={g('nlist')} nprobe={g('nprobe')}")
     print("\n".join(lines))
     return 0
 
@@ -243,13 +262,17 @@ def cmd_train(args) -> int:
     from lvm.train.config import config_from_args
 
     if args.resume:
+        from lvm import schemas
+
         run = Path(args.resume)
         if not (run / "config.json").is_file():
             raise LvmError(f"nothing to resume in {run} (no config.json)")
-        cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+        cfg = TrainConfig.from_dict(schemas.read_json(run / "config.json", "a run's config"), str(run / "config.json"))
+        history = run / "training_history.json"
+        schemas.validate(schemas.TrainingHistory, schemas.read_json(history, "a run's training history"), str(history))
         out, resume = run, True
     else:
-        cfg = config_from_args(TrainConfig, args)
+        cfg = config_from_args(TrainConfig, args).check("lvm train options")
         out = Path(args.out or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         resume = False
     try:
@@ -630,7 +653,39 @@ def cmd_import_checkpoint(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from lvm.calibrate import CONTROLS, calibrate
+
+    controls = tuple(c.strip() for c in args.broken.split(",") if c.strip()) if args.broken else CONTROLS
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    out = calibrate(args.dataset, args.reference, args.out, args.base, controls, args.name, log=log)
+    print(
+        f"{out}: gate profile calibrated on {args.dataset} against {', '.join(controls)}; use it with --gate-profile {out}"
+    )
+    return 0
+
+
 def _add_model_commands(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="write a gate profile for a new encoder/corpus from a healthy reference run, "
+        "the null baselines and generated broken controls (refused if they do not separate)",
+    )
+    p.add_argument("dataset", help="dataset folder")
+    p.add_argument(
+        "--reference", required=True, help="a healthy model: run folder, NAME.json, NAME.pt2 or py:file.py:factory"
+    )
+    p.add_argument("--out", required=True, help="PROFILE.toml to write")
+    p.add_argument(
+        "--broken", default=None, help="comma-separated controls (default: copy_last,constant,shifted,shuffled_context)"
+    )
+    p.add_argument(
+        "--base", default=None, help="profile to start from (default: the dataset's, else the family default)"
+    )
+    p.add_argument("--name", default=None, help="profile name (default: the file's stem)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser(
         "export",
         help="write a torch.export program (NAME.pt2 + NAME.json card, dynamic batch) from an lvm "

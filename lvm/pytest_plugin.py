@@ -289,29 +289,11 @@ class GateSession:
 
     def baselines(self, ds, ctx, min_ctx):
         """The null baselines (copy-last, context mean, ridge fitted once per dataset and context)."""
-        import numpy as np
-
         from lvm.gates.status import gate_params
-        from lvm.models.baselines import ContextMean, CopyLast, Ridge
+        from lvm.models.baselines import null_baselines
 
-        def fit_ridge():
-            # closed form on a seeded sample: XᵀX costs N·(ctx·D)², so a sample bounds it at any size
-            n_fit = gate_params(self.profile(ds), "beats_baselines")["ridge_fit_sample"]
-            ridge = Ridge(ds.dim, ctx)
-            train, val = ds.sequences("train", ctx, min_ctx), ds.sequences("val", ctx, min_ctx)
-            rng = np.random.default_rng(0)
-
-            def pick(v):
-                return np.sort(rng.choice(len(v), size=min(n_fit or len(v), len(v)), replace=False))
-
-            def batches(v, idx):
-                return (v.batch(idx[s : s + 4096]) for s in range(0, len(idx), 4096))
-
-            ridge.fit(batches(train, pick(train)), batches(val, pick(val)))
-            return ridge
-
-        ridge = self._once(("ridge", str(ds.path), ctx, min_ctx), fit_ridge)
-        return {"copy_last": CopyLast(), "context_mean": ContextMean(), "ridge": ridge}
+        n_fit = gate_params(self.profile(ds), "beats_baselines")["ridge_fit_sample"]
+        return self._once(("baselines", str(ds.path), ctx, min_ctx), lambda: null_baselines(ds, ctx, min_ctx, n_fit))
 
     def view(self, ds, split, ctx, min_ctx):
         """One SequenceView per (dataset, split, ctx, min_ctx): models on it share its target vectors."""
@@ -616,7 +598,11 @@ class LvmGatesPlugin:
         profile_name = next(
             (r.get("profile") for r in results if r.get("profile") and r.get("profile") != "unknown"), None
         )
-        profile = load_profile(profile_name) if profile_name else None
+        explicit = self.config.getoption("--gate-profile")
+        try:  # the profile the gates ran with: the explicit file, else the shipped one they recorded
+            profile = load_profile(explicit) if explicit else (load_profile(profile_name) if profile_name else None)
+        except LvmError:
+            profile = None
         run = self._run_record(results)
         target = self._results_target(run["complete"])
         models = _portable(results, target.parent)

@@ -236,3 +236,23 @@ class Ridge(nn.Module):
 
 
 BASELINES = {"copy_last": CopyLast, "context_mean": ContextMean, "ridge": Ridge}
+
+
+def null_baselines(ds, ctx: int, min_ctx: int, fit_sample: int | None = None, seed: int = 0) -> dict[str, nn.Module]:
+    """The null baselines of a dataset at one context: copy-last, context mean, and a ridge fitted
+    in closed form on a seeded sample of ``fit_sample`` train sequences (alpha chosen on val): its
+    cost is N·(ctx·D)², so a sample bounds it at any dataset size."""
+    import numpy as np
+
+    ridge = Ridge(ds.dim, ctx)
+    train, val = ds.sequences("train", ctx, min_ctx), ds.sequences("val", ctx, min_ctx)
+    rng = np.random.default_rng(seed)
+
+    def pick(v):
+        return np.sort(rng.choice(len(v), size=min(fit_sample or len(v), len(v)), replace=False))
+
+    def batches(v, idx):
+        return (v.batch(idx[s : s + 4096]) for s in range(0, len(idx), 4096))
+
+    ridge.fit(batches(train, pick(train)), batches(val, pick(val)))
+    return {"copy_last": CopyLast(), "context_mean": ContextMean(), "ridge": ridge}
