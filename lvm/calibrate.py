@@ -118,7 +118,7 @@ def _controls(ds, reference, views: dict) -> dict[str, dict]:
         "shuffled_context": _evals(ShuffledContext(reference), views, "shuffled_context"),
     }
     shifted = _evals(reference, views, "shifted")
-    for split, ev in shifted.items():
+    for ev in shifted.values():
         nxt = np.minimum(ev.view.targets + 1, ds.n_chunks - 1)
         ev.use_predictions(np.asarray(ds.vectors[nxt], dtype=np.float32))  # one step ahead of the target
         ev.model = None  # predictions only: nothing to call
@@ -164,7 +164,8 @@ def measure(dataset, reference_spec: str, base: Profile, controls=CONTROLS, log=
                 f"{dataset.path}: no {s} sequences at ctx {card.ctx}; calibration needs val and OOD sequences"
             )
     log(
-        f"calibrating on {dataset.path}: val {len(views['val'])}, ood {len(views['ood'])} sequences; fitting the null baselines"
+        f"calibrating on {dataset.path}: val {len(views['val'])}, ood {len(views['ood'])} sequences; "
+        "fitting the null baselines"
     )
     baselines = null_baselines(
         dataset, card.ctx, card.gated_min_ctx, gate_params(base, "beats_baselines")["ridge_fit_sample"]
@@ -282,8 +283,9 @@ def render_profile(name: str, base: Profile, dataset, tables: dict, comments: di
 
     model_id = _model_id(dataset.meta)
     lines = [
-        f"# Calibrated by `lvm calibrate` on {dataset.path} ({dataset.n_chunks:,} chunks, {dataset.dim}-D) with reference",
-        f"# {info['card']['source']} ({info['card']['type']}); val {info['views']['val']:,} / OOD {info['views']['ood']:,} sequences.",
+        f"# Calibrated by `lvm calibrate` on {dataset.path} ({dataset.n_chunks:,} chunks, {dataset.dim}-D) with",
+        f"# reference {info['card']['source']} ({info['card']['type']});",
+        f"# val {info['views']['val']:,} / OOD {info['views']['ood']:,} sequences.",
         "# Each rule sits between the reference and the nearest broken control on the wrong side of it",
         "# (GREEN within a quarter of the gap, AMBER to half, RED beyond); measured values are beside each gate.",
         "[profile]",

@@ -660,7 +660,8 @@ def cmd_calibrate(args) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     out = calibrate(args.dataset, args.reference, args.out, args.base, controls, args.name, log=log)
     print(
-        f"{out}: gate profile calibrated on {args.dataset} against {', '.join(controls)}; use it with --gate-profile {out}"
+        f"{out}: gate profile calibrated on {args.dataset} against {', '.join(controls)}; "
+        f"use it with --gate-profile {out}"
     )
     return 0
 
