@@ -60,9 +60,12 @@ class SynthConfig:
     seed: int = 0
 
     def fingerprint(self) -> str:
-        """Identity of the generated space (stands in for an encoder fingerprint)."""
-        d = asdict(self)
-        return "synthetic-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+        """Identity of the generated vector space (stands in for an encoder fingerprint): its dimension
+        and the seed of the space, not the content. A set diluted with low-coherence segments and its
+        clean twin share a space, so coherence drift, ``lvm coherence --baseline`` and the bench compare
+        them; another dimension or seed is another space."""
+        space = {"kind": "synthetic-sphere", "dim": self.dim, "space_seed": self.seed}
+        return "synthetic-" + hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()
 
 
 def article_lengths(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -125,7 +128,9 @@ def generate(cfg: SynthConfig, out: np.ndarray, lengths: np.ndarray, progress: b
             out[dst[s : s + 65536]] = np.asarray(out[src[s : s + 65536]])
 
 
-def synth_dataset(cfg: SynthConfig, out_dir: str | Path, split: SplitPolicy | None = None, progress: bool = True) -> dict:
+def synth_dataset(
+    cfg: SynthConfig, out_dir: str | Path, split: SplitPolicy | None = None, progress: bool = True
+) -> dict:
     """Write a dataset folder (same format as ``lvm build-data``) from a synthetic config."""
     if cfg.dim < 2:
         raise LvmError("dim must be at least 2")
@@ -137,11 +142,15 @@ def synth_dataset(cfg: SynthConfig, out_dir: str | Path, split: SplitPolicy | No
     lengths = article_lengths(cfg, rng)
     n_art = len(lengths)
     article_id = np.repeat(np.arange(n_art), lengths)
-    position = (np.arange(cfg.n_chunks) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)).astype(np.int32)
+    position = (np.arange(cfg.n_chunks) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)).astype(
+        np.int32
+    )
     topic_of = np.array(["base"] * n_art, dtype=object)
     for k, seg in enumerate(cfg.segments):
         topic_of[seg.start : seg.stop] = f"segment-{k}"
-    articles = [{"source_id": f"synth-{i}", "title": f"synthetic article {i}", "topic": str(topic_of[i])} for i in range(n_art)]
+    articles = [
+        {"source_id": f"synth-{i}", "title": f"synthetic article {i}", "topic": str(topic_of[i])} for i in range(n_art)
+    ]
     policy = split or SplitPolicy()
     article_split = assign_splits(n_art, [a["topic"] for a in articles], policy)
     with atomic_dir(Path(out_dir), "dataset") as tmp:
@@ -158,6 +167,13 @@ def synth_dataset(cfg: SynthConfig, out_dir: str | Path, split: SplitPolicy | No
             "chunker": {"kind": "synthetic"},
             "split_policy": policy.to_dict(),
         }
-        full = write_dataset(tmp, article_id=article_id, position=position, texts=None, articles=articles,
-                             article_split=article_split, meta=meta)
+        full = write_dataset(
+            tmp,
+            article_id=article_id,
+            position=position,
+            texts=None,
+            articles=articles,
+            article_split=article_split,
+            meta=meta,
+        )
     return full

@@ -267,8 +267,9 @@ def _article_keys(ds: Dataset, split: str | None = None) -> dict[str, set]:
     for a in ds.articles:
         if a["n_chunks"] and (split is None or a["split"] == split):
             own = {("source", a["source_id"])}
-            body = "\x00".join(texts[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]])
-            if body.strip():
+            own_texts = texts[a["first_chunk"] : a["first_chunk"] + a["n_chunks"]]
+            if any(t.strip() for t in own_texts):  # vectors without text (synthetic data) have nothing to match
+                body = "\x00".join(own_texts)
                 own.add(("text", hashlib.sha256(body.encode("utf-8")).hexdigest()))
             keys[f"{ds.path.name}:{a['split']}:{a['article_id']}"] = own
     return keys
