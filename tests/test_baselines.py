@@ -197,3 +197,22 @@ def test_baselines_reject_a_bad_mask(name, mask, message):
     if name != "ridge":  # an unfitted ridge refuses any input; its checks are masked_context's
         with pytest.raises(LvmError, match=message):
             BASELINES[name](input_dim=D, ctx=CTX)(x, mask)
+
+
+def test_the_ridge_baseline_is_fitted_once_per_dataset_and_cached_beside_it(tmp_path):
+    """null_baselines keys its ridge by the dataset's content hash, ctx, min_ctx, sample and seed."""
+    from lvm.data.datasets import open_dataset
+    from lvm.data.synth import SynthConfig, synth_dataset
+    from lvm.models.baselines import null_baselines
+
+    synth_dataset(SynthConfig(n_chunks=2000, dim=16, seed=3), tmp_path / "ds", progress=False)
+    ds = open_dataset(tmp_path / "ds")
+    first = null_baselines(ds, 3, 1, 500)["ridge"]
+    cached = sorted((tmp_path / "ds" / "cache").glob("ridge-*.safetensors"))
+    assert len(cached) == 1
+    again = null_baselines(ds, 3, 1, 500)["ridge"]
+    assert torch.equal(first.weight, again.weight) and first.alpha == again.alpha
+    null_baselines(ds, 2, 1, 500)  # another context: another fit, another file
+    assert len(list((tmp_path / "ds" / "cache").glob("ridge-*.safetensors"))) == 2
+    cached[0].write_bytes(b"garbage")  # a damaged cache is refitted, not trusted
+    assert torch.equal(null_baselines(ds, 3, 1, 500)["ridge"].weight, first.weight)
