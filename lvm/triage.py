@@ -103,6 +103,37 @@ def _verdict(result: G.GateResult) -> dict:
     return {"status": result.status, "message": result.message, "metrics": metrics}
 
 
+def _check_segments(by: str, segment_width: int | None) -> None:
+    if by not in SEGMENT_BY:
+        raise LvmError(f"segments by {by!r}: expected one of {', '.join(SEGMENT_BY)}")
+    if segment_width is not None and by != "article_range":
+        raise LvmError("a segment width applies to article-id ranges, not to topics: give one or the other")
+    if segment_width is not None and segment_width < 1:
+        raise LvmError(f"segment width must be at least 1 article, got {segment_width}")
+
+
+def _histogram_rows(stats: dict, base_stats: dict | None) -> list[dict]:
+    """One row per 0.1 bin: the dataset's share, the baseline's and the change in percentage points."""
+    rows = []
+    for b, share in stats["histogram"].items():
+        row = {"bin": b, "dataset": share}
+        if base_stats:
+            row["baseline"] = base_stats["histogram"][b]
+            row["change_pp"] = 100 * (share - row["baseline"])
+        rows.append(row)
+    return rows
+
+
+def _drift(stats: dict, base_stats: dict | None) -> dict | None:
+    if not base_stats:
+        return None
+    return {
+        "mean_delta": stats["mean"] - base_stats["mean"],
+        "mean_drift_rel": _rel(stats["mean"], base_stats["mean"]),
+        "low_share_delta_pp": 100 * (stats["low_share"] - base_stats["low_share"]),
+    }
+
+
 def coherence_report(
     dataset_path,
     baseline_path=None,
@@ -123,12 +154,7 @@ def coherence_report(
 
     Raises ``LvmError`` when the baseline was encoded with another encoder (fingerprints differ).
     """
-    if by not in SEGMENT_BY:
-        raise LvmError(f"segments by {by!r}: expected one of {', '.join(SEGMENT_BY)}")
-    if segment_width is not None and by != "article_range":
-        raise LvmError("a segment width applies to article-id ranges, not to topics: give one or the other")
-    if segment_width is not None and segment_width < 1:
-        raise LvmError(f"segment width must be at least 1 article, got {segment_width}")
+    _check_segments(by, segment_width)
     t0 = time.perf_counter()
     ds, base = _open_pair(dataset_path, baseline_path)
     prof = profile_for_dataset(ds.meta, profile)
@@ -140,20 +166,7 @@ def coherence_report(
     if by == "article_range":
         rows = _with_id_range(rows)
 
-    histogram = []
-    for b, share in stats["histogram"].items():
-        row = {"bin": b, "dataset": share}
-        if base_stats:
-            row["baseline"] = base_stats["histogram"][b]
-            row["change_pp"] = 100 * (share - row["baseline"])
-        histogram.append(row)
-    drift = None
-    if base_stats:
-        drift = {
-            "mean_delta": stats["mean"] - base_stats["mean"],
-            "mean_drift_rel": _rel(stats["mean"], base_stats["mean"]),
-            "low_share_delta_pp": 100 * (stats["low_share"] - base_stats["low_share"]),
-        }
+    histogram, drift = _histogram_rows(stats, base_stats), _drift(stats, base_stats)
     verdicts = {
         "coherence": _verdict(
             G.judge("coherence", stats, prof, dataset=ds.path.name)
@@ -371,55 +384,8 @@ def filter_dataset(
     out = Path(out_dir)
     _check_out(out, ds)
     views = [ds.sequences(s, ctx, min_ctx) for s in SPLIT_NAMES]
-    n_seq = sum(len(v) for v in views)
-    if n_seq == 0:
-        raise LvmError(
-            f"{ds.path}: no sequences with ctx={ctx}, min_ctx={min_ctx} (no article has {min_ctx + 1} chunks)"
-        )
-    before_cos = ds.adjacency
-    cos_at = _cos_at_chunk(ds, before_cos)
-    score = sequence_scores(ds, views, before_cos)
-    targets = np.concatenate([v.targets for v in views])
-    n_ctx = np.concatenate([v.n_context for v in views])
-
-    blocked_art = _blocked_articles(ds, pattern) if pattern else np.zeros(len(ds.articles), dtype=bool)
-    in_blocked = blocked_art[ds.article_id[targets]]
-    coherent = score >= min_coherence
-    mask = coherent & ~in_blocked
-    if not mask.any():
-        raise LvmError(
-            f"the filter keeps no sequence of {ds.path} (min coherence {min_coherence}, blocklist {blocklist!r}): "
-            "nothing to write"
-        )
-
-    # chunks covered by kept sequences: t-n .. t for each; maximal runs inside one article -> new articles
-    opened = np.bincount(targets[mask] - n_ctx[mask], minlength=ds.n_chunks + 1)
-    closed = np.bincount(targets[mask] + 1, minlength=ds.n_chunks + 1)
-    keep = np.cumsum(opened - closed)[:-1] > 0
-    keep_idx = np.flatnonzero(keep)
-    starts = keep.copy()
-    starts[1:] &= ~keep[:-1] | (ds.article_id[1:] != ds.article_id[:-1])
-    run_first = np.flatnonzero(starts)  # parent chunk index where each run starts
-    new_article = np.cumsum(starts)[keep_idx] - 1  # run of each kept chunk
-    new_position = (keep_idx - run_first[new_article]).astype(np.int32)
-    run_parent = ds.article_id[run_first]  # parent article of each run
-    first_run_of = np.flatnonzero(np.r_[True, run_parent[1:] != run_parent[:-1]])
-    run_index = np.arange(len(run_first)) - np.repeat(first_run_of, np.diff(np.r_[first_run_of, len(run_first)]))
-    parents = ds.articles
-    articles = [
-        {
-            "source_id": f"{parents[a]['source_id']}#{k}",
-            "title": parents[a].get("title", ""),
-            "topic": parents[a].get("topic", ""),
-        }
-        for a, k in zip(run_parent.tolist(), run_index.tolist(), strict=False)
-    ]
-    article_split = np.array([SPLIT_NAMES.index(parents[a]["split"]) for a in run_parent.tolist()], dtype=np.int8)
-    texts = ds.texts
-    new_texts = [texts[i] for i in keep_idx.tolist()]
-
-    before = M.coherence_summary(before_cos)
-    base_mean = _pair_coherence(base)[1]["mean"] if base is not None else None
+    sel = _select(ds, views, min_coherence, pattern, ctx, min_ctx, blocklist)
+    runs = _kept_runs(ds, sel)
     settings = {
         "min_coherence": float(min_coherence),
         "blocklist": blocklist or None,
@@ -436,69 +402,155 @@ def filter_dataset(
             "filter": settings,
         }
     )
-
     with atomic_dir(out, "filtered dataset") as tmp:
-        vec = np.lib.format.open_memmap(
-            tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim)
-        )
-        for s in range(0, len(keep_idx), M.BLOCK):  # blockwise: bounded memory at any size
-            vec[s : s + M.BLOCK] = ds.vectors[keep_idx[s : s + M.BLOCK]]
-        vec.flush()
-        del vec
-        full = write_dataset(
-            tmp,
-            article_id=new_article,
-            position=new_position,
-            texts=new_texts,
-            articles=articles,
-            article_split=article_split,
-            meta=meta,
-            probe_vectors=ds.probe_vectors,
-        )
-        np.save(tmp / "mask.npy", mask)
-        # a pair of the new dataset is a pair of consecutive parent chunks of one article: same cosine
-        after = M.coherence_summary(cos_at[keep_idx[:-1][new_article[1:] == new_article[:-1]]])
-        n_seq_after = int((new_position >= min_ctx).sum())  # SequenceView's rule, summed over the splits
-        c = full["counts"]
-        summary = {
-            "dataset": str(ds.path),
-            "out": str(out),
-            "filter": settings,
-            "baseline": {"path": str(base.path), "mean_coherence": base_mean} if base is not None else None,
-            "before": _side(
-                before,
-                ds.n_chunks,
-                int(sum(1 for a in parents if a["n_chunks"])),
-                n_seq,
-                float(score.mean()),
-                base_mean,
-            ),
-            "after": {
-                **_side(after, c["chunks"], c["articles"], n_seq_after, float(score[mask].mean()), base_mean),
-                "parent_articles": int(len(np.unique(run_parent))),
-            },
-            "sequences": {
-                "total": n_seq,
-                "kept": int(mask.sum()),
-                "kept_share": float(mask.mean()),
-                "dropped_low_coherence": int((~coherent & ~in_blocked).sum()),
-                "dropped_blocklist": int(in_blocked.sum()),
-            },
-            "blocklisted_articles": int(blocked_art.sum()),
-            "blocklisted_titles": [parents[a].get("title", "") for a in np.flatnonzero(blocked_art)[:20].tolist()],
-            "mask": {
-                "file": "mask.npy",
-                "length": n_seq,
-                "order": "train, val, ood sequences as SequenceView yields them",
-                "ctx": ctx,
-                "min_ctx": min_ctx,
-            },
-            "index": "none: run `lvm build-index` on the filtered dataset",
-            "parent": meta["parent"],
-        }
+        full = _write_filtered(tmp, ds, runs, meta)
+        np.save(tmp / "mask.npy", sel["mask"])
+        summary = _filter_summary(ds, base, out, settings, sel, runs, full, meta, min_ctx)
         summary["seconds"] = time.perf_counter() - t0
         write_json_atomic(tmp / "filter_summary.json", summary)
     return summary
+
+
+def _select(
+    ds: Dataset, views: list[SequenceView], min_coherence: float, pattern, ctx: int, min_ctx: int, blocklist
+) -> dict:
+    """Scores of every sequence (train, val, ood) and which are kept: coherent and not blocklisted."""
+    n_seq = sum(len(v) for v in views)
+    if n_seq == 0:
+        raise LvmError(
+            f"{ds.path}: no sequences with ctx={ctx}, min_ctx={min_ctx} (no article has {min_ctx + 1} chunks)"
+        )
+    before_cos = ds.adjacency
+    score = sequence_scores(ds, views, before_cos)
+    targets = np.concatenate([v.targets for v in views])
+    blocked_art = _blocked_articles(ds, pattern) if pattern else np.zeros(len(ds.articles), dtype=bool)
+    in_blocked = blocked_art[ds.article_id[targets]]
+    coherent = score >= min_coherence
+    mask = coherent & ~in_blocked
+    if not mask.any():
+        raise LvmError(
+            f"the filter keeps no sequence of {ds.path} (min coherence {min_coherence}, blocklist {blocklist!r}): "
+            "nothing to write"
+        )
+    return {
+        "n_seq": n_seq,
+        "before_cos": before_cos,
+        "score": score,
+        "targets": targets,
+        "n_ctx": np.concatenate([v.n_context for v in views]),
+        "blocked_art": blocked_art,
+        "in_blocked": in_blocked,
+        "coherent": coherent,
+        "mask": mask,
+    }
+
+
+def _kept_runs(ds: Dataset, sel: dict) -> dict:
+    """Chunks covered by kept sequences (t-n .. t each); maximal runs inside one article -> new articles."""
+    targets, n_ctx, mask = sel["targets"], sel["n_ctx"], sel["mask"]
+    opened = np.bincount(targets[mask] - n_ctx[mask], minlength=ds.n_chunks + 1)
+    closed = np.bincount(targets[mask] + 1, minlength=ds.n_chunks + 1)
+    keep = np.cumsum(opened - closed)[:-1] > 0
+    keep_idx = np.flatnonzero(keep)
+    starts = keep.copy()
+    starts[1:] &= ~keep[:-1] | (ds.article_id[1:] != ds.article_id[:-1])
+    run_first = np.flatnonzero(starts)  # parent chunk index where each run starts
+    new_article = np.cumsum(starts)[keep_idx] - 1  # run of each kept chunk
+    run_parent = ds.article_id[run_first]  # parent article of each run
+    first_run_of = np.flatnonzero(np.r_[True, run_parent[1:] != run_parent[:-1]])
+    run_index = np.arange(len(run_first)) - np.repeat(first_run_of, np.diff(np.r_[first_run_of, len(run_first)]))
+    return {
+        "keep_idx": keep_idx,
+        "new_article": new_article,
+        "new_position": (keep_idx - run_first[new_article]).astype(np.int32),
+        "run_parent": run_parent,
+        "run_index": run_index,
+    }
+
+
+def _write_filtered(tmp: Path, ds: Dataset, runs: dict, meta: dict) -> dict:
+    """The kept chunks as a dataset folder in ``tmp`` (vectors copied blockwise: bounded memory)."""
+    keep_idx, parents = runs["keep_idx"], ds.articles
+    articles = [
+        {
+            "source_id": f"{parents[a]['source_id']}#{k}",
+            "title": parents[a].get("title", ""),
+            "topic": parents[a].get("topic", ""),
+        }
+        for a, k in zip(runs["run_parent"].tolist(), runs["run_index"].tolist(), strict=False)
+    ]
+    article_split = np.array(
+        [SPLIT_NAMES.index(parents[a]["split"]) for a in runs["run_parent"].tolist()], dtype=np.int8
+    )
+    texts = ds.texts
+    vec = np.lib.format.open_memmap(
+        tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim)
+    )
+    for s in range(0, len(keep_idx), M.BLOCK):
+        vec[s : s + M.BLOCK] = ds.vectors[keep_idx[s : s + M.BLOCK]]
+    vec.flush()
+    del vec
+    return write_dataset(
+        tmp,
+        article_id=runs["new_article"],
+        position=runs["new_position"],
+        texts=[texts[i] for i in keep_idx.tolist()],
+        articles=articles,
+        article_split=article_split,
+        meta=meta,
+        probe_vectors=ds.probe_vectors,
+    )
+
+
+def _filter_summary(
+    ds: Dataset, base, out: Path, settings: dict, sel: dict, runs: dict, full: dict, meta: dict, min_ctx: int
+) -> dict:
+    """filter_summary.json: before/after counts and coherence, what was dropped and why, the mask's layout."""
+    keep_idx, new_article, parents = runs["keep_idx"], runs["new_article"], ds.articles
+    mask, score = sel["mask"], sel["score"]
+    base_mean = _pair_coherence(base)[1]["mean"] if base is not None else None
+    # a pair of the new dataset is a pair of consecutive parent chunks of one article: same cosine
+    cos_at = _cos_at_chunk(ds, sel["before_cos"])
+    after = M.coherence_summary(cos_at[keep_idx[:-1][new_article[1:] == new_article[:-1]]])
+    n_seq_after = int((runs["new_position"] >= min_ctx).sum())  # SequenceView's rule, summed over the splits
+    c = full["counts"]
+    n_articles = int(sum(1 for a in parents if a["n_chunks"]))
+    return {
+        "dataset": str(ds.path),
+        "out": str(out),
+        "filter": settings,
+        "baseline": {"path": str(base.path), "mean_coherence": base_mean} if base is not None else None,
+        "before": _side(
+            M.coherence_summary(sel["before_cos"]),
+            ds.n_chunks,
+            n_articles,
+            sel["n_seq"],
+            float(score.mean()),
+            base_mean,
+        ),
+        "after": {
+            **_side(after, c["chunks"], c["articles"], n_seq_after, float(score[mask].mean()), base_mean),
+            "parent_articles": int(len(np.unique(runs["run_parent"]))),
+        },
+        "sequences": {
+            "total": sel["n_seq"],
+            "kept": int(mask.sum()),
+            "kept_share": float(mask.mean()),
+            "dropped_low_coherence": int((~sel["coherent"] & ~sel["in_blocked"]).sum()),
+            "dropped_blocklist": int(sel["in_blocked"].sum()),
+        },
+        "blocklisted_articles": int(sel["blocked_art"].sum()),
+        "blocklisted_titles": [parents[a].get("title", "") for a in np.flatnonzero(sel["blocked_art"])[:20].tolist()],
+        "mask": {
+            "file": "mask.npy",
+            "length": sel["n_seq"],
+            "order": "train, val, ood sequences as SequenceView yields them",
+            "ctx": settings["ctx"],
+            "min_ctx": min_ctx,
+        },
+        "index": "none: run `lvm build-index` on the filtered dataset",
+        "parent": meta["parent"],
+    }
 
 
 def format_filter_summary(summary: dict) -> str:
