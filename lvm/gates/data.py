@@ -44,29 +44,7 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         )
     mismatched = sorted(name for name, fp in (checkpoint_fingerprints or {}).items() if fp != stored)
     if ds.meta.get("synthetic"):
-        # synthetic data has no encoder: its "space" is the generator config, recomputed here
-        from lvm.data.synth import Segment, SynthConfig
-
-        params = dict(ds.meta["synthetic"])
-        params["segments"] = tuple(Segment(**g) for g in params.get("segments", []))
-        recomputed = SynthConfig(**params).fingerprint()
-        ok = recomputed == stored and not mismatched
-        return GateResult(
-            "encoder_fingerprint",
-            GREEN if ok else RED,
-            {
-                "fingerprint_match": float(recomputed == stored),
-                "checkpoints_match": float(not mismatched),
-                "stored": stored,
-                "recomputed": recomputed,
-            },
-            [],
-            ""
-            if ok
-            else f"encoder_fingerprint RED: synthetic generator config does not reproduce the stored fingerprint "
-            f"or a checkpoint comes from another space ({', '.join(mismatched)})",
-            **where,
-        )
+        return _synthetic_fingerprint(ds, stored, mismatched, where)
     try:
         encoder = load_encoder(EncoderSpec.from_dict(spec))
     except LvmError as exc:
@@ -87,6 +65,32 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         **_stored_vectors_check(ds, encoder, gate_params(profile, "encoder_fingerprint")["text_sample"]),
     }
     return judge("encoder_fingerprint", metrics, profile, **where)
+
+
+def _synthetic_fingerprint(ds: Dataset, stored: str, mismatched: list, where: dict) -> GateResult:
+    """Synthetic data has no encoder: its space is recomputed from the generator config it records."""
+    from lvm.data.synth import Segment, SynthConfig
+
+    params = dict(ds.meta["synthetic"])
+    params["segments"] = tuple(Segment(**g) for g in params.get("segments", []))
+    recomputed = SynthConfig(**params).fingerprint()
+    ok = recomputed == stored and not mismatched
+    return GateResult(
+        "encoder_fingerprint",
+        GREEN if ok else RED,
+        {
+            "fingerprint_match": float(recomputed == stored),
+            "checkpoints_match": float(not mismatched),
+            "stored": stored,
+            "recomputed": recomputed,
+        },
+        [],
+        ""
+        if ok
+        else f"encoder_fingerprint RED: synthetic generator config does not reproduce the stored fingerprint "
+        f"or a checkpoint comes from another space ({', '.join(mismatched)})",
+        **where,
+    )
 
 
 def _stored_vectors_check(ds: Dataset, encoder, n: int, seed: int = 0) -> dict:
