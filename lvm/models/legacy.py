@@ -108,6 +108,25 @@ def _plain(obj):
     return str(obj)
 
 
+def _build_and_load(factory: str, config: dict, state: dict, pt_path) -> tuple[torch.nn.Module, Path | None]:
+    """The user's class built with the file's ``model_config``, the state dict loaded strictly (eval mode)."""
+    fn, source = _import_factory(factory)
+    try:
+        model, _ = _split_factory_result(fn(**config), factory)
+    except LvmError:
+        raise
+    except Exception as exc:
+        raise LvmError(
+            f"{factory}: building it from the file's model_config {sorted(config)} raised {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise LvmError(
+            f"{factory}: returned {type(model).__name__}, not a torch.nn.Module (weights cannot be loaded into it)"
+        )
+    load_strict(model, state, str(pt_path))
+    return model.eval(), source
+
+
 def import_checkpoint(
     pt_path: str | Path,
     factory: str,
@@ -132,21 +151,7 @@ def import_checkpoint(
     if not isinstance(config, dict):
         raise LvmError(f"{pt_path}: model_config must be a dict of constructor arguments; got {type(config).__name__}")
     args = _plain(obj.get("args") or {})
-    fn, source = _import_factory(factory)
-    try:
-        model, _ = _split_factory_result(fn(**config), factory)
-    except LvmError:
-        raise
-    except Exception as exc:
-        raise LvmError(
-            f"{factory}: building it from the file's model_config {sorted(config)} raised {type(exc).__name__}: {exc}"
-        ) from None
-    if not isinstance(model, torch.nn.Module):
-        raise LvmError(
-            f"{factory}: returned {type(model).__name__}, not a torch.nn.Module (weights cannot be loaded into it)"
-        )
-    load_strict(model, obj["model_state_dict"], str(pt_path))
-    model.eval()
+    model, source = _build_and_load(factory, config, obj["model_state_dict"], pt_path)
     sources = [config, args if isinstance(args, dict) else {}]
     card = ModelCard(
         name=name or Path(pt_path).parent.name or Path(pt_path).stem,
