@@ -447,7 +447,7 @@ def test_a_model_without_mask_support_is_gated_on_full_contexts(world):
 def test_seeds_checkpoint_is_imported_without_running_it(world, tmp_path):
     tmp = world["tmp"]
     out = tmp / "imported"
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "model.pt2"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "model.pt2", ".lvm-output"}
     assert "AttentionMixture" in world["imported_out"] and "no encoder fingerprint" not in world["imported_out"]
     card = json.loads((out / "model.json").read_text())
     assert card["epoch"] == 7 and card["model_config"] == {
