@@ -381,7 +381,7 @@ def cmd_filter(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     from lvm import __version__
     from lvm.data.corpora import DEFAULT_CORPUS
 
@@ -450,16 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_index)
 
-    from lvm.models.checkpoints import model_types
-
     p = sub.add_parser("train", help="train a model (or fit a null baseline) with kill switches; writes a run folder")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder from its last finished epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    # one option per TrainConfig / LossConfig field: --field-name, with the field's type, default and help
-    from lvm.train.config import TrainConfig, add_config_arguments
+    if with_train_options:
+        # one option per TrainConfig / LossConfig field: --field-name, with the field's type, default and help
+        # (they import torch: built only when the command is `train`, so other commands start fast)
+        from lvm.models.checkpoints import model_types
+        from lvm.train.config import TrainConfig, add_config_arguments
 
-    add_config_arguments(p, TrainConfig, "training", overrides={"model": {"choices": model_types()}})
+        add_config_arguments(p, TrainConfig, "training", overrides={"model": {"choices": model_types()}})
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="mean val/OOD cosine of a checkpoint on a dataset (refuses mismatches)")
@@ -736,7 +737,8 @@ def _add_model_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(with_train_options="train" in argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
