@@ -184,3 +184,18 @@ def test_chunk_order_is_validated(tmp_path):
     with pytest.raises(LvmError, match="contiguously"):
         write_table(tmp_path / "x", table, np.zeros(2, dtype=np.int8))
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_finiteness_is_checked_once_and_again_when_the_bank_changes(small_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    shutil.rmtree(copy / "cache", ignore_errors=True)
+    open_dataset(copy)
+    assert (copy / "cache" / "finite.json").is_file()  # remembered: later opens skip the pass
+    vec = np.load(copy / "vectors.npy")
+    vec[3, 0] = np.nan
+    np.save(copy / "vectors.npy", vec)  # same size, new mtime: checked again
+    with pytest.raises(LvmError, match="vector 3 is NaN"):
+        open_dataset(copy)

@@ -24,17 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
-import shutil
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from lvm.data.splits import SPLIT_NAMES
 from lvm.errors import LvmError
 from lvm.io import sha256_files, write_json_atomic
-from lvm.data.splits import SPLIT_NAMES
 
 FORMAT_VERSION = 1
 ALL_SPLITS = "all"  # a view over every split (a separate OOD dataset is scored whole)
@@ -213,13 +210,17 @@ class SequenceView:
     are left-padded (zeros, mask False) so the last context slot is always the last real chunk.
     """
 
-    def __init__(self, dataset: "Dataset", split: str, ctx: int, min_ctx: int):
+    def __init__(self, dataset: Dataset, split: str, ctx: int, min_ctx: int):
         if not 1 <= min_ctx <= ctx:
             raise LvmError(f"need 1 <= min_ctx <= ctx, got ctx={ctx}, min_ctx={min_ctx}")
         if split not in (*SPLIT_NAMES, ALL_SPLITS):
             raise LvmError(f"unknown split {split!r}: expected one of {', '.join(SPLIT_NAMES)} or {ALL_SPLITS}")
         self.dataset, self.split, self.ctx, self.min_ctx = dataset, split, ctx, min_ctx
-        in_split = np.ones(len(dataset.split), dtype=bool) if split == ALL_SPLITS else dataset.split == SPLIT_NAMES.index(split)
+        in_split = (
+            np.ones(len(dataset.split), dtype=bool)
+            if split == ALL_SPLITS
+            else dataset.split == SPLIT_NAMES.index(split)
+        )
         ok = (dataset.position >= min_ctx) & in_split
         self.targets = np.flatnonzero(ok).astype(np.int64)
         self.n_context = np.minimum(dataset.position[self.targets], ctx).astype(np.int64)
@@ -281,7 +282,10 @@ class Dataset:
             raise LvmError(f"{self.path} is not a dataset folder (no meta.json): incomplete or not built by lvm")
         raw = schemas.read_json(meta_path, "a dataset's meta.json")
         if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
-            raise LvmError(f"{self.path}: dataset format version {raw.get('format_version')}, this lvm reads {FORMAT_VERSION}; rebuild it")
+            raise LvmError(
+                f"{self.path}: dataset format version {raw.get('format_version')}, "
+                f"this lvm reads {FORMAT_VERSION}; rebuild it"
+            )
         checked = schemas.validate(schemas.DatasetMeta, raw, str(meta_path))
         self.meta = raw
         try:
@@ -290,9 +294,29 @@ class Dataset:
             self.position = np.load(self.path / "position.npy", allow_pickle=False)
             self.split = np.load(self.path / "split.npy", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise LvmError(f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})") from None
+            raise LvmError(
+                f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})"
+            ) from None
         schemas.check_dataset_arrays(self.path, self.vectors, self.article_id, self.position, self.split, checked)
+        self._check_finite_once(schemas)
+
+    def _check_finite_once(self, schemas) -> None:
+        """Every vector finite: one streaming pass over the bank, remembered (``cache/finite.json``, keyed
+        by the content hash and the bank file's size, mtime and inode) so later opens skip it."""
+        st = (self.path / "vectors.npy").stat()
+        key = [self.content_hash, st.st_size, st.st_mtime_ns, st.st_ino]
+        mark = self.path / "cache" / "finite.json"
+        try:
+            if json.loads(mark.read_text()) == key:
+                return
+        except (OSError, ValueError):
+            pass
         schemas.check_finite(self.path, self.vectors)
+        try:  # best effort: a read-only dataset is checked on every open
+            mark.parent.mkdir(exist_ok=True)
+            write_json_atomic(mark, key)
+        except OSError:
+            pass
 
     @property
     def dim(self) -> int:
