@@ -189,6 +189,11 @@ class CheckpointMeta(_Open):
     def _min_ctx_le_ctx(self):
         if self.min_ctx > self.ctx:
             raise ValueError(f"min_ctx ({self.min_ctx}) must not exceed ctx ({self.ctx})")
+        for key in ("ctx", "input_dim"):  # the model was built from model_config: the card must agree
+            if key in self.model_config_ and self.model_config_[key] != getattr(self, key):
+                raise ValueError(
+                    f"model_config {key} ({self.model_config_[key]!r}) differs from {key} ({getattr(self, key)})"
+                )
         return self
 
     @field_validator("model_config_")
@@ -502,6 +507,8 @@ def load_resume_state(path: Path, map_location) -> dict:
 
 def check_resume_fits(path: Path, state: dict, model, optimizer) -> None:
     """After loading: the EMA weights and the optimizer's moments have the model's keys and shapes."""
+    import torch
+
     ref = model.state_dict()
     ema = state["ema"]
     if ema:
@@ -518,7 +525,9 @@ def check_resume_fits(path: Path, state: dict, model, optimizer) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
             for k, v in optimizer.state.get(p, {}).items():
-                if hasattr(v, "shape") and v.dim() and (v.shape != p.shape or not v.is_floating_point()):
+                if not isinstance(v, torch.Tensor):
+                    raise LvmError(f"{path}: optimizer state {k} is {type(v).__name__}, not a tensor")
+                if v.dim() and (v.shape != p.shape or not v.is_floating_point()):
                     raise LvmError(
                         f"{path}: optimizer state {k} {tuple(v.shape)} does not fit a parameter {tuple(p.shape)}"
                     )

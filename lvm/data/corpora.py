@@ -72,6 +72,13 @@ def load_wiki_vital() -> Corpus:
 
 
 def load_jsonl(path: Path) -> Corpus:
+    try:
+        return _load_jsonl(path)
+    except UnicodeDecodeError:
+        raise LvmError(f"{path}: not UTF-8 text") from None
+
+
+def _load_jsonl(path: Path) -> Corpus:
     articles: list[Article] = []
     seen: set[str] = set()
     with open(path, encoding="utf-8") as fh:

@@ -54,6 +54,10 @@ def build_index(
     import faiss
 
     n, d = vectors.shape
+    if nlist is not None and not 1 <= nlist <= n:
+        raise LvmError(f"nlist must be between 1 and the number of vectors ({n}); got {nlist}")
+    if nprobe is not None and nprobe < 1:
+        raise LvmError(f"nprobe must be at least 1; got {nprobe}")
     if kind == "auto":
         kind = "flat-ip" if n <= EXACT_MAX else "ivf-flat-ip"
     if kind == "flat-ip":

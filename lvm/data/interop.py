@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,22 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
             return {n[:-4]: _read_member(zf, n) for n in zf.namelist() if n.endswith(".npy")}
-    except (zipfile.BadZipFile, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise LvmError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
+        why = (str(exc).splitlines() or [""])[0][:160]
+        raise LvmError(f"{path}: not a readable .npz ({type(exc).__name__}: {why})") from None
 
 
 def _first(arrays: dict, keys) -> np.ndarray | None:
@@ -84,8 +99,19 @@ def _from_metadata(meta: np.ndarray | None, keys) -> np.ndarray | None:
         return None
     try:
         return np.array([m[key] for m in meta])
-    except (KeyError, TypeError):
-        raise LvmError(f"metadata: not every row has {key!r}") from None
+    except (KeyError, TypeError, ValueError):
+        raise LvmError(f"metadata: not every row has {key!r} (one value of one type each)") from None
+
+
+def _kind(arr) -> str:
+    return f"{arr.dtype} of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+
+
+def _column(npz: Path, what: str, arr, n: int, kinds: str) -> np.ndarray:
+    """A per-sequence column (article ids, positions, texts): 1-D, one entry per sequence, of ``kinds``."""
+    if not isinstance(arr, np.ndarray) or arr.shape != (n,) or arr.dtype.kind not in kinds:
+        raise LvmError(f"{npz}: {what} must be a 1-D array of {n} entries ({kinds} kinds); got {_kind(arr)}")
+    return arr
 
 
 def _dense_ids(raw: np.ndarray) -> tuple[np.ndarray, list]:
@@ -123,8 +149,12 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     missing = [k for k in (CONTEXT_KEY, TARGET_KEY) if k not in arrays]
     if missing:
         raise LvmError(f"{npz}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(arrays)) or 'none'}")
-    contexts = np.asarray(arrays[CONTEXT_KEY], dtype=np.float32)
-    targets = np.asarray(arrays[TARGET_KEY], dtype=np.float32)
+    for key in (CONTEXT_KEY, TARGET_KEY):
+        if not isinstance(arrays[key], np.ndarray) or arrays[key].dtype.kind not in "iuf":
+            raise LvmError(f"{npz}: {key} must be an array of real numbers; got {_kind(arrays[key])}")
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused as non-finite below
+        contexts = np.asarray(arrays[CONTEXT_KEY], dtype=np.float32)
+        targets = np.asarray(arrays[TARGET_KEY], dtype=np.float32)
     if contexts.ndim != 3 or targets.ndim != 2 or len(contexts) != len(targets) or contexts.shape[2] != targets.shape[1]:
         raise LvmError(f"{npz}: expected {CONTEXT_KEY} [N, ctx, D] and {TARGET_KEY} [N, D], got {contexts.shape} and {targets.shape}")
     if len(targets) == 0:
@@ -132,7 +162,11 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     check_vectors(targets, f"{npz}:{TARGET_KEY}")
     check_vectors(contexts.reshape(-1, contexts.shape[2]), f"{npz}:{CONTEXT_KEY}")
     n, ctx, d = contexts.shape
+    if ctx < 1:
+        raise LvmError(f"{npz}: {CONTEXT_KEY} has no context slots (shape {contexts.shape})")
     meta_rows = arrays.get("metadata")
+    if meta_rows is not None and (not isinstance(meta_rows, np.ndarray) or meta_rows.shape != (n,)):
+        raise LvmError(f"{npz}: metadata must hold one entry per sequence ({n}); got {_kind(meta_rows)}")
     article_raw = _first(arrays, ARTICLE_KEYS)
     if article_raw is None:
         article_raw = _from_metadata(meta_rows, META_ARTICLE_KEYS)
@@ -141,16 +175,25 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
             f"{npz}: no article ids (keys {', '.join(ARTICLE_KEYS)} or metadata 'article_index'): "
             "train/val/OOD splits cannot be made article-disjoint without them; re-export the sequences with article ids"
         )
-    if len(article_raw) != n:
-        raise LvmError(f"{npz}: {len(article_raw)} article ids for {n} sequences")
-    article, source_ids = _dense_ids(np.asarray(article_raw))
+    article_raw = _column(npz, "article ids", article_raw, n, "iufUS")
+    if article_raw.dtype.kind == "f" and not np.isfinite(article_raw).all():
+        raise LvmError(f"{npz}: article ids must be finite")
+    article, source_ids = _dense_ids(article_raw)
     pos_raw = _first(arrays, POSITION_KEYS)
     if pos_raw is None:
         pos_raw = _from_metadata(meta_rows, META_POSITION_KEYS)
-    pos = _derive_positions(article, contexts, targets, ctx) if pos_raw is None else np.asarray(pos_raw, dtype=np.int64)
+    if pos_raw is None:
+        pos = _derive_positions(article, contexts, targets, ctx)
+    else:
+        pos_raw = _column(npz, "target positions", pos_raw, n, "iu")
+        if (pos_raw < 0).any() or (pos_raw > n * (ctx + 1)).any():
+            raise LvmError(f"{npz}: target positions must lie in [0, {n * (ctx + 1)}] (positions within an article)")
+        pos = pos_raw.astype(np.int64)
     texts_raw = _first(arrays, TEXT_KEYS)
     if texts_raw is None:
         texts_raw = _from_metadata(meta_rows, META_TEXT_KEYS)
+    if texts_raw is not None:
+        texts_raw = _column(npz, "target texts", texts_raw, n, "iufUSOb")
 
     # Every (article, position) a row mentions: the target at pos, context slot j at pos-ctx+j.
     slot_pos = pos[:, None] - ctx + np.arange(ctx)[None, :]  # (N, ctx)
@@ -184,7 +227,7 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
         for i, t in zip(inverse[:n].tolist(), np.asarray(texts_raw).tolist()):
             texts[i] = str(t)
     titles = {}
-    if meta_rows is not None and len(meta_rows) and isinstance(meta_rows[0], dict) and "title" in meta_rows[0]:
+    if meta_rows is not None and all(isinstance(m, dict) for m in meta_rows) and "title" in meta_rows[0]:
         titles = {int(a): str(m.get("title", "")) for a, m in zip(article.tolist(), meta_rows)}
     articles = [{"source_id": str(s), "title": titles.get(i, str(s)), "topic": ""} for i, s in enumerate(source_ids)]
     article_split = assign_splits(len(articles), [""] * len(articles), split or SplitPolicy())

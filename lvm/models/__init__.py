@@ -70,7 +70,10 @@ def build_model(model_type: str, config: dict) -> nn.Module:
         raise LvmError(f"{model_type} config is missing required key(s): {', '.join(missing)}")
     hints = typing.get_type_hints(config_class)
     values = {name: _coerce(model_type, name, value, hints[name]) for name, value in config.items()}
-    return model_class(config_class(**values))
+    try:
+        return model_class(config_class(**values))
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:  # e.g. a negative width
+        raise LvmError(f"{model_type} config {values}: {(str(exc).splitlines() or [''])[0][:160]}") from None
 
 
 def config_dict(model: nn.Module) -> dict:

@@ -44,6 +44,11 @@ def make_model(model_type: str, config: dict) -> nn.Module:
             return cls(input_dim=int(config["input_dim"]), ctx=int(config["ctx"]))
         except (KeyError, TypeError, ValueError):
             raise LvmError(f"{model_type} config needs input_dim and ctx") from None
+    with torch.device("meta"):  # sized first, without memory: a config asking for billions is refused
+        shell = build_model(model_type, config)
+    n = sum(p.numel() for p in shell.parameters()) + sum(b.numel() for b in shell.buffers())
+    if n > MAX_PARAMS:
+        raise LvmError(f"{model_type} config asks for {n:,} parameters (more than {MAX_PARAMS:,}); refused")
     return build_model(model_type, config)
 
 

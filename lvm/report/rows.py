@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lvm.errors import LvmError
@@ -122,9 +122,39 @@ class LeaderboardRow:
     min_ctx: int | None = field(default=None, repr=False)
     name: str = field(default="", repr=False)  # the name shown: the checkpoint, or its path when two share a name
 
+    def __post_init__(self) -> None:
+        """Values come from results files a user may have edited: a number column holding anything but
+        a number is left empty, a text column shows other JSON as text, and what the plots read
+        (history epochs, sweep points) keeps only numbers."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("float | None", "int | None"):
+                setattr(self, f.name, number(v))
+            elif f.type in ("str", "str | None") and v is not None and not isinstance(v, str):
+                setattr(self, f.name, json.dumps(v, default=str))
+            elif f.type.startswith("dict") and not isinstance(v, dict):
+                setattr(self, f.name, None if "None" in f.type else {})
+        self.gates = {str(k): v for k, v in self.gates.items() if isinstance(v, str)}
+        self.cell_status = {str(k): v if isinstance(v, str) else None for k, v in self.cell_status.items()}
+        if self.sweep is not None:
+            self.sweep = {k: v for k, v in self.sweep.items() if _int_key(k) and number(v) is not None} or None
+
     def to_dict(self) -> dict:
         """The public columns (CSV, HTML, ``build_leaderboard``'s rows)."""
         return {**{c: getattr(self, c) for c in COLUMNS}, "group_number": self.group_number}
+
+
+def number(v) -> int | float | None:
+    """``v`` if it is a real number (not a bool), else None."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _int_key(k) -> bool:
+    try:
+        int(k)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- reading
@@ -175,7 +205,12 @@ def _read_json(path: Path) -> dict | None:
 
 def trained_epochs(history: dict | None) -> list[dict]:
     """The epochs of a ``training_history.json`` after training began (epoch 0 is the untrained model)."""
-    return [e for e in (history or {}).get("epochs", []) if e.get("epoch", 0) >= 1]
+    epochs = (history or {}).get("epochs") if isinstance(history, dict) else None
+    return [
+        {k: number(v) if k != "epoch" else v for k, v in e.items()}
+        for e in (epochs if isinstance(epochs, list) else [])
+        if isinstance(e, dict) and number(e.get("epoch", 0)) is not None and e.get("epoch", 0) >= 1
+    ]
 
 
 def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
@@ -185,16 +220,16 @@ def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
     """
     from lvm.models.baselines import BASELINES
 
-    if model_type in BASELINES:
+    if isinstance(model_type, str) and model_type in BASELINES:
         return "— (null baseline)"
-    if not loss:
+    if not loss or not isinstance(loss, dict):
         return "?"
     parts = []
     for key, name in LOSS_TERMS:
         if key == "lambda_info" and loss.get("adaptive_info"):
             parts.append("InfoNCE(adaptive)")
             continue
-        lam = float(loss.get(key) or 0.0)
+        lam = float(number(loss.get(key)) or 0.0)
         if lam > 0:
             parts.append(name if lam == 1.0 else f"{name}({lam:g})")
     return "+".join(parts) or "none"
@@ -288,7 +323,8 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     out = []
     for ds, res in data.items():
         coh = _cell(res, "coherence")
-        if coh and isinstance(coh["metrics"].get("histogram"), dict):
+        hist = coh["metrics"].get("histogram") if coh else None
+        if isinstance(hist, dict) and all(number(v) is not None for v in hist.values()):
             out.append(
                 {
                     "dataset": ds,

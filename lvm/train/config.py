@@ -64,16 +64,28 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check(self, where: str = "training config") -> TrainConfig:
+        """Types and ranges of every field (``lvm.schemas.TrainSettings``); one line when one is off."""
+        from lvm import schemas
+
+        schemas.validate(schemas.TrainSettings, self.to_dict(), where)
+        return self
+
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: dict, where: str = "training config") -> TrainConfig:
+        if not isinstance(d, dict):
+            raise LvmError(f"{where}: expected a JSON object of training settings; got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise LvmError(f"unknown training config key(s): {', '.join(sorted(unknown))}")
+            raise LvmError(f"{where}: unknown training config key(s): {', '.join(sorted(map(str, unknown)))}")
         d = dict(d)
-        if isinstance(d.get("loss"), dict):
+        if "loss" in d:
+            loss_keys = {f.name for f in fields(LossConfig)}
+            if not isinstance(d["loss"], dict) or set(d["loss"]) - loss_keys:
+                raise LvmError(f"{where}: loss must be an object with keys among {', '.join(sorted(loss_keys))}")
             d["loss"] = LossConfig(**d["loss"])
-        return cls(**d)
+        return cls(**d).check(where)
 
 
 # ----------------------------------------------------------------------------- command line
