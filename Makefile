@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data train gates smoke leaderboard compare bench test lint mypy-baseline clean
+.PHONY: setup data train gates smoke leaderboard compare bench test fuzz lint mypy-baseline clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,17 @@ bench: setup
 ## test: the library's own test suite (builds the default dataset once if it is missing)
 test: setup
 	LVM_DEFAULT_DATASET=$(DATASET) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## fuzz: the fuzz suite's long profile (tests/test_fuzz.py; `make test` runs 20 examples per test): corrupted
+## datasets, checkpoints, runs, .npz files, corpora, results files, profiles and code-running pickles through the
+## CLI in-process, FUZZ_EXAMPLES per test (300: > 10,000 inputs, ~15 min on 2 cores); prints the tally and
+## writes reports/fuzz.json; exits 1 when any input crashed, hung, ran code, changed a file or was wrongly accepted
+FUZZ_EXAMPLES ?= 300
+fuzz: setup
+	LVM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LVM_FUZZ_KEEP_GOING=1 LVM_FUZZ_REPORT=reports/fuzz.json \
+	  $(BIN)/python -m pytest tests/test_fuzz.py -m fuzz -p no:cacheprovider -q $(PYTEST_ARGS)
+	@$(BIN)/python -c "import json, sys; d = json.load(open('reports/fuzz.json')); \
+	  print(json.dumps(d['tally'])); sys.exit(1 if d['failures'] else 0)"
 
 ## lint: ruff (rules and formatting) on the code and tests, and mypy on lvm/ against mypy-baseline.txt
 ## (an error already in the baseline passes, a new one fails); writes nothing

@@ -441,7 +441,7 @@ class TrainSettings(_Open):
     gate_profile: str | None = None
     kill_switches: StrictBool
     eval_batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 24)]
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")]
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,3})?)$")]
     threads: Annotated[int, Field(strict=True, ge=1, le=4096)] | None = None
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)

@@ -76,7 +76,13 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LvmError(f"device {name} requested but CUDA is not available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LvmError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LvmError(f"device {name} requested but there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def to_torch(batch, device):
