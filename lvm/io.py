@@ -44,12 +44,58 @@ def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _dead_leftovers(path: Path, kind: str) -> list[Path]:
+    """``.NAME.KIND-PID`` entries beside ``path`` whose process is gone (killed mid-write)."""
+    prefix = f".{path.name}.{kind}-"
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    pids = {n: n[len(prefix) :] for n in names}
+    return [path.parent / n for n, pid in pids.items() if pid.isdigit() and not _pid_alive(int(pid))]
+
+
+def clear_stale_temps(path: Path) -> None:
+    """Undo what a process killed while writing ``path`` left beside it: its temporary file or
+    folder (``.NAME.tmp-PID``) is removed, and a folder it had moved aside to swap in a new one
+    (``.NAME.old-PID``) is put back when ``path`` is missing, else removed. Only entries of
+    processes that no longer run are touched; concurrent writers are left alone."""
+    path = Path(path)
+    for old in _dead_leftovers(path, "old"):
+        if not path.exists():
+            try:
+                os.replace(old, path)
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in _dead_leftovers(path, "tmp"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
 
-    On any error the temporary file is removed and an existing ``path`` is left as it was.
+    On any error the temporary file is removed and an existing ``path`` is left as it was. The
+    temporary files of writers killed earlier (SIGKILL, power loss) are removed first.
     """
     path = Path(path)
+    clear_stale_temps(path)
     tmp = _tmp_beside(path)
     try:
         write(tmp)
@@ -79,6 +125,7 @@ def atomic_dir(out: Path, kind: str = "output") -> Iterator[Path]:
     temporary folder is removed and an existing ``out`` is left untouched.
     """
     out = Path(out)
+    clear_stale_temps(out)  # a build killed earlier: its temporary folder, or ``out`` it had moved aside
     refuse_foreign_folder(out, OUTPUT_MARKER, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -23,7 +23,7 @@ from lvm import __version__
 from lvm.data.chunking import ChunkerConfig, chunk_text
 from lvm.data.corpora import DEFAULT_CORPUS, Corpus, load_corpus
 from lvm.data.datasets import FORMAT_VERSION, write_dataset
-from lvm.io import atomic_dir, utc_timestamp, write_json_atomic
+from lvm.io import atomic_dir, clear_stale_temps, utc_timestamp, write_json_atomic
 from lvm.data.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
 from lvm.errors import LvmError
 from lvm.data.index import DEFAULT_NPROBE, build_and_save_index
@@ -115,6 +115,7 @@ def _encode_resumable(encoder, texts: list[str], partial: Path, batch_size: int,
     else:
         out = None
     if out is None:
+        vec_path.unlink(missing_ok=True)  # never truncate in place: it may be linked into a dataset folder
         out = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n, d))
         write_json_atomic(done_path, {"rows": 0})
     with tqdm(total=n, initial=done, desc="encode", unit="chunk", disable=not progress, smoothing=0.1) as bar:
@@ -149,6 +150,8 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
         "dataset", FORMAT_VERSION, vectors_key, corpus.source_hash, cfg.split.to_dict(),
         cfg.index_kind, cfg.nlist, cfg.nprobe,
     )
+    clear_stale_temps(out)  # a build killed mid-swap: its folder moved aside is put back first
+    partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
     old_meta = None
     if (out / "meta.json").is_file():
         try:
@@ -157,12 +160,12 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
             old_meta = None
     if old_meta and old_meta.get("build_key") == build_key and not force and (out / "index.faiss").is_file():
         seconds["total"] = time.perf_counter() - t0
+        shutil.rmtree(partial, ignore_errors=True)  # left by a build killed after its swap
         log(f"{out}: up to date ({old_meta['counts']['chunks']} chunks), reused")
         return BuildResult(out, old_meta, "dataset", seconds)
 
     split = assign_splits(len(table.articles), [a["topic"] for a in table.articles], cfg.split)
     reuse_vectors = bool(old_meta and old_meta.get("vectors_key") == vectors_key and not force)
-    partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
     with atomic_dir(out, "dataset") as tmp:
         if reuse_vectors:
             log(f"{out}: corpus and encoder unchanged, reusing encoded vectors")
@@ -180,7 +183,11 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
             vec_path = _encode_resumable(encoder, table.texts, partial, cfg.batch_size, progress)
             seconds["encode"] = time.perf_counter() - t
             seconds["encode_chunks_per_s"] = len(table.texts) / max(seconds["encode"], 1e-9)
-            os.replace(vec_path, tmp / "vectors.npy")
+            # linked (or copied), not moved: a build killed before the swap resumes with nothing to encode
+            try:
+                os.link(vec_path, tmp / "vectors.npy")
+            except OSError:
+                shutil.copyfile(vec_path, tmp / "vectors.npy")
         meta = {
             "lvm_version": __version__,
             "created_at": utc_timestamp(),
