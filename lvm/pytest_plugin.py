@@ -446,8 +446,6 @@ class LvmGatesPlugin:
     """Per-session state and hooks: results collected on the controller, table, results file."""
 
     def __init__(self, config):
-        import tempfile
-
         self.config = config
         self.gates = GateSession(config)
         self.results: list[dict] = []
@@ -460,15 +458,25 @@ class LvmGatesPlugin:
         self._started = time.time()
         # per-sequence scores travel beside the reports (not in them: JUnit properties stay small)
         worker = getattr(config, "workerinput", None)
-        self.parts = (
-            Path(worker["lvm_parts_dir"])
-            if worker and "lvm_parts_dir" in worker
-            else Path(tempfile.mkdtemp(prefix="lvm-gates-"))
-        )
+        self._parts = Path(worker["lvm_parts_dir"]) if worker and "lvm_parts_dir" in worker else None
+        self._own_parts = self._parts is None  # the controller owns (and removes) the folder
+
+    @property
+    def parts(self) -> Path:
+        """Where per-sequence scores travel beside the reports: made on first use, removed at the end."""
+        if self._parts is None:
+            import tempfile
+
+            self._parts = Path(tempfile.mkdtemp(prefix="lvm-gates-"))
+        return self._parts
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:  # xdist: tell each worker where per-sequence files go
         node.workerinput["lvm_parts_dir"] = str(self.parts)
+
+    def pytest_unconfigure(self, config) -> None:
+        if self._own_parts and self._parts is not None:
+            shutil.rmtree(self._parts, ignore_errors=True)
 
     def save_per_sequence(self, nodeid: str, values, articles=None) -> str | None:
         import hashlib
@@ -616,7 +624,6 @@ class LvmGatesPlugin:
         if (self.verdict is not None and self.verdict.regressed) or self.finish_error:
             session.exitstatus = 1
         self.results_path = write_results(target, doc)
-        shutil.rmtree(self.parts, ignore_errors=True)
 
     def _run_record(self, results: list[dict]) -> dict:
         """What ran: the gates, whether the run was partial (-k, -m, --lf, a deselection, missing gates)."""

@@ -237,7 +237,7 @@ def test_corrupt_checkpoint_file(small_dataset, tmp_path):
     w.write_bytes(w.read_bytes()[:100])
     assert "corrupt" in one_line(run_lvm("evaluate", str(tmp_path / "run"), "--dataset", str(small_dataset)))
     (tmp_path / "run" / "last.json").write_text("{not json")
-    assert "corrupt checkpoint config" in one_line(
+    assert "not valid JSON" in one_line(
         run_lvm("evaluate", str(tmp_path / "run" / "last.json"), "--dataset", str(small_dataset))
     )
 
