@@ -1,6 +1,12 @@
 """The leaderboard's plots (training curves, adjacency-coherence histograms, offset-sweep profiles),
 each a base64 PNG for the self-contained HTML page, or None when the results hold no data for it.
 
+The offset sweep draws what healthy looks like on the active profile: the ``offset_sweep`` rules
+(copy gap, forward margin, the seeds' peak margin) as bands relative to each model's P(0), and, when
+a ``context_ablations`` result is there, a panel of its deltas with the ``delta_cross_article`` line.
+Thresholds are the ones recorded beside each result (what the gate ran with), else the rules of the
+profile named in the results file when it loads; without either the sweep is drawn alone.
+
 ``coherence_histogram`` is the one coherence-histogram figure: the leaderboard draws one series per
 dataset side by side, ``lvm coherence --png`` (``lvm.triage.plot_histograms``) overlays a dataset on
 its baseline. matplotlib is imported inside the functions: reading results needs no plotting stack.
@@ -10,15 +16,22 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lvm.report.rows import MODEL, LeaderboardRow, trained_epochs
+from lvm.report.rows import MODEL, LeaderboardRow, number, trained_epochs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FIGSIZE = (7, 4)  # inches; 700 x 400 px at the PNG's 100 dpi
+WIDE_FIGSIZE = (10, 4)  # the offset sweep with its context-ablation panel
 DPI = 100
+ABLATIONS = ("shuffle", "reverse", "leave_one_out", "repeat_pad", "cross_article")  # delta_<name> metrics
+SWEEP_RULES = ("copy_gap", "forward_margin", "margin")  # offset_sweep metrics drawn as bands
+AMBER_FILL, RED_FILL = "#f5b942", "#e0584a"
 
 
 def png_base64(fig: Figure) -> str:
@@ -122,25 +135,221 @@ def plot_coherence(hists: list[dict]) -> str | None:
     return png_base64(coherence_histogram(bins, series))
 
 
+# ----------------------------------------------------------------------------- offset sweep
+
+
+def _results_doc(path: str | None, cache: dict) -> dict | None:
+    """A results file as JSON (already validated by the rows that name it), read once; None if unreadable."""
+    if not path:
+        return None
+    if path not in cache:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            doc = None
+        cache[path] = doc if isinstance(doc, dict) else None
+    return cache[path]
+
+
+def gate_result(r: LeaderboardRow, gate: str, split: str | None = "val", cache: dict | None = None) -> dict | None:
+    """The result of ``gate`` (on ``split``) for the row's checkpoint and dataset in its results file."""
+    from lvm.report.results import dataset_label
+
+    doc = _results_doc(r.results_file, {} if cache is None else cache)
+    for res in (doc or {}).get("results") or []:
+        if (
+            isinstance(res, dict)
+            and res.get("gate") == gate
+            and res.get("checkpoint") == r.checkpoint
+            and (split is None or res.get("split") == split)
+            and dataset_label(res) == r.dataset
+            and isinstance(res.get("metrics"), dict)
+        ):
+            return res
+    return None
+
+
+def _profile_rules(name: str | None, gate: str, cache: dict) -> list[dict]:
+    """The rules of ``gate`` in the profile named ``name``; [] when it does not load (a calibrated
+    profile elsewhere on disk, a profile of another lvm version)."""
+    from lvm.errors import LvmError
+    from lvm.profiles import load_profile
+
+    if not name or name == "unknown":
+        return []
+    key = ("profile", name)
+    if key not in cache:
+        try:
+            cache[key] = load_profile(name)
+        except (LvmError, OSError, ValueError):
+            cache[key] = None
+    prof = cache[key]
+    try:
+        return list(prof.gate(gate).get("rules", [])) if prof else []
+    except LvmError:
+        return []
+
+
+def rules_for(r: LeaderboardRow, gate: str, split: str = "val", cache: dict | None = None) -> tuple[list[dict], str]:
+    """(rules, where they came from) of ``gate`` for a row: recorded beside its result, else the named
+    profile's; only well-formed rules of ``split`` (or of every split)."""
+    cache = {} if cache is None else cache
+    res = gate_result(r, gate, split, cache)
+    recorded = (res or {}).get("thresholds")
+    if isinstance(recorded, list) and recorded:
+        rules, source = recorded, "recorded"
+    else:
+        doc = _results_doc(r.results_file, cache) or {}
+        name = doc.get("profile", {}).get("name") if isinstance(doc.get("profile"), dict) else None
+        name = name if isinstance(name, str) and name else r.profile
+        rules, source = _profile_rules(name, gate, cache), "profile"
+    keep = [
+        x for x in rules if isinstance(x, dict) and isinstance(x.get("metric"), str) and x.get("split") in (None, split)
+    ]
+    return keep, (source if keep else "none")
+
+
+def _finite(v) -> float | None:
+    """``v`` as a finite float; None for anything else (results files may have been edited)."""
+    if number(v) is None:
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _offsets(sweep: dict | None) -> list[tuple[int, float]]:
+    """The sweep's (k, P(k)) points in k order, finite values and sane offsets only."""
+    pts = []
+    for k, v in (sweep or {}).items():
+        k, v = int(k), _finite(v)  # keys are integers (LeaderboardRow keeps only those)
+        if v is not None and abs(k) <= 100:
+            pts.append((k, v))
+    return sorted(pts)
+
+
+def _limits(rule: dict) -> tuple[float | None, float | None]:
+    """(GREEN limit, AMBER limit) of a rule, as finite numbers (None when absent)."""
+    lo = "min" if "min_green" in rule else "max"
+    return _finite(rule.get(f"{lo}_green")), _finite(rule.get(f"{lo}_amber"))
+
+
+def _levels(sweep: dict | None, rules: list[dict]) -> list[tuple[list[tuple[float, float]], float, float, str]]:
+    """The offset_sweep rules in cosine units relative to the model's P(0), as (x spans, GREEN limit,
+    AMBER limit, legend text): the copy gap over k = −1, the forward margin over k > 0, the seeds'
+    peak margin over every k ≠ 0. A curve above a limit there breaks the rule."""
+    pts = dict(_offsets(sweep))
+    p0, ks = pts.get(0), sorted(pts)
+    if p0 is None:
+        return []
+    out = []
+    for rule in (x for x in rules if x["metric"] in SWEEP_RULES):
+        green, amber = _limits(rule)
+        if green is None:
+            continue
+        amber = green if amber is None else amber
+        if rule["metric"] == "copy_gap":  # P(-1) - P(0) <= max: P(-1) stays below P(0) + max
+            spans = [(-1.35, -0.65)] if -1 in ks else []
+            limit, amber_at, text = p0 + green, p0 + amber, f"copy gap P(−1)−P(0) ≤ {green:g}"
+        elif rule["metric"] == "forward_margin":  # P(0) - max_{k>0} P(k) >= min
+            spans = [(0.65, max(ks) + 0.35)] if max(ks) > 0 else []
+            limit, amber_at, text = p0 - green, p0 - amber, f"forward margin P(0)−max P(k>0) ≥ {green:g}"
+        else:  # the seeds' peak margin: P(0) - max_{k≠0} P(k) >= min
+            spans = [(min(ks) - 0.35, -0.65), (0.65, max(ks) + 0.35)]
+            limit, amber_at, text = p0 - green, p0 - amber, f"peak margin P(0)−max P(k≠0) ≥ {green:g}"
+        if spans:
+            out.append((spans, limit, max(limit, amber_at), text))
+    return out
+
+
+def _draw_levels(ax, levels: list, colour: str, top: float, n_models: int = 1) -> list[str]:
+    """Shade where each rule reads AMBER and RED (lighter the more models overlap); its GREEN limit
+    dashed in the model's colour."""
+    fade = 1.0 / math.sqrt(max(1, n_models))
+    for spans, limit, amber_at, _ in levels:
+        for xs in spans:
+            ax.fill_between(xs, limit, amber_at, color=AMBER_FILL, alpha=0.25 * fade, lw=0)
+            ax.fill_between(xs, amber_at, max(top, amber_at), color=RED_FILL, alpha=0.14 * fade, lw=0)
+            ax.plot(xs, (limit, limit), ls="--", lw=1.2, color=colour)
+    return [text for *_, text in levels]
+
+
+def _ablation_panel(ax, ablated: list[tuple[LeaderboardRow, dict, list[dict], str]], groups: list[dict]) -> None:
+    """Δcos per context ablation, one bar series per model, with the delta_cross_article rule's line."""
+    width = 0.8 / len(ablated)
+    j = ABLATIONS.index("cross_article")
+    for i, (r, metrics, rules, colour) in enumerate(ablated):
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(ABLATIONS))]
+        ys = [_finite(metrics.get(f"delta_{a}")) for a in ABLATIONS]
+        ax.bar(xs, [y if y is not None else 0.0 for y in ys], width=width, color=colour, label=_label(r, groups))
+        rule = next((x for x in rules if x["metric"] == "delta_cross_article"), None)
+        green, amber = _limits(rule) if rule else (None, None)
+        if green is not None:  # a model whose cross-article Δ stays above this ignores its context
+            ax.hlines(green, j - 0.45, j + 0.45, colors="black", linestyles="--", lw=1.2, zorder=3)
+            if i == 0:
+                ax.plot([], [], ls="--", color="black", lw=1.2, label=f"cross-article Δ ≤ {green:g} (GREEN)")
+        if amber is not None:
+            ax.hlines(amber, j - 0.45, j + 0.45, colors="black", linestyles=":", lw=1, zorder=3)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(ABLATIONS)))
+    ax.set_xticklabels([a.replace("_", " ") for a in ABLATIONS], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("Δ mean cos vs intact context")
+    ax.set_title("Context ablations (val)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_offset_sweep(rows: list[LeaderboardRow], groups: list[dict]) -> str | None:
-    """Mean cos(ŷ, chunk at target + k), k = −3…3, val split: a healthy model peaks at k = 0."""
-    sweeps = [r for r in rows if r.kind == MODEL and r.sweep]
+    """Mean cos(ŷ, chunk at target + k), k = −3…3, val split, with the active profile's rules drawn as
+    bands relative to each model's P(0): the copy gap at k = −1, the forward margin over k > 0. A
+    healthy MSE model may peak at k = −1 (it regresses toward its context); the bands show what the
+    gate checks instead. With a context-ablation result, a second panel shows its deltas and the
+    profile's delta_cross_article line."""
+    sweeps = [r for r in rows if r.kind == MODEL and r.sweep and _offsets(r.sweep)]
     if not sweeps:
         return None
-    fig, ax = _figure()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    cache: dict = {}
+    ablated = []
     for i, r in enumerate(sweeps):
-        pts = sorted((int(k), v) for k, v in r.sweep.items() if v is not None)
-        ax.plot(
-            [k for k, _ in pts],
-            [v for _, v in pts],
-            "-o",
-            color=f"C{i % 10}",
-            label=f"{_label(r, groups)} · {r.dataset}",
-        )
+        metrics = (gate_result(r, "context_ablations", "val", cache) or {}).get("metrics") or {}
+        if any(_finite(metrics.get(f"delta_{a}")) is not None for a in ABLATIONS):
+            ablated.append((r, metrics, rules_for(r, "context_ablations", "val", cache)[0], f"C{i % 10}"))
+    fig = Figure(figsize=WIDE_FIGSIZE if ablated else FIGSIZE)
+    FigureCanvasAgg(fig)
+    if ablated:
+        ax, ax_abl = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
+    else:
+        ax, ax_abl = fig.add_subplot(), None
+    levels = [_levels(r.sweep, rules_for(r, "offset_sweep", "val", cache)[0]) for r in sweeps]
+    values = [v for r in sweeps for _, v in _offsets(r.sweep)]
+    values += [y for lv in levels for _, limit, amber_at, _ in lv for y in (limit, amber_at)]
+    low, top = min(values) - 0.03, min(1.05, max(values) + 0.06)  # the RED bands reach the top of the plot
+    limits = []
+    for i, r in enumerate(sweeps):
+        colour = f"C{i % 10}"
+        pts = _offsets(r.sweep)
+        label = f"{_label(r, groups)} · {r.dataset}"
+        ax.plot([k for k, _ in pts], [v for _, v in pts], "-o", color=colour, label=label)
+        limits += _draw_levels(ax, levels[i], colour, top, len(sweeps))
+    ax.set_ylim(low, top)
     ax.axvline(0, color="grey", lw=1, ls=":")
     ax.set_xlabel("offset k from the true next chunk (k = −1: last context chunk)")
     ax.set_ylabel("mean cos(ŷ, chunk at k)")
-    ax.set_title("Offset sweep (val)")
+    ax.set_title("Offset sweep (val)" + (": dashed = GREEN limit of the profile's rule" if limits else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], ls="--", color="black", lw=1.2, label=t) for t in dict.fromkeys(limits)]
+    if limits:
+        handles += [Patch(color=AMBER_FILL, alpha=0.5, label="AMBER"), Patch(color=RED_FILL, alpha=0.35, label="RED")]
+    ax.legend(handles=handles, fontsize=7)
+    if ax_abl is not None:
+        _ablation_panel(ax_abl, ablated, groups)
+    fig.tight_layout()
     return png_base64(fig)

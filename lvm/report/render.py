@@ -151,7 +151,8 @@ tr.baseline td { background: #f7f7f7; color: #555; font-style: italic; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; margin-top: 12px; }
 figure { margin: 0; border: 1px solid #e2e2e2; padding: 8px; } \
 figcaption { font-size: 12px; color: #555; max-width: 680px; }
-figure img { display: block; max-width: 680px; height: auto; }
+figure img { display: block; max-width: 100%; height: auto; }  /* the offset sweep with ablations is 1000 px */
+figcaption span.note { display: block; margin-top: 4px; }
 """
 
 
@@ -219,11 +220,27 @@ def _html_group(g: dict, gates: list[str]) -> list[str]:
     ]
 
 
+# What a plot's caption cannot say in a line: shown under the caption of the plot with that title.
+PLOT_NOTES = {
+    "Offset sweep": (
+        "A model that peaks at k = −1 can be GREEN: healthy MSE models regress toward their context, so the gate "
+        "checks the copy gap P(−1)−P(0) and the forward margin P(0)−max P(k>0), not the peak. "
+        "Dashed: each rule's GREEN limit on the profile the gates ran with, relative to the model's P(0); "
+        "a curve inside a shaded band reads AMBER (orange) or RED (red). When context ablations ran, the right "
+        "panel shows each ablation's Δcos and the profile's delta_cross_article line: a model whose cross-article "
+        "bar stays above it ignores its context."
+    ),
+}
+
+
 def _html_plot(title: str, png: str | None, caption: str) -> str:
     if png:
+        note = PLOT_NOTES.get(title)
         return (
             f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            f"<figcaption>{html.escape(caption)}"
+            + (f'<span class="note">{html.escape(note)}</span>' if note else "")
+            + "</figcaption></figure>"
         )
     return f"<figure><figcaption>{html.escape(title)}: no data in these results.</figcaption></figure>"
 
