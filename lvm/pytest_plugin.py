@@ -112,6 +112,21 @@ def _check_paths_exist(opt) -> None:
             raise pytest.UsageError(f"--dataset/--predictions: folder {d} not found")
 
 
+def _check_profile_fits(profile, datasets: list) -> None:
+    """A profile calibrated for another encoder or dimension than a --dataset's is a misused option."""
+    import json
+
+    from lvm.profiles import check_fits
+
+    for d in datasets:
+        try:
+            meta = json.loads((Path(d) / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue  # an unreadable dataset is its gates' RED, with the reason
+        if isinstance(meta, dict):
+            check_fits(profile, meta)
+
+
 def _check_files_load(opt) -> None:
     """The gate profile and the baseline results named by options can be read."""
     from lvm.errors import LvmError
@@ -120,7 +135,8 @@ def _check_files_load(opt) -> None:
         from lvm.profiles import load_profile
 
         try:
-            load_profile(opt("--gate-profile"))
+            profile = load_profile(opt("--gate-profile"))
+            _check_profile_fits(profile, opt("--dataset"))
         except LvmError as exc:
             raise pytest.UsageError(f"--gate-profile: {exc}") from None
     if opt("--baseline-results"):
@@ -334,7 +350,7 @@ def gate_profile(gate_session, lvm_dataset):
 
 
 @pytest.fixture(scope="session")
-def lvm_model(gate_session, lvm_dataset, checkpoint_path):
+def lvm_model(gate_session, lvm_dataset, gate_profile, checkpoint_path):
     """The checkpoint's ``LoadedModel`` (None when it did not load) and its integrity result."""
     if checkpoint_path is None:
         pytest.skip("no --checkpoint given")

@@ -103,7 +103,13 @@ def _stored_vectors_check(ds: Dataset, encoder, n: int, seed: int = 0) -> dict:
         return {"stored_sample_min_cos": float("nan"), "stored_sample": 0}
     idx = np.sort(np.random.default_rng(seed).choice(have, size=min(n, len(have)), replace=False))
     fresh = encoder.encode([texts[i] for i in idx])
-    cos = M.rowwise_cos(np.asarray(ds.vectors[idx], dtype=np.float32), fresh)
+    stored = np.asarray(ds.vectors[idx], dtype=np.float64)
+
+    def unit(v):  # a direction test: norms are the normalization gate's business, not this one's
+        v = np.asarray(v, dtype=np.float64)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    cos = M.rowwise_cos(unit(stored), unit(fresh))
     worst = int(idx[int(np.argmin(cos))])
     return {
         "stored_sample_min_cos": float(cos.min()),
