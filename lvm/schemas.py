@@ -460,7 +460,7 @@ class TrainSettings(_Open):
 
 def load_resume_state(path: Path, map_location) -> dict:
     """A run's ``resume.pt`` (``weights_only``: tensors and plain data), its keys and their types checked."""
-    import pickle
+    import warnings
 
     import torch
 
@@ -468,10 +468,13 @@ def load_resume_state(path: Path, map_location) -> dict:
     if not path.is_file():
         raise LvmError(f"nothing to resume in {path.parent} (no {path.name})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError, TypeError, OSError) as exc:
+        with warnings.catch_warnings():  # torch warns about odd pickles it then refuses: the refusal says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle fails in many ways; weights_only ran none of it
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(exc).__name__)
+        named = [ln.split("error:", 1)[-1].strip() for ln in lines if "GLOBAL" in ln or "Unpickler error" in ln]
+        why = (named or lines or [type(exc).__name__])[0]
         raise LvmError(f"{path}: not a readable resume state (refused or corrupt: {why[:160]})") from None
     if not isinstance(state, dict):
         raise LvmError(f"{path}: expected the trainer's resume state (a dict); got {type(state).__name__}")
@@ -497,12 +500,45 @@ def load_resume_state(path: Path, map_location) -> dict:
             raise LvmError(f"{path}: {key}.{bad[0]} is not a tensor")
     if state["torch_rng"].dtype != torch.uint8 or state["torch_rng"].dim() != 1:
         raise LvmError(f"{path}: torch_rng must be a 1-D uint8 tensor (torch.get_rng_state())")
+    _check_schedule_state(path, state["scheduler"], state["optimizer"])
     emas = [state["adaptive"].get(k) for k in ("ema_mse", "ema_info")] if state["adaptive"] else [None, None]
     if (emas[0] is None) != (emas[1] is None) or not all(
         v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) for v in emas
     ):
         raise LvmError(f"{path}: adaptive must hold finite numbers ema_mse and ema_info (or neither)")
     return state
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_schedule_state(path: Path, sched: dict, opt: dict) -> None:
+    """The LR scheduler's and the optimizer's plain numbers (steps, learning rates, betas)."""
+    for key in ("last_epoch", "_step_count"):
+        v = sched.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < -1:
+            raise LvmError(f"{path}: scheduler.{key} must be a step count; got {type(v).__name__}")
+    for key in ("base_lrs", "_last_lr"):
+        v = sched.get(key, [])
+        if not isinstance(v, list) or not all(_is_num(x) for x in v):
+            raise LvmError(f"{path}: scheduler.{key} must be a list of learning rates")
+    groups = opt.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise LvmError(f"{path}: optimizer.param_groups must be a list of objects")
+    for g in groups:
+        for key in ("lr", "eps", "weight_decay", "initial_lr"):
+            if key in g and not _is_num(g[key]):
+                raise LvmError(f"{path}: optimizer.param_groups.{key} must be a finite number; got {g[key]!r:.40}")
+        flags = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+        bad = [k for k in flags if g.get(k) is not None and not isinstance(g.get(k), bool)]
+        if bad:
+            raise LvmError(f"{path}: optimizer.param_groups.{bad[0]} must be true, false or null")
+        betas = g.get("betas", (0.9, 0.999))
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(_is_num(b) for b in betas):
+            raise LvmError(f"{path}: optimizer.param_groups.betas must be two numbers")
+    if not isinstance(opt.get("state"), dict):
+        raise LvmError(f"{path}: optimizer.state must be an object")
 
 
 def check_resume_fits(path: Path, state: dict, model, optimizer) -> None:
@@ -527,7 +563,9 @@ def check_resume_fits(path: Path, state: dict, model, optimizer) -> None:
             for k, v in optimizer.state.get(p, {}).items():
                 if not isinstance(v, torch.Tensor):
                     raise LvmError(f"{path}: optimizer state {k} is {type(v).__name__}, not a tensor")
-                if v.dim() and (v.shape != p.shape or not v.is_floating_point()):
+                if k == "step" and v.numel() == 1 and v.is_floating_point():
+                    continue
+                if v.shape != p.shape or not v.is_floating_point():
                     raise LvmError(
                         f"{path}: optimizer state {k} {tuple(v.shape)} does not fit a parameter {tuple(p.shape)}"
                     )
@@ -535,7 +573,7 @@ def check_resume_fits(path: Path, state: dict, model, optimizer) -> None:
 
 class HistoryRow(_Open):
     epoch: Annotated[int, Field(strict=True, ge=0)]
-    val_cosine: float | None = None
+    val_cosine: Annotated[float, Field(strict=True)]
 
 
 class HistoryEvent(_Open):

@@ -681,8 +681,13 @@ def test_resume(base, data):
             elif op == "junk":
                 state[key] = data.draw(fs.junk)
             elif op == "inner":  # one tensor of the model, EMA or optimizer state reshaped or retyped
-                key = data.draw(st.sampled_from(["model", "ema", "optimizer", "scheduler", "adaptive"]))
-                inner = state[key]["state"] if key == "optimizer" else state[key]
+                key = data.draw(
+                    st.sampled_from(["model", "ema", "optimizer", "optimizer-groups", "scheduler", "adaptive"])
+                )
+                if key == "optimizer-groups":
+                    key, inner = "optimizer.param_groups", state["optimizer"]["param_groups"][0]
+                else:
+                    inner = state[key]["state"] if key == "optimizer" else state[key]
                 if key == "optimizer" and inner:
                     inner = inner[data.draw(st.sampled_from(sorted(inner)))]
                 names = sorted(inner, key=str) if isinstance(inner, dict) else []
