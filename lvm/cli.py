@@ -257,6 +257,23 @@ def cmd_fingerprint(args) -> int:
     return 0
 
 
+def _contexts_the_data_declares(args) -> None:
+    """Imported full-context windows declare their ctx and min_ctx (``meta.json`` "sequences"): unless
+    --ctx / --min-ctx are given, train on those, never on shorter contexts the file never had."""
+    import json
+
+    given = getattr(args, "_argv", [])
+    try:
+        declared = json.loads((Path(args.dataset) / "meta.json").read_text()).get("sequences")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return  # the trainer refuses a bad dataset with its own one-line reason
+    if not isinstance(declared, dict):
+        return
+    for key, flag in (("ctx", "--ctx"), ("min_ctx", "--min-ctx")):
+        if isinstance(declared.get(key), int) and not any(a == flag or a.startswith(flag + "=") for a in given):
+            setattr(args, key, declared[key])
+
+
 def cmd_train(args) -> int:
     from lvm.train import EXIT_KILL_SWITCH, KillSwitch, TrainConfig, Trainer
     from lvm.train.config import config_from_args
@@ -272,6 +289,7 @@ def cmd_train(args) -> int:
         schemas.validate(schemas.TrainingHistory, schemas.read_json(history, "a run's training history"), str(history))
         out, resume = run, True
     else:
+        _contexts_the_data_declares(args)
         cfg = config_from_args(TrainConfig, args).check("lvm train options")
         out = Path(args.out or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         resume = False
@@ -740,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(with_train_options="train" in argv)
     args = parser.parse_args(argv)
+    args._argv = argv
     try:
         return args.func(args)
     except LvmError as exc:

@@ -298,6 +298,9 @@ class GateSession:
             loaded, _ = self.model(spec)
             if loaded is not None and (loaded.card.ctx, loaded.card.gated_min_ctx) not in pairs:
                 pairs.append((loaded.card.ctx, loaded.card.gated_min_ctx))
+        declared = ds.meta.get("sequences") if isinstance(ds.meta.get("sequences"), dict) else None
+        if not pairs and declared and isinstance(declared.get("ctx"), int) and isinstance(declared.get("min_ctx"), int):
+            pairs.append((declared["ctx"], declared["min_ctx"]))  # imported full-context windows: their own ctx
         if not pairs:
             p = gate_params(self.profile(ds), "alignment")
             pairs.append((int(p["ctx"]), int(p["min_ctx"])))

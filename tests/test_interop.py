@@ -116,3 +116,66 @@ def test_inconsistent_rows_and_missing_article_ids_are_refused(tmp_path):
     with pytest.raises(LvmError, match="different vectors"):
         import_npz(tmp_path / "shifted.npz", tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def stream_rows(lengths, dim=16, seed=0):
+    """The seeds' real builder: one window slid over all articles back to back, so windows near an
+    article's start cross into the previous article; the target's article id, no positions."""
+    rng = np.random.default_rng(seed)
+    bank = {a: unit_rows(rng, n, dim) for a, n in enumerate(lengths)}
+    stream = np.concatenate(list(bank.values()))
+    owner = np.concatenate([np.full(n, 100 + a) for a, n in enumerate(lengths)])
+    idx = np.arange(CTX, len(stream))
+    ctxs = np.stack([stream[i - CTX : i] for i in idx])
+    return bank, stream, ctxs, stream[idx], owner[idx]
+
+
+def test_the_seeds_stream_layout_rebuilds_the_stream_and_gates_within_article_windows(tmp_path):
+    bank, stream, ctxs, tgts, arts = stream_rows(LENGTHS)
+    npz = tmp_path / "stream.npz"
+    np.savez(npz, context_sequences=ctxs, target_vectors=tgts, article_ids=arts)  # no positions
+    meta = import_npz(npz, tmp_path / "ds", progress=False)
+    ds = open_dataset(tmp_path / "ds")
+    np.testing.assert_array_equal(np.asarray(ds.vectors), stream)  # the stream, exactly, each chunk once
+    for a, vecs in bank.items():  # articles and positions rebuilt
+        row = next(r for r in ds.articles if r["source_id"] == str(100 + a))
+        assert row["n_chunks"] == len(vecs)
+        assert list(ds.position[row["first_chunk"] : row["first_chunk"] + len(vecs)]) == list(range(len(vecs)))
+    crossing = sum(
+        min(CTX, n) for n in LENGTHS[1:]
+    )  # every window whose first context chunk is in the previous article
+    assert meta["import"]["cross_article_windows"] == crossing and meta["import"]["layout"] == "stream"
+    assert meta["sequences"] == {"ctx": CTX, "min_ctx": CTX, "why": "the file holds full-context windows only"}
+    # the gated sequences are exactly the within-article windows, none invented with shorter contexts
+    n_views = sum(len(ds.sequences(s, CTX, CTX)) for s in ("train", "val", "ood"))
+    assert n_views == meta["import"]["within_article_windows"] == len(tgts) - crossing
+
+
+def test_import_records_a_real_fingerprint_when_the_encoder_is_installed(tmp_path, small_dataset):
+    """--encoder-name of an encoder available here re-encodes the probes: the fingerprint gate can verify."""
+    small = open_dataset(small_dataset)
+    view = small.sequences("train", 2, 2)  # its articles are 3-7 sentences long
+    x, _, y = view.batch(np.arange(len(view)))
+    np.savez(
+        tmp_path / "s.npz",
+        context_sequences=x,
+        target_vectors=y,
+        article_ids=view.article_ids,
+        target_positions=small.position[view.targets],
+    )
+    meta = import_npz(tmp_path / "s.npz", tmp_path / "ds", encoder_name="all-MiniLM-L6-v2", progress=False)
+    assert meta["encoder"]["fingerprint"] == small.encoder_fingerprint
+
+
+def test_training_on_imported_windows_uses_their_context_unless_told(tmp_path):
+    """min_ctx defaults to the file's ctx: no sequences the file never had are invented."""
+    import json
+
+    _, _, ctxs, tgts, arts = stream_rows([12, 14, 11, 13, 15, 12, 16, 14, 13, 12] * 3)
+    np.savez(tmp_path / "s.npz", context_sequences=ctxs, target_vectors=tgts, article_ids=arts)
+    import_npz(tmp_path / "s.npz", tmp_path / "ds", progress=False)
+    res = run_lvm("train", "--dataset", str(tmp_path / "ds"), "--epochs", "1", "--batch-size", "16",
+                  "--no-kill-switches", "--out", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["ctx"], cfg["min_ctx"]) == (CTX, CTX)

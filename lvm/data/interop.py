@@ -35,9 +35,12 @@ META_POSITION_KEYS = ("target_chunk_index", "chunk_index", "position", "target_p
 META_TEXT_KEYS = ("target_text", "text")
 _SAME_VECTOR_ATOL = 1e-6  # two copies of one chunk vector must agree to float32 precision
 _SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
 
 
@@ -52,7 +55,9 @@ def _read_member(zf: zipfile.ZipFile, name: str) -> np.ndarray:
     with zf.open(name) as raw:
         fh = io.BytesIO(raw.read())
     version = np.lib.format.read_magic(fh)
-    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(fh)
+    shape, _, dtype = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )(fh)
     if dtype.hasobject:
         arr = _DataOnlyUnpickler(fh).load()
         if not isinstance(arr, np.ndarray):
@@ -141,8 +146,114 @@ def _derive_positions(article: np.ndarray, contexts: np.ndarray, targets: np.nda
     return pos
 
 
-def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = None, encoder_name: str | None = None,
-               index_kind: str = "auto", progress: bool = True) -> dict:
+def _as_stream(contexts: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
+    """The seeds' builder slides one window over the whole chunk stream (all articles back to back):
+    row i's context is stream[i : i+ctx] and its target stream[i+ctx]. When every row fits that,
+    the stream is rebuilt exactly (ctx + N chunks); else None."""
+    n, ctx, _ = contexts.shape
+    if n < 2:
+        return None
+    if ctx > 1 and not np.allclose(contexts[1:, :-1], contexts[:-1, 1:], atol=_SAME_VECTOR_ATOL):
+        return None
+    if not np.allclose(contexts[1:, -1], targets[:-1], atol=_SAME_VECTOR_ATOL):
+        return None
+    return np.concatenate([contexts[0], targets]).astype(np.float32)
+
+
+def _stream_articles(npz: Path, article: np.ndarray, ctx: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per chunk of a rebuilt stream: its article (a row's target's; the first ctx chunks take the first
+    row's), its position in that article, and how many windows cross an article boundary."""
+    chunk_article = np.concatenate([np.full(ctx, article[0]), article])
+    change = np.r_[True, chunk_article[1:] != chunk_article[:-1]]
+    blocks = chunk_article[change]
+    if len(np.unique(blocks)) != len(blocks):
+        raise LvmError(f"{npz}: an article's windows are not contiguous in the stream; cannot rebuild its chunk order")
+    starts = np.maximum.accumulate(np.where(change, np.arange(len(chunk_article)), 0))
+    position = (np.arange(len(chunk_article)) - starts).astype(np.int32)
+    crossing = int((chunk_article[: len(article)] != article).sum())  # first context chunk in another article
+    report = {
+        "windows": int(len(article)),
+        "cross_article_windows": crossing,
+        "within_article_windows": int(len(article) - crossing),
+    }
+    return chunk_article, position, report
+
+
+def _encoder_meta(encoder_name: str | None) -> tuple[dict, np.ndarray | None]:
+    """The named encoder's identity when it is available here (the probes re-encoded: a real
+    fingerprint the gates can verify), else the name alone (the fingerprint gate is then AMBER)."""
+    if encoder_name:
+        from lvm.data.encoders import EncoderSpec, load_encoder
+
+        try:
+            enc = load_encoder(EncoderSpec(name=encoder_name))
+            return {
+                "spec": EncoderSpec(name=encoder_name).to_dict(),
+                "pipeline": enc.pipeline,
+                "fingerprint": enc.fingerprint,
+            }, enc.probe_vectors
+        except LvmError:
+            pass
+    return {"spec": {"name": encoder_name}, "pipeline": None, "fingerprint": None}, None
+
+
+def _import_stream(
+    npz: Path,
+    out: Path,
+    stream: np.ndarray,
+    article: np.ndarray,
+    source_ids: list,
+    texts_raw,
+    ctx: int,
+    *,
+    split,
+    encoder_name,
+    index_kind: str,
+    progress: bool,
+) -> dict:
+    """A dataset folder from a rebuilt stream: windows that cross articles are marked in the report and
+    are not sequences of the dataset (gated at min_ctx = ctx, only within-article windows remain)."""
+    chunk_article, position, report = _stream_articles(npz, article, ctx)
+    texts = [""] * len(stream)
+    if texts_raw is not None:
+        for i, t in enumerate(np.asarray(texts_raw).tolist()):
+            texts[ctx + i] = str(t)
+    articles = [{"source_id": str(s), "title": str(s), "topic": ""} for s in source_ids]
+    article_split = assign_splits(len(articles), [""] * len(articles), split or SplitPolicy())
+    encoder_meta, probes = _encoder_meta(encoder_name)
+    meta = {
+        "encoder": encoder_meta,
+        "corpus": {"name": f"npz:{npz.name}"},
+        "chunker": {"kind": "imported"},
+        "split_policy": (split or SplitPolicy()).to_dict(),
+        "sequences": {"ctx": ctx, "min_ctx": ctx, "why": "the file holds full-context windows only"},
+        "import": {"rows": int(len(article)), "ctx": ctx, "layout": "stream", **report},
+    }
+    with atomic_dir(out, "dataset") as tmp:
+        np.save(tmp / "vectors.npy", stream)
+        full = write_dataset(
+            tmp,
+            article_id=chunk_article,
+            position=position,
+            texts=texts,
+            articles=articles,
+            article_split=article_split,
+            meta=meta,
+            probe_vectors=probes,
+        )
+        build_and_save_index(tmp, stream, full["content_hash"], kind=index_kind, progress=progress)
+    return full
+
+
+def import_npz(
+    npz: str | Path,
+    out: str | Path,
+    *,
+    split: SplitPolicy | None = None,
+    encoder_name: str | None = None,
+    index_kind: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Rebuild a dataset folder from a legacy ``.npz``; returns the written meta."""
     npz, out = Path(npz), Path(out)
     arrays = read_npz(npz)
@@ -155,8 +266,15 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused as non-finite below
         contexts = np.asarray(arrays[CONTEXT_KEY], dtype=np.float32)
         targets = np.asarray(arrays[TARGET_KEY], dtype=np.float32)
-    if contexts.ndim != 3 or targets.ndim != 2 or len(contexts) != len(targets) or contexts.shape[2] != targets.shape[1]:
-        raise LvmError(f"{npz}: expected {CONTEXT_KEY} [N, ctx, D] and {TARGET_KEY} [N, D], got {contexts.shape} and {targets.shape}")
+    if (
+        contexts.ndim != 3
+        or targets.ndim != 2
+        or len(contexts) != len(targets)
+        or contexts.shape[2] != targets.shape[1]
+    ):
+        raise LvmError(
+            f"{npz}: expected {CONTEXT_KEY} [N, ctx, D] and {TARGET_KEY} [N, D], got {contexts.shape} and {targets.shape}"
+        )
     if len(targets) == 0:
         raise LvmError(f"{npz}: no sequences")
     check_vectors(targets, f"{npz}:{TARGET_KEY}")
@@ -179,6 +297,26 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     if article_raw.dtype.kind == "f" and not np.isfinite(article_raw).all():
         raise LvmError(f"{npz}: article ids must be finite")
     article, source_ids = _dense_ids(article_raw)
+    stream = _as_stream(contexts, targets)
+    if stream is not None:  # the seeds' builder: one window slid over all articles back to back
+        texts_raw = _first(arrays, TEXT_KEYS)
+        if texts_raw is None:
+            texts_raw = _from_metadata(meta_rows, META_TEXT_KEYS)
+        if texts_raw is not None:
+            texts_raw = _column(npz, "target texts", texts_raw, n, "iufUSOb")
+        return _import_stream(
+            npz,
+            out,
+            stream,
+            article,
+            source_ids,
+            texts_raw,
+            ctx,
+            split=split,
+            encoder_name=encoder_name,
+            index_kind=index_kind,
+            progress=progress,
+        )
     pos_raw = _first(arrays, POSITION_KEYS)
     if pos_raw is None:
         pos_raw = _from_metadata(meta_rows, META_POSITION_KEYS)
@@ -214,14 +352,18 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     for start in range(0, len(key), 1 << 18):  # every copy of a chunk must be the same vector
         sl = slice(start, start + (1 << 18))
         if not np.allclose(occ_vectors(np.arange(len(key))[sl]), bank[inverse[sl]], atol=_SAME_VECTOR_ATOL):
-            raise LvmError(f"{npz}: the same (article, position) holds different vectors in different rows; positions are wrong")
+            raise LvmError(
+                f"{npz}: the same (article, position) holds different vectors in different rows; positions are wrong"
+            )
     chunk_article = occ_article[first]
     chunk_pos = occ_pos[first].astype(np.int32)
     starts = np.searchsorted(chunk_article, np.arange(len(source_ids)))
     expected = np.arange(len(uniq)) - np.repeat(starts, np.bincount(chunk_article, minlength=len(source_ids)))
     if not np.array_equal(chunk_pos, expected):
         gap = int(chunk_article[np.flatnonzero(chunk_pos != expected)[0]])
-        raise LvmError(f"{npz}: article {source_ids[gap]!r} has gaps in its chunk positions; cannot rebuild its chunk order")
+        raise LvmError(
+            f"{npz}: article {source_ids[gap]!r} has gaps in its chunk positions; cannot rebuild its chunk order"
+        )
     texts = [""] * len(uniq)
     if texts_raw is not None:
         for i, t in zip(inverse[:n].tolist(), np.asarray(texts_raw).tolist()):
@@ -232,16 +374,31 @@ def import_npz(npz: str | Path, out: str | Path, *, split: SplitPolicy | None = 
     articles = [{"source_id": str(s), "title": titles.get(i, str(s)), "topic": ""} for i, s in enumerate(source_ids)]
     article_split = assign_splits(len(articles), [""] * len(articles), split or SplitPolicy())
     dup = len(uniq) - len(np.unique(bank.view(np.dtype((np.void, d * 4))).ravel()))
+    encoder_meta, probes = _encoder_meta(encoder_name)
     meta = {
-        "encoder": {"spec": {"name": encoder_name}, "pipeline": None, "fingerprint": None},
+        "encoder": encoder_meta,
+        "sequences": {"ctx": ctx, "min_ctx": ctx, "why": "the file holds full-context windows only"},
         "corpus": {"name": f"npz:{npz.name}"},
         "chunker": {"kind": "imported"},
         "split_policy": (split or SplitPolicy()).to_dict(),
-        "import": {"rows": n, "ctx": ctx, "duplicates_removed": int(len(key) - len(uniq)), "duplicate_chunk_vectors": int(dup)},
+        "import": {
+            "rows": n,
+            "ctx": ctx,
+            "duplicates_removed": int(len(key) - len(uniq)),
+            "duplicate_chunk_vectors": int(dup),
+        },
     }
     with atomic_dir(out, "dataset") as tmp:
         np.save(tmp / "vectors.npy", bank.astype(np.float32))
-        full = write_dataset(tmp, article_id=chunk_article, position=chunk_pos, texts=texts, articles=articles,
-                             article_split=article_split, meta=meta)
+        full = write_dataset(
+            tmp,
+            article_id=chunk_article,
+            position=chunk_pos,
+            texts=texts,
+            articles=articles,
+            article_split=article_split,
+            meta=meta,
+            probe_vectors=probes,
+        )
         build_and_save_index(tmp, bank, full["content_hash"], kind=index_kind, progress=progress)
     return full
