@@ -215,11 +215,22 @@ def cmd_import_npz(args) -> int:
         index_kind=args.index,
         progress=not args.quiet,
     )
-    c = res["counts"]
+    c, imp = res["counts"], res["import"]
+    if imp.get("layout") == "stream":
+        how = (
+            f"one chunk stream rebuilt; {imp['cross_article_windows']} windows cross articles and are not gated, "
+            f"{imp['within_article_windows']} are"
+        )
+    else:
+        how = f"{imp['duplicates_removed']} duplicate vectors merged"
+    fp = (
+        "fingerprint recorded"
+        if (res.get("encoder") or {}).get("fingerprint")
+        else "no fingerprint (encoder not installed)"
+    )
     print(
-        f"{args.out}: {c['chunks']} unique chunks from {res['import']['rows']} rows "
-        f"({res['import']['duplicates_removed']} duplicate vectors merged), "
-        f"{c['articles']} articles, dim {res['dim']}"
+        f"{args.out}: {c['chunks']} unique chunks from {imp['rows']} rows ({how}), {c['articles']} articles, "
+        f"dim {res['dim']}, ctx {imp['ctx']}; {fp}"
     )
     return 0
 
