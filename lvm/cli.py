@@ -276,7 +276,7 @@ def _contexts_the_data_declares(args) -> None:
     given = getattr(args, "_argv", [])
     try:
         declared = json.loads((Path(args.dataset) / "meta.json").read_text()).get("sequences")
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         return  # the trainer refuses a bad dataset with its own one-line reason
     if not isinstance(declared, dict):
         return

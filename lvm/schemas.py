@@ -88,6 +88,13 @@ class DatasetMeta(_Open):
     encoder: EncoderMeta | None = None
     gate_profile: str | None = None
 
+    @field_validator("format_version", mode="before")
+    @classmethod
+    def _integer_version(cls, v):
+        if isinstance(v, bool):  # true == 1 in Python, not in the format
+            raise ValueError("format_version must be the integer 1")
+        return v
+
 
 SPLIT_CODES = (0, 1, 2)
 

@@ -282,7 +282,7 @@ def array_edit(draw, name: str, arr: np.ndarray) -> tuple[np.ndarray, str, bool]
     if arr.ndim == 0 or not len(arr):
         return arr, f"{name} left as is", False
     ops = ["dtype", "rank", "length", "set", "shuffle", "add", "fortran"]
-    if name == "vectors":
+    if name == "vectors" and arr.ndim == 2 and arr.dtype.kind == "f":
         ops += ["nonfinite", "row", "row", "width"]
     if name == "article_id":
         ops += ["merge", "fraction", "rename"]
@@ -734,7 +734,8 @@ def npz_mutation(draw, arrays: dict[str, np.ndarray]) -> tuple[bytes, str, str]:
                 arrays[key] = arr
             labels.append(f"{key} = {short(value)}")
         elif op == "metadata":
-            n = len(arrays.get("target_vectors", [0]))
+            t = arrays.get("target_vectors")
+            n = len(t) if isinstance(t, np.ndarray) and t.ndim else 1
             rows = draw(
                 st.sampled_from(
                     [
@@ -875,7 +876,7 @@ INT_OPTIONS = {  # option: (smallest valid, largest valid)
     "--eval-batch-size": (1, 1 << 24),
     "--ctx": (1, 4096),
     "--min-ctx": (1, 4096),
-    "--max-per-article": (0, 10**9),
+    "--max-per-article": (0, 10**40),  # any cap above the batch size means none
     "--threads": (1, 4096),
     "--seed": (0, 2**63 - 1),
 }

@@ -52,7 +52,7 @@ SLOW_S = float(os.environ.get("LVM_FUZZ_SLOW_S", "30"))  # ... and one finishing
 TINY_MODEL = '{"d_model": 8, "hidden_dim": 8}'
 UNKNOWN_ENCODER = "acme/no-such-encoder-for-fuzzing"
 # lines the trainer logs on stderr before it can fail (progress, not errors)
-TRAIN_LOG_PREFIXES = ("training ", "epoch ", "resuming ", "  RED ", "  AMBER ", "ABORT", "done:")
+TRAIN_LOG_PREFIXES = ("training ", "epoch ", "resuming ", "  RED ", "  AMBER ", "  WARNING ", "ABORT", "done:")
 
 
 def fuzz_settings(weight: float = 1.0):

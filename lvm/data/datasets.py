@@ -293,7 +293,7 @@ class Dataset:
             self.article_id = np.load(self.path / "article_id.npy", allow_pickle=False)
             self.position = np.load(self.path / "position.npy", allow_pickle=False)
             self.split = np.load(self.path / "split.npy", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged .npy header fails in many ways (no pickles are read)
             raise LvmError(
                 f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})"
             ) from None
@@ -381,7 +381,12 @@ class Dataset:
     @cached_property
     def probe_vectors(self) -> np.ndarray | None:
         p = self.path / "probe_vectors.npy"
-        return np.load(p) if p.is_file() else None
+        if not p.is_file():
+            return None
+        try:
+            return np.load(p, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged .npy header fails in many ways (no pickles are read)
+            raise LvmError(f"{p}: cannot read the probe vectors ({type(exc).__name__}: {str(exc)[:120]})") from None
 
     @cached_property
     def row_hashes(self) -> np.ndarray:
