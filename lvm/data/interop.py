@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from lvm.data.datasets import check_vectors, write_dataset
-from lvm.io import atomic_dir
-from lvm.errors import LvmError
 from lvm.data.index import build_and_save_index
 from lvm.data.splits import SplitPolicy, assign_splits
+from lvm.errors import LvmError
+from lvm.io import atomic_dir
 
 CONTEXT_KEY, TARGET_KEY = "context_sequences", "target_vectors"
 ARTICLE_KEYS = ("article_ids", "article_indices", "article_id", "target_article_ids")
@@ -198,65 +198,21 @@ def _encoder_meta(encoder_name: str | None) -> tuple[dict, np.ndarray | None]:
 
 
 def _import_stream(
-    npz: Path,
-    out: Path,
-    stream: np.ndarray,
-    article: np.ndarray,
-    source_ids: list,
-    texts_raw,
-    ctx: int,
-    *,
-    split,
-    encoder_name,
-    index_kind: str,
-    progress: bool,
+    npz: Path, out: Path, stream: np.ndarray, article: np.ndarray, source_ids: list, texts_raw, ctx: int, **options
 ) -> dict:
     """A dataset folder from a rebuilt stream: windows that cross articles are marked in the report and
     are not sequences of the dataset (gated at min_ctx = ctx, only within-article windows remain)."""
-    chunk_article, position, report = _stream_articles(npz, article, ctx)
+    chunk_article, position, crossing = _stream_articles(npz, article, ctx)
     texts = [""] * len(stream)
     if texts_raw is not None:
         for i, t in enumerate(np.asarray(texts_raw).tolist()):
             texts[ctx + i] = str(t)
-    articles = [{"source_id": str(s), "title": str(s), "topic": ""} for s in source_ids]
-    article_split = assign_splits(len(articles), [""] * len(articles), split or SplitPolicy())
-    encoder_meta, probes = _encoder_meta(encoder_name)
-    meta = {
-        "encoder": encoder_meta,
-        "corpus": {"name": f"npz:{npz.name}"},
-        "chunker": {"kind": "imported"},
-        "split_policy": (split or SplitPolicy()).to_dict(),
-        "sequences": {"ctx": ctx, "min_ctx": ctx, "why": "the file holds full-context windows only"},
-        "import": {"rows": int(len(article)), "ctx": ctx, "layout": "stream", **report},
-    }
-    with atomic_dir(out, "dataset") as tmp:
-        np.save(tmp / "vectors.npy", stream)
-        full = write_dataset(
-            tmp,
-            article_id=chunk_article,
-            position=position,
-            texts=texts,
-            articles=articles,
-            article_split=article_split,
-            meta=meta,
-            probe_vectors=probes,
-        )
-        build_and_save_index(tmp, stream, full["content_hash"], kind=index_kind, progress=progress)
-    return full
+    report = {"rows": int(len(article)), "ctx": ctx, "layout": "stream", **crossing}
+    return _write_import(npz, out, stream, chunk_article, position, texts, source_ids, {}, report, **options)
 
 
-def import_npz(
-    npz: str | Path,
-    out: str | Path,
-    *,
-    split: SplitPolicy | None = None,
-    encoder_name: str | None = None,
-    index_kind: str = "auto",
-    progress: bool = True,
-) -> dict:
-    """Rebuild a dataset folder from a legacy ``.npz``; returns the written meta."""
-    npz, out = Path(npz), Path(out)
-    arrays = read_npz(npz)
+def _read_windows(npz: Path, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(contexts [N, ctx, D], targets [N, D]) as float32, finite, of agreeing shapes."""
     missing = [k for k in (CONTEXT_KEY, TARGET_KEY) if k not in arrays]
     if missing:
         raise LvmError(f"{npz}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(arrays)) or 'none'}")
@@ -266,74 +222,67 @@ def import_npz(
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused as non-finite below
         contexts = np.asarray(arrays[CONTEXT_KEY], dtype=np.float32)
         targets = np.asarray(arrays[TARGET_KEY], dtype=np.float32)
-    if (
-        contexts.ndim != 3
-        or targets.ndim != 2
-        or len(contexts) != len(targets)
-        or contexts.shape[2] != targets.shape[1]
-    ):
+    shapes_agree = contexts.ndim == 3 and targets.ndim == 2 and len(contexts) == len(targets)
+    if not shapes_agree or contexts.shape[2] != targets.shape[1]:
         raise LvmError(
-            f"{npz}: expected {CONTEXT_KEY} [N, ctx, D] and {TARGET_KEY} [N, D], got {contexts.shape} and {targets.shape}"
+            f"{npz}: expected {CONTEXT_KEY} [N, ctx, D] and {TARGET_KEY} [N, D], "
+            f"got {contexts.shape} and {targets.shape}"
         )
     if len(targets) == 0:
         raise LvmError(f"{npz}: no sequences")
+    if contexts.shape[1] < 1:
+        raise LvmError(f"{npz}: {CONTEXT_KEY} has no context slots (shape {contexts.shape})")
     check_vectors(targets, f"{npz}:{TARGET_KEY}")
     check_vectors(contexts.reshape(-1, contexts.shape[2]), f"{npz}:{CONTEXT_KEY}")
-    n, ctx, d = contexts.shape
-    if ctx < 1:
-        raise LvmError(f"{npz}: {CONTEXT_KEY} has no context slots (shape {contexts.shape})")
+    return contexts, targets
+
+
+def _row_columns(
+    npz: Path, arrays: dict, n: int
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(metadata rows, article ids, target positions or None, target texts or None), one per row."""
     meta_rows = arrays.get("metadata")
     if meta_rows is not None and (not isinstance(meta_rows, np.ndarray) or meta_rows.shape != (n,)):
         raise LvmError(f"{npz}: metadata must hold one entry per sequence ({n}); got {_kind(meta_rows)}")
-    article_raw = _first(arrays, ARTICLE_KEYS)
-    if article_raw is None:
-        article_raw = _from_metadata(meta_rows, META_ARTICLE_KEYS)
+
+    def column(keys, meta_keys):
+        found = _first(arrays, keys)
+        return _from_metadata(meta_rows, meta_keys) if found is None else found
+
+    article_raw = column(ARTICLE_KEYS, META_ARTICLE_KEYS)
     if article_raw is None:
         raise LvmError(
             f"{npz}: no article ids (keys {', '.join(ARTICLE_KEYS)} or metadata 'article_index'): "
-            "train/val/OOD splits cannot be made article-disjoint without them; re-export the sequences with article ids"
+            "train/val/OOD splits cannot be made article-disjoint without them; "
+            "re-export the sequences with article ids"
         )
     article_raw = _column(npz, "article ids", article_raw, n, "iufUS")
     if article_raw.dtype.kind == "f" and not np.isfinite(article_raw).all():
         raise LvmError(f"{npz}: article ids must be finite")
-    article, source_ids = _dense_ids(article_raw)
-    stream = _as_stream(contexts, targets)
-    if stream is not None:  # the seeds' builder: one window slid over all articles back to back
-        texts_raw = _first(arrays, TEXT_KEYS)
-        if texts_raw is None:
-            texts_raw = _from_metadata(meta_rows, META_TEXT_KEYS)
-        if texts_raw is not None:
-            texts_raw = _column(npz, "target texts", texts_raw, n, "iufUSOb")
-        return _import_stream(
-            npz,
-            out,
-            stream,
-            article,
-            source_ids,
-            texts_raw,
-            ctx,
-            split=split,
-            encoder_name=encoder_name,
-            index_kind=index_kind,
-            progress=progress,
-        )
-    pos_raw = _first(arrays, POSITION_KEYS)
-    if pos_raw is None:
-        pos_raw = _from_metadata(meta_rows, META_POSITION_KEYS)
-    if pos_raw is None:
-        pos = _derive_positions(article, contexts, targets, ctx)
-    else:
+    pos_raw = column(POSITION_KEYS, META_POSITION_KEYS)
+    if pos_raw is not None:
         pos_raw = _column(npz, "target positions", pos_raw, n, "iu")
-        if (pos_raw < 0).any() or (pos_raw > n * (ctx + 1)).any():
-            raise LvmError(f"{npz}: target positions must lie in [0, {n * (ctx + 1)}] (positions within an article)")
-        pos = pos_raw.astype(np.int64)
-    texts_raw = _first(arrays, TEXT_KEYS)
-    if texts_raw is None:
-        texts_raw = _from_metadata(meta_rows, META_TEXT_KEYS)
+    texts_raw = column(TEXT_KEYS, META_TEXT_KEYS)
     if texts_raw is not None:
         texts_raw = _column(npz, "target texts", texts_raw, n, "iufUSOb")
+    return meta_rows, article_raw, pos_raw, texts_raw
 
-    # Every (article, position) a row mentions: the target at pos, context slot j at pos-ctx+j.
+
+def _positions(npz: Path, pos_raw, article: np.ndarray, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    n, ctx = contexts.shape[:2]
+    if pos_raw is None:
+        return _derive_positions(article, contexts, targets, ctx)
+    if (pos_raw < 0).any() or (pos_raw > n * (ctx + 1)).any():
+        raise LvmError(f"{npz}: target positions must lie in [0, {n * (ctx + 1)}] (positions within an article)")
+    return pos_raw.astype(np.int64)
+
+
+def _rebuild_bank(
+    npz: Path, contexts: np.ndarray, targets: np.ndarray, article: np.ndarray, pos: np.ndarray, source_ids: list
+) -> dict:
+    """Every (article, position) a row mentions, stored once: the target at pos, context slot j at
+    pos-ctx+j; every copy of a chunk must be the same vector and every article gap-free."""
+    n, ctx = contexts.shape[:2]
     slot_pos = pos[:, None] - ctx + np.arange(ctx)[None, :]  # (N, ctx)
     real = (slot_pos >= 0) & (np.abs(contexts).sum(axis=2) > 0)  # zero vectors are padding
     rows_c, slots_c = np.nonzero(real)
@@ -355,8 +304,7 @@ def import_npz(
             raise LvmError(
                 f"{npz}: the same (article, position) holds different vectors in different rows; positions are wrong"
             )
-    chunk_article = occ_article[first]
-    chunk_pos = occ_pos[first].astype(np.int32)
+    chunk_article, chunk_pos = occ_article[first], occ_pos[first].astype(np.int32)
     starts = np.searchsorted(chunk_article, np.arange(len(source_ids)))
     expected = np.arange(len(uniq)) - np.repeat(starts, np.bincount(chunk_article, minlength=len(source_ids)))
     if not np.array_equal(chunk_pos, expected):
@@ -364,29 +312,94 @@ def import_npz(
         raise LvmError(
             f"{npz}: article {source_ids[gap]!r} has gaps in its chunk positions; cannot rebuild its chunk order"
         )
-    texts = [""] * len(uniq)
+    return {
+        "bank": bank,
+        "article": chunk_article,
+        "position": chunk_pos,
+        "row_chunk": inverse[:n],
+        "duplicates_removed": int(len(key) - len(uniq)),
+    }
+
+
+def import_npz(
+    npz: str | Path,
+    out: str | Path,
+    *,
+    split: SplitPolicy | None = None,
+    encoder_name: str | None = None,
+    index_kind: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Rebuild a dataset folder from a legacy ``.npz``; returns the written meta.
+
+    Two layouts: the seeds' stream (one window slid over all articles back to back: the stream is
+    rebuilt exactly, cross-article windows marked) and per-article windows (chunks de-duplicated by
+    (article, position), positions derived from the windows when the file has none).
+    """
+    npz, out = Path(npz), Path(out)
+    arrays = read_npz(npz)
+    contexts, targets = _read_windows(npz, arrays)
+    n, ctx, d = contexts.shape
+    meta_rows, article_raw, pos_raw, texts_raw = _row_columns(npz, arrays, n)
+    article, source_ids = _dense_ids(article_raw)
+    stream = _as_stream(contexts, targets)
+    options = {"split": split, "encoder_name": encoder_name, "index_kind": index_kind, "progress": progress}
+    if stream is not None:  # the seeds' builder: one window slid over all articles back to back
+        return _import_stream(npz, out, stream, article, source_ids, texts_raw, ctx, **options)
+    built = _rebuild_bank(
+        npz, contexts, targets, article, _positions(npz, pos_raw, article, contexts, targets), source_ids
+    )
+    texts = [""] * len(built["bank"])
     if texts_raw is not None:
-        for i, t in zip(inverse[:n].tolist(), np.asarray(texts_raw).tolist()):
+        for i, t in zip(built["row_chunk"].tolist(), np.asarray(texts_raw).tolist(), strict=True):
             texts[i] = str(t)
     titles = {}
     if meta_rows is not None and all(isinstance(m, dict) for m in meta_rows) and "title" in meta_rows[0]:
-        titles = {int(a): str(m.get("title", "")) for a, m in zip(article.tolist(), meta_rows)}
+        titles = {int(a): str(m.get("title", "")) for a, m in zip(article.tolist(), meta_rows, strict=True)}
+    bank = built["bank"]
+    dup = len(bank) - len(np.unique(bank.view(np.dtype((np.void, d * 4))).ravel()))
+    report = {
+        "rows": n,
+        "ctx": ctx,
+        "duplicates_removed": built["duplicates_removed"],
+        "duplicate_chunk_vectors": int(dup),
+    }
+    return _write_import(
+        npz, out, bank, built["article"], built["position"], texts, source_ids, titles, report, **options
+    )
+
+
+def _write_import(
+    npz: Path,
+    out: Path,
+    bank: np.ndarray,
+    chunk_article: np.ndarray,
+    chunk_pos: np.ndarray,
+    texts: list,
+    source_ids: list,
+    titles: dict,
+    report: dict,
+    *,
+    split,
+    encoder_name,
+    index_kind: str,
+    progress: bool,
+) -> dict:
+    """The dataset folder of an import (atomically), with the encoder's identity where it is installed."""
     articles = [{"source_id": str(s), "title": titles.get(i, str(s)), "topic": ""} for i, s in enumerate(source_ids)]
     article_split = assign_splits(len(articles), [""] * len(articles), split or SplitPolicy())
-    dup = len(uniq) - len(np.unique(bank.view(np.dtype((np.void, d * 4))).ravel()))
     encoder_meta, probes = _encoder_meta(encoder_name)
     meta = {
         "encoder": encoder_meta,
-        "sequences": {"ctx": ctx, "min_ctx": ctx, "why": "the file holds full-context windows only"},
+        "sequences": {
+            "ctx": report["ctx"],
+            "min_ctx": report["ctx"],
+            "why": "the file holds full-context windows only",
+        },
         "corpus": {"name": f"npz:{npz.name}"},
         "chunker": {"kind": "imported"},
         "split_policy": (split or SplitPolicy()).to_dict(),
-        "import": {
-            "rows": n,
-            "ctx": ctx,
-            "duplicates_removed": int(len(key) - len(uniq)),
-            "duplicate_chunk_vectors": int(dup),
-        },
+        "import": report,
     }
     with atomic_dir(out, "dataset") as tmp:
         np.save(tmp / "vectors.npy", bank.astype(np.float32))
