@@ -45,7 +45,7 @@ class SplitPolicy:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SplitPolicy":
+    def from_dict(cls, d: dict) -> SplitPolicy:
         d = dict(d)
         d["ood_topics"] = tuple(d.get("ood_topics", ()))
         return cls(**d)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from lvm.data.datasets import write_dataset
-from lvm.io import atomic_dir
-from lvm.errors import LvmError
 from lvm.data.splits import SplitPolicy, assign_splits
+from lvm.errors import LvmError
+from lvm.io import atomic_dir
 
 ARTICLE_BLOCK = 4096  # articles generated at once: bounded memory at any size
 MAX_COS = 0.99  # adjacency cosines are clipped to [-MAX_COS, MAX_COS]
@@ -40,7 +40,7 @@ class Segment:
     std: float
 
     @classmethod
-    def parse(cls, text: str) -> "Segment":
+    def parse(cls, text: str) -> Segment:
         try:
             start, stop, mean, std = text.split(":")
             return cls(int(start), int(stop), float(mean), float(std))
