@@ -178,8 +178,8 @@ def read_results(path: str | Path) -> dict:
             f"{p}: results schema version {doc.get('schema_version')}, "
             f"this lvm reads {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    schemas.validate(schemas.ResultsDoc, doc, str(p))
-    return doc
+    # the checked document, with every row's optional fields filled in (metrics {}, thresholds [], ...)
+    return schemas.validate(schemas.ResultsDoc, doc, str(p)).model_dump(by_alias=True)
 
 
 def dataset_label(r: dict) -> str | None:
