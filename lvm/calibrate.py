@@ -126,7 +126,7 @@ def _controls(ds, reference, views: dict) -> dict[str, dict]:
 
 def _score(evs: dict, baselines: dict, index, profile: Profile) -> dict[tuple[str, str | None], gates.GateResult]:
     val, ood = evs["val"], evs["ood"]
-    res = {
+    res: dict[tuple[str, str | None], gates.GateResult] = {
         ("val_cosine", "val"): gates.cosine_gate("val_cosine", val, profile, baselines=baselines),
         ("ood_cosine", "ood"): gates.cosine_gate("ood_cosine", ood, profile, other=val, baselines=baselines),
         ("beats_baselines", "val"): gates.beats_baselines(val, baselines, profile),

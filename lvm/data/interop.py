@@ -17,6 +17,7 @@ import pickle
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -343,7 +344,12 @@ def import_npz(
     meta_rows, article_raw, pos_raw, texts_raw = _row_columns(npz, arrays, n)
     article, source_ids = _dense_ids(article_raw)
     stream = _as_stream(contexts, targets)
-    options = {"split": split, "encoder_name": encoder_name, "index_kind": index_kind, "progress": progress}
+    options: dict[str, Any] = {
+        "split": split,
+        "encoder_name": encoder_name,
+        "index_kind": index_kind,
+        "progress": progress,
+    }
     if stream is not None:  # the seeds' builder: one window slid over all articles back to back
         return _import_stream(npz, out, stream, article, source_ids, texts_raw, ctx, **options)
     built = _rebuild_bank(

@@ -101,7 +101,7 @@ def _vs_best_baseline(ev: ModelEval, baselines: dict, profile: Profile, seed: in
     idx = ev.sample(gate_params(profile, "beats_baselines")["sample"], seed)
     base_cos = baseline_cosines(ev, baselines, idx)
     scores = {name: float(c.mean()) for name, c in base_cos.items()}
-    best = max(scores, key=scores.get)
+    best = max(scores, key=lambda name: scores[name])
     diff = M.paired_difference(
         ev.cos[idx], base_cos[best], clusters=ev.view.article_ids[idx]
     )  # same articles both sides

@@ -324,7 +324,7 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     for ds, res in data.items():
         coh = _cell(res, "coherence")
         hist = coh["metrics"].get("histogram") if coh else None
-        if isinstance(hist, dict) and all(number(v) is not None for v in hist.values()):
+        if coh is not None and isinstance(hist, dict) and all(number(v) is not None for v in hist.values()):
             out.append(
                 {
                     "dataset": ds,
