@@ -438,20 +438,10 @@ def _history_summary(path: str | None) -> dict | None:
 
 
 def _json_safe(obj):
-    """JSON-safe: numpy scalars to Python, NaN/Inf to None (JSON has no NaN)."""
-    import math
+    """JSON-safe: numpy scalars to Python, NaN/Inf to None (the results file's own rule)."""
+    from lvm.report.results import json_safe
 
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    return json_safe(obj)
 
 
 # ----------------------------------------------------------------------------- the session object

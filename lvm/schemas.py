@@ -49,6 +49,14 @@ def read_json(path: Path, what: str) -> Any:
         raise LvmError(f"{path}: not valid JSON ({str(exc)[:120]}) for {what}") from None
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """``read_json``, and the document must be a JSON object."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise LvmError(f"{path}: expected a JSON object ({what}); got {type(data).__name__}")
+    return data
+
+
 def one_line(exc: ValidationError, where: str) -> LvmError:
     """The first validation error as one line: file, field, what was expected, what was found."""
     err = exc.errors()[0]

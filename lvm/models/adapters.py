@@ -146,16 +146,9 @@ def count_params(model) -> int | None:
 
 
 def read_card_file(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise LvmError(f"model card {p} not found")
-    try:
-        data = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise LvmError(f"{p}: not a JSON model card ({str(exc)[:120]})") from None
-    if not isinstance(data, dict):
-        raise LvmError(f"{p}: a model card is a JSON object; got {type(data).__name__}")
-    return data
+    from lvm.schemas import read_json_object
+
+    return read_json_object(Path(path), "a JSON model card")
 
 
 # ----------------------------------------------------------------------------- py: factories (user code)

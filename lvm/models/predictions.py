@@ -11,7 +11,6 @@ gates score those arrays; the ones that must call the model (latency, ablations,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +55,9 @@ def write_manifest(ds, ctx: int, min_ctx: int, out: str | Path, splits=SPLITS) -
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise LvmError(f"{path} missing ({what})")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise LvmError(f"{path}: not valid JSON ({str(exc)[:120]})") from None
-    if not isinstance(data, dict):
-        raise LvmError(f"{path}: expected a JSON object ({what})")
-    return data
+    from lvm.schemas import read_json_object
+
+    return read_json_object(path, what)
 
 
 def load_predictions(folder: str | Path, card_path: str | Path | None = None) -> LoadedModel:

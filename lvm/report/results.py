@@ -123,12 +123,12 @@ def comparability(
     return comp, key
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON-safe: numpy scalars to Python, NaN/Inf to None (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -143,7 +143,7 @@ def summarize(results: list[dict]) -> dict:
 
 
 def build_document(results: list[dict], profile_name: str, profile_version: int, seed: int = 0) -> dict:
-    return _clean(
+    return json_safe(
         {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
