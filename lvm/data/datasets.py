@@ -73,6 +73,36 @@ def check_chunk_order(article_id: np.ndarray, position: np.ndarray) -> None:
         )
 
 
+def _write_texts(tmp_dir: Path, texts: list[str] | None, n: int) -> None:
+    with open(tmp_dir / "texts.jsonl", "w", encoding="utf-8") as fh:
+        if texts is None:  # vectors without text (synthetic data): one empty string per chunk
+            fh.write('""\n' * n)
+        else:
+            for t in texts:
+                fh.write(json.dumps(t, ensure_ascii=False) + "\n")
+
+
+def _write_articles(
+    tmp_dir: Path, articles: list[dict], article_id: np.ndarray, article_split: np.ndarray
+) -> np.ndarray:
+    """articles.jsonl (one row per dense article id, with its split and chunk range); the chunk counts."""
+    first = np.searchsorted(article_id, np.arange(len(articles)), side="left")
+    count = np.bincount(article_id, minlength=len(articles))
+    with open(tmp_dir / "articles.jsonl", "w", encoding="utf-8") as fh:
+        for i, a in enumerate(articles):
+            row = {
+                "article_id": i,
+                "source_id": a.get("source_id", str(i)),
+                "title": a.get("title", ""),
+                "topic": a.get("topic", ""),
+                "split": SPLIT_NAMES[int(article_split[i])],
+                "first_chunk": int(first[i]),
+                "n_chunks": int(count[i]),
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return count
+
+
 def write_dataset(
     tmp_dir: Path,
     *,
@@ -106,26 +136,8 @@ def write_dataset(
     np.save(tmp_dir / "article_id.npy", article_id)
     np.save(tmp_dir / "position.npy", position)
     np.save(tmp_dir / "split.npy", chunk_split)
-    with open(tmp_dir / "texts.jsonl", "w", encoding="utf-8") as fh:
-        if texts is None:  # vectors without text (synthetic data): one empty string per chunk
-            fh.write('""\n' * n)
-        else:
-            for t in texts:
-                fh.write(json.dumps(t, ensure_ascii=False) + "\n")
-    first = np.searchsorted(article_id, np.arange(len(articles)), side="left")
-    count = np.bincount(article_id, minlength=len(articles))
-    with open(tmp_dir / "articles.jsonl", "w", encoding="utf-8") as fh:
-        for i, a in enumerate(articles):
-            row = {
-                "article_id": i,
-                "source_id": a.get("source_id", str(i)),
-                "title": a.get("title", ""),
-                "topic": a.get("topic", ""),
-                "split": SPLIT_NAMES[int(article_split[i])],
-                "first_chunk": int(first[i]),
-                "n_chunks": int(count[i]),
-            }
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_texts(tmp_dir, texts, n)
+    count = _write_articles(tmp_dir, articles, article_id, article_split)
     if probe_vectors is not None:
         np.save(tmp_dir / "probe_vectors.npy", np.asarray(probe_vectors, dtype=np.float32))
     counts = {"chunks": n, "articles": int((count > 0).sum())}
