@@ -174,8 +174,19 @@ def test_training_on_imported_windows_uses_their_context_unless_told(tmp_path):
     _, _, ctxs, tgts, arts = stream_rows([12, 14, 11, 13, 15, 12, 16, 14, 13, 12] * 3)
     np.savez(tmp_path / "s.npz", context_sequences=ctxs, target_vectors=tgts, article_ids=arts)
     import_npz(tmp_path / "s.npz", tmp_path / "ds", progress=False)
-    res = run_lvm("train", "--dataset", str(tmp_path / "ds"), "--epochs", "1", "--batch-size", "16",
-                  "--no-kill-switches", "--out", str(tmp_path / "run"), "--quiet")
+    res = run_lvm(
+        "train",
+        "--dataset",
+        str(tmp_path / "ds"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--no-kill-switches",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["ctx"], cfg["min_ctx"]) == (CTX, CTX)

