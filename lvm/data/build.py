@@ -218,17 +218,17 @@ def build_dataset(
             "vectors_key": vectors_key,
         }  # fmt: skip
         t = time.perf_counter()
-        meta = write_dataset(
+        full = write_dataset(
             tmp, article_id=table.article_id, position=table.position, texts=table.texts, articles=table.articles,
             article_split=split, meta=meta, probe_vectors=probe,
         )  # fmt: skip
         vectors = np.load(tmp / "vectors.npy", mmap_mode="r")
         build_and_save_index(
-            tmp, vectors, meta["content_hash"], kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe,
+            tmp, vectors, full["content_hash"], kind=cfg.index_kind, nlist=cfg.nlist, nprobe=cfg.nprobe,
             progress=progress,
         )  # fmt: skip
         del vectors
         seconds["write_and_index"] = time.perf_counter() - t
     shutil.rmtree(partial, ignore_errors=True)
     seconds["total"] = time.perf_counter() - t0
-    return BuildResult(out, meta, "vectors" if reuse_vectors else "", seconds)
+    return BuildResult(out, full, "vectors" if reuse_vectors else "", seconds)
