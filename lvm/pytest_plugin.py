@@ -768,7 +768,7 @@ def headline(r: dict) -> str:
         return r["message"].split(": ", 1)[-1][:110]
     if r["gate"] in ("val_cosine", "ood_cosine"):
         v, lo, hi = (m.get(r["gate"] + s) for s in ("", "_ci_low", "_ci_high"))
-        if isinstance(v, float):
+        if all(isinstance(x, (int, float)) for x in (v, lo, hi)):
             return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
     gs = spec(r["gate"])
     k = gs.headline if gs else None

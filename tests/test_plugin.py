@@ -71,3 +71,79 @@ def test_amber_fails_only_under_gates_strict(tmp_path):
     assert proc.returncode == 0, proc.stdout
     strict, _ = run_suite(tmp_path, "-k", "GREEN or AMBER", "--gates-strict")
     assert strict.returncode == 1 and "AMBER fails under --gates-strict" in strict.stdout
+
+
+def test_junit_properties_are_json_and_markers_come_from_the_gate_table(tmp_path):
+    """CI systems read JUnit XML: each result is one JSON property (no per-sequence arrays) plus its
+    status; gate tests carry the gate table's markers, so -m data / -m model select them."""
+    import xml.etree.ElementTree as ET
+
+    extra = textwrap.dedent("""
+        from lvm.gates import GateResult
+
+        def test_normalization(gate_status):
+            gate_status(GateResult("normalization", "AMBER", {"x": 1.0}, [], "AMBER: x"), per_sequence=[0.1, 0.2])
+
+        def test_val_cosine(gate_status):
+            gate_status(GateResult("val_cosine", "GREEN", {"val_cosine": 0.5}, []), per_sequence=[0.4, 0.6])
+    """)
+    (tmp_path / "gates").mkdir(exist_ok=True)
+    (tmp_path / "gates" / "test_table.py").write_text(extra)
+    junit = tmp_path / "junit.xml"
+    results = tmp_path / "r.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "gates/test_table.py",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "lvm.pytest_plugin",
+            f"--results={results}",
+            f"--junitxml={junit}",
+            "-q",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    props = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        for prop in case.iter("property"):
+            props.setdefault(case.get("name"), {})[prop.get("name")] = prop.get("value")
+    row = json.loads(props["test_normalization"]["lvm_gate_result"])  # JSON, not a Python repr
+    assert row["gate"] == "normalization" and "per_sequence" not in row
+    assert props["test_normalization"]["lvm_gate_status"] == "AMBER"  # AMBER visible to the CI system
+    doc = json.loads(results.read_text())
+    assert next(r for r in doc["results"] if r["gate"] == "val_cosine")["per_sequence"] == [
+        0.4,
+        0.6,
+    ]  # kept in the file
+    only_data = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "gates/test_table.py",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "lvm.pytest_plugin",
+            f"--results={tmp_path / 'd.json'}",
+            "-q",
+            "-m",
+            "data",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+    assert "1 passed, 1 deselected" in only_data.stdout, only_data.stdout[-1500:]
+    assert json.loads((tmp_path / "d.json").read_text())["run"]["complete"] is False
