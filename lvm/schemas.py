@@ -371,12 +371,14 @@ def check_texts(path: Path, texts: list, n_chunks: int) -> list[str]:
 
 
 class ArticleRow(_Open):
+    """One line of ``articles.jsonl``; readers index the required keys (title and topic via .get)."""
+
     source_id: str | int
     title: str = ""
     topic: str = ""
     split: Literal["train", "val", "ood"]
-    first_chunk: Count = 0
-    n_chunks: Count = 0
+    first_chunk: Count
+    n_chunks: Count
 
 
 _ARTICLE_ROWS = None
