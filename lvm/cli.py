@@ -781,6 +781,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, MemoryError) as exc:
         print(f"lvm: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError (CPU) or OutOfMemoryError
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(exc):
+            raise
+        why = " ".join(str(exc).split())[:200]
+        print(f"lvm: error: out of memory ({why}): use a smaller model, batch or context", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lvm: interrupted", file=sys.stderr)
         return 130

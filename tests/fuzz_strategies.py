@@ -923,6 +923,8 @@ def train_options(draw, ctx: int = 5) -> tuple[list[str], str, str]:
                 v = 8  # valid, but a batch of one is slow over many examples
             if opt == "--threads" and v > 2:
                 v = 2  # valid, but thousands of threads would only slow the run down
+            if opt == "--ctx" and 64 < v <= hi:
+                v = 64  # valid, but a transformer's attention at ctx 4096 needs ~25 GB (see the report)
             bad[opt] = not lo <= v <= hi
             values[opt] = v
             argv += [opt, str(v)]

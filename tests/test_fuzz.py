@@ -110,6 +110,23 @@ def _tally_report(request):
             sys.stdout.write(f"  {f['kind']}: lvm {' '.join(f['argv'])[:200]} <- {f['input'][:200]}\n")
 
 
+MEMORY_GB = float(os.environ.get("LVM_FUZZ_MEMORY_GB", "8"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _memory_limit():
+    """An input that asks for tens of GB must fail to allocate (and be judged), not get the whole run
+    OOM-killed: the process's data segment is capped while this module runs."""
+    import resource
+
+    old = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = int(MEMORY_GB * (1 << 30))
+    if old[0] == resource.RLIM_INFINITY or old[0] > cap:
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, old[1]))
+    yield
+    resource.setrlimit(resource.RLIMIT_DATA, old)
+
+
 # ----------------------------------------------------------------------------- running the CLI in-process
 
 
