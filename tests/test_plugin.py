@@ -22,10 +22,11 @@ GATE_MODULE = textwrap.dedent("""
 """)
 
 
-def run_suite(tmp_path, *args):
+def run_suite(tmp_path, *args, module: str = GATE_MODULE, results_name: str = "results.json"):
+    """Run ``module`` as gates/test_fake.py through the plugin in a fresh process; (process, results or None)."""
     (tmp_path / "gates").mkdir(exist_ok=True)
-    (tmp_path / "gates" / "test_fake.py").write_text(GATE_MODULE)
-    results = tmp_path / "results.json"
+    (tmp_path / "gates" / "test_fake.py").write_text(module)
+    results = tmp_path / results_name
     proc = subprocess.run(
         [
             sys.executable,
@@ -87,30 +88,8 @@ def test_junit_properties_are_json_and_markers_come_from_the_gate_table(tmp_path
         def test_val_cosine(gate_status):
             gate_status(GateResult("val_cosine", "GREEN", {"val_cosine": 0.5}, []), per_sequence=[0.4, 0.6])
     """)
-    (tmp_path / "gates").mkdir(exist_ok=True)
-    (tmp_path / "gates" / "test_table.py").write_text(extra)
     junit = tmp_path / "junit.xml"
-    results = tmp_path / "r.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "gates/test_table.py",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "lvm.pytest_plugin",
-            f"--results={results}",
-            f"--junitxml={junit}",
-            "-q",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
-    )
+    proc, doc = run_suite(tmp_path, f"--junitxml={junit}", module=extra)
     assert proc.returncode == 0, proc.stdout[-2000:]
     props = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -119,31 +98,10 @@ def test_junit_properties_are_json_and_markers_come_from_the_gate_table(tmp_path
     row = json.loads(props["test_normalization"]["lvm_gate_result"])  # JSON, not a Python repr
     assert row["gate"] == "normalization" and "per_sequence" not in row
     assert props["test_normalization"]["lvm_gate_status"] == "AMBER"  # AMBER visible to the CI system
-    doc = json.loads(results.read_text())
     assert next(r for r in doc["results"] if r["gate"] == "val_cosine")["per_sequence"] == [
         0.4,
         0.6,
     ]  # kept in the file
-    only_data = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "gates/test_table.py",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "lvm.pytest_plugin",
-            f"--results={tmp_path / 'd.json'}",
-            "-q",
-            "-m",
-            "data",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
-    )
+    only_data, partial = run_suite(tmp_path, "-m", "data", module=extra, results_name="d.json")
     assert "1 passed, 1 deselected" in only_data.stdout, only_data.stdout[-1500:]
-    assert json.loads((tmp_path / "d.json").read_text())["run"]["complete"] is False
+    assert partial["run"]["complete"] is False
