@@ -405,6 +405,7 @@ def cmd_filter(args) -> int:
         ctx=args.ctx,
         min_ctx=args.min_ctx,
         baseline_path=args.baseline,
+        materialize=args.materialize,
     )
     print(json.dumps(summary, indent=2) if args.json else format_filter_summary(summary))
     return 0
@@ -559,7 +560,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "filter",
         help="the seeds' quality filter: keep coherent sequences, drop blocklisted articles "
-        "-> new dataset folder + mask.npy + filter_summary.json",
+        "-> new dataset folder (a view of DATASET) + mask.npy + filter_summary.json",
     )
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="folder for the filtered dataset (written atomically)")
@@ -590,6 +591,12 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         default=None,
         metavar="DATASET",
         help="also report the gap to this dataset's mean coherence (same encoder)",
+    )
+    p.add_argument(
+        "--materialize",
+        action="store_true",
+        help="write a standalone copy (vectors and texts copied); by default the filtered dataset is a view "
+        "that reads them through DATASET (rows.npy + the parent's path and content hash; nothing copied)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_filter)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -102,6 +103,25 @@ class DatasetMeta(_Open):
         if isinstance(v, bool):  # true == 1 in Python, not in the format
             raise ValueError("format_version must be the integer 1")
         return v
+
+
+class ViewParent(_Open):
+    """``meta.json["parent"]`` of a view (a filtered dataset that reads through its parent)."""
+
+    path: str
+    relative: str | None = None
+    content_hash: Hex64
+    rows: Literal["rows.npy"]
+
+
+def check_view_rows(folder: Path, rows: np.ndarray, meta: DatasetMeta, n_parent: int) -> None:
+    """``rows.npy`` of a view: one parent chunk index per chunk, inside the parent."""
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise LvmError(f"{folder}/rows.npy: expected a 1-D integer array; got {rows.dtype} of shape {rows.shape}")
+    if len(rows) != meta.counts.chunks:
+        raise LvmError(f"{folder}/rows.npy: {len(rows)} rows, but meta.json counts {meta.counts.chunks} chunks")
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_parent):
+        raise LvmError(f"{folder}/rows.npy: row indices must lie in 0..{n_parent - 1} (the parent's chunks)")
 
 
 SPLIT_CODES = (0, 1, 2)
@@ -357,6 +377,33 @@ def read_jsonl(path: Path, what: str) -> list:
                     raise LvmError(f"{path}:{lineno}: not valid JSON ({what})") from None
     except UnicodeDecodeError:
         raise LvmError(f"{path}: not UTF-8 text ({what})") from None
+    return rows
+
+
+_PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')  # a JSON string line without escapes or control characters
+
+
+def read_json_strings(path: Path, what: str) -> list:
+    """``read_jsonl`` for a file of one JSON value per line that is mostly plain strings: a line that
+    is a string without escapes is its own text between the quotes (no parser call); any other line
+    goes through ``json.loads``, with the same one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise LvmError(f"{path} not found ({what})")
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise LvmError(f"{path}: not UTF-8 text ({what})") from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    plain = _PLAIN_STRING.fullmatch
+    rows: list = [line[1:-1] if plain(line) else None for line in lines]
+    for i, line in enumerate(lines):
+        if rows[i] is None:
+            try:
+                rows[i] = json.loads(line)
+            except (ValueError, RecursionError):
+                raise LvmError(f"{path}:{i + 1}: not valid JSON ({what})") from None
     return rows
 
 

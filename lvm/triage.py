@@ -23,7 +23,7 @@ import numpy as np
 from lvm import __version__
 from lvm import gates as G
 from lvm import metrics as M
-from lvm.data.datasets import Dataset, SequenceView, open_dataset, write_dataset
+from lvm.data.datasets import Dataset, SequenceView, open_dataset, view_parent_ref, write_dataset
 from lvm.data.splits import SPLIT_NAMES
 from lvm.errors import LvmError
 from lvm.io import atomic_dir, utc_timestamp, write_atomic, write_json_atomic
@@ -357,6 +357,7 @@ def filter_dataset(
     ctx: int = 5,
     min_ctx: int = 1,
     baseline_path=None,
+    materialize: bool = False,
 ) -> dict:
     """Keep sequences with score ≥ ``min_coherence`` outside blocklisted articles; write a new dataset.
 
@@ -369,9 +370,14 @@ def filter_dataset(
     The new dataset holds the chunks kept sequences need: every maximal run of consecutive chunks
     covered by kept sequences becomes an article (source id ``"<source_id>#<run>"``, the parent
     article's title, topic and split, so splits stay article-disjoint), so every kept sequence is
-    a sequence of the new dataset (runs may add shorter-context ones at their start). Written
-    atomically to ``out_dir`` with ``mask.npy`` (bool per parent sequence of this ctx/min_ctx, in
-    the order train, val, ood as ``SequenceView`` yields them) and ``filter_summary.json``
+    a sequence of the new dataset (runs may add shorter-context ones at their start).
+
+    The new dataset is a view (``lvm.data.datasets``): ``rows.npy`` maps its chunks to the
+    parent's, whose vectors and texts it reads through (the parent's content hash is checked on
+    open); nothing of the bank is copied. ``materialize=True`` writes a standalone copy instead
+    (vectors and texts copied). Written atomically to ``out_dir`` with ``mask.npy`` (bool per
+    parent sequence of this ctx/min_ctx, in the order train, val, ood as ``SequenceView`` yields
+    them) and ``filter_summary.json``
     (before/after counts, coherence, gap to the baseline's mean). ``meta.json`` records
     ``parent`` {path, content_hash} and ``filter`` (settings) and keeps the parent's encoder
     identity. Returns the summary.
@@ -392,18 +398,23 @@ def filter_dataset(
         "ctx": ctx,
         "min_ctx": min_ctx,
         "score": SEQUENCE_SCORE,
+        "materialized": bool(materialize),
     }
     meta = {k: ds.meta[k] for k in INHERITED_META if k in ds.meta}
     meta.update(
         {
             "lvm_version": __version__,
             "created_at": utc_timestamp(),
-            "parent": {"path": str(ds.path.resolve()), "content_hash": ds.content_hash},
+            "parent": (
+                {"path": str(ds.path.resolve()), "content_hash": ds.content_hash}
+                if materialize
+                else view_parent_ref(ds, out)
+            ),
             "filter": settings,
         }
     )
     with atomic_dir(out, "filtered dataset") as tmp:
-        full = _write_filtered(tmp, ds, runs, meta)
+        full = _write_filtered(tmp, ds, runs, meta, materialize)
         np.save(tmp / "mask.npy", sel["mask"])
         summary = _filter_summary(ds, base, out, settings, sel, runs, full, meta, min_ctx)
         summary["seconds"] = time.perf_counter() - t0
@@ -468,8 +479,9 @@ def _kept_runs(ds: Dataset, sel: dict) -> dict:
     }
 
 
-def _write_filtered(tmp: Path, ds: Dataset, runs: dict, meta: dict) -> dict:
-    """The kept chunks as a dataset folder in ``tmp`` (vectors copied blockwise: bounded memory)."""
+def _write_filtered(tmp: Path, ds: Dataset, runs: dict, meta: dict, materialize: bool) -> dict:
+    """The kept chunks as a dataset folder in ``tmp``: a view of ``ds`` (``rows.npy``), or with
+    ``materialize`` a standalone copy (vectors copied blockwise: bounded memory)."""
     keep_idx, parents = runs["keep_idx"], ds.articles
     articles = [
         {
@@ -482,6 +494,18 @@ def _write_filtered(tmp: Path, ds: Dataset, runs: dict, meta: dict) -> dict:
     article_split = np.array(
         [SPLIT_NAMES.index(parents[a]["split"]) for a in runs["run_parent"].tolist()], dtype=np.int8
     )
+    if not materialize:
+        return write_dataset(
+            tmp,
+            article_id=runs["new_article"],
+            position=runs["new_position"],
+            texts=None,
+            articles=articles,
+            article_split=article_split,
+            meta=meta,
+            parent=ds,
+            rows=keep_idx,
+        )
     texts = ds.texts
     vec = np.lib.format.open_memmap(
         tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim)
@@ -549,6 +573,9 @@ def _filter_summary(
             "min_ctx": min_ctx,
         },
         "index": "none: run `lvm build-index` on the filtered dataset",
+        "storage": "standalone copy"
+        if settings.get("materialized")
+        else "view: reads vectors and texts through the parent",
         "parent": meta["parent"],
     }
 

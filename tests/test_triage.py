@@ -1,6 +1,7 @@
 """Data triage: the coherence report finds the diluted segment, the filter restores coherence."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -121,7 +122,13 @@ def test_filter_raises_coherence_and_writes_a_gated_dataset(diluted, clean, tmp_
 
     # provenance: parent, settings, same vector space and profile
     meta = ds.meta
-    assert meta["parent"] == {"path": str(Path(diluted).resolve()), "content_hash": parent.content_hash}
+    assert meta["parent"] == {
+        "path": str(Path(diluted).resolve()),
+        "relative": os.path.relpath(Path(diluted).resolve(), out.resolve()),
+        "content_hash": parent.content_hash,
+        "rows": "rows.npy",
+    }
+    assert not (out / "vectors.npy").exists() and not (out / "texts.jsonl").exists()  # a view: nothing copied
     assert meta["filter"]["min_coherence"] == 0.35 and meta["filter"]["blocklist"] == "List of|Disambiguation|Category:"
     assert ds.encoder_fingerprint == parent.encoder_fingerprint and meta["gate_profile"] == parent.meta["gate_profile"]
     assert meta["synthetic"] == parent.meta["synthetic"]
@@ -257,3 +264,81 @@ def test_a_diluted_synthetic_set_and_its_clean_twin_share_a_space(tmp_path):
     other = tmp_path / "other-space"
     synth_dataset(SynthConfig(n_chunks=3000, dim=32, seed=6), other, progress=False)
     assert open_dataset(other).encoder_fingerprint != open_dataset(a).encoder_fingerprint
+
+
+def test_a_filtered_dataset_is_a_view_of_its_parent(diluted, tmp_path):
+    """No vector is copied: rows.npy maps the view's chunks to the parent's; moved together it still
+    opens; a missing or changed parent is one line; --materialize writes the same data standalone."""
+    import shutil
+
+    view, copy = tmp_path / "view", tmp_path / "copy"
+    filter_dataset(diluted, view)
+    filter_dataset(diluted, copy, materialize=True)
+    v, c, parent = open_dataset(view), open_dataset(copy), open_dataset(diluted)
+    rows = np.load(view / "rows.npy")
+    assert v.parent is not None and c.parent is None and (copy / "vectors.npy").is_file()
+    np.testing.assert_array_equal(np.asarray(v.vectors), np.asarray(c.vectors))
+    np.testing.assert_array_equal(np.asarray(v.vectors), np.asarray(parent.vectors)[rows])
+    np.testing.assert_array_equal(v.vectors[rows[:50] * 0 + 3], c.vectors[np.full(50, 3)])  # scattered reads
+    assert v.texts == c.texts and v.adjacency.tolist() == c.adjacency.tolist()
+    x, mask, y = v.sequences("val", 5, 1).batch(np.arange(20))
+    x2, mask2, y2 = c.sequences("val", 5, 1).batch(np.arange(20))
+    assert (x == x2).all() and (mask == mask2).all() and (y == y2).all()
+    assert v.identity != parent.identity and v.content_hash != c.content_hash
+    v.verify()
+    du = sum(f.stat().st_size for f in view.iterdir())
+    assert du < 0.5 * (copy / "vectors.npy").stat().st_size  # the view holds indices, not vectors
+
+    # a view of a view reads through both; the pair moved together still opens (relative path)
+    filter_dataset(view, tmp_path / "view2", min_coherence=0.4)
+    vv = open_dataset(tmp_path / "view2")
+    assert vv.parent.parent is not None and np.isfinite(vv.adjacency).all()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copytree(diluted, moved / "parent")
+    shutil.copytree(view, moved / "kids" / "view")
+    meta = json.loads((moved / "kids" / "view" / "meta.json").read_text())
+    meta["parent"]["relative"] = "../../parent"
+    meta["parent"]["path"] = str(tmp_path / "nowhere")
+    write_json_atomic(moved / "kids" / "view" / "meta.json", meta)
+    np.testing.assert_array_equal(np.asarray(open_dataset(moved / "kids" / "view").vectors), np.asarray(v.vectors))
+
+    # parent gone, parent changed, garbage rows: one line each
+    shutil.rmtree(moved / "parent")
+    with pytest.raises(LvmError, match="reads its vectors from .* which is not there.*--materialize"):
+        open_dataset(moved / "kids" / "view")
+    shutil.copytree(diluted, moved / "parent")
+    pmeta = json.loads((moved / "parent" / "meta.json").read_text())
+    pmeta["content_hash"] = "0" * 64
+    write_json_atomic(moved / "parent" / "meta.json", pmeta)
+    with pytest.raises(LvmError, match="changed since the view was written"):
+        open_dataset(moved / "kids" / "view")
+    for bad in (rows[:-1], np.r_[rows[:-1], 10**9], rows.astype(np.float32), rows.reshape(1, -1)):
+        np.save(view / "rows.npy", bad)
+        with pytest.raises(LvmError, match="rows.npy"):
+            open_dataset(view)
+
+
+def test_view_cycles_are_refused(clean, tmp_path):
+    filter_dataset(clean, tmp_path / "view")
+    meta = json.loads((tmp_path / "view" / "meta.json").read_text())
+    meta["parent"].update(relative=".", path=str(tmp_path / "view"))
+    write_json_atomic(tmp_path / "view" / "meta.json", meta)
+    with pytest.raises(LvmError, match="nested more than"):
+        open_dataset(tmp_path / "view")
+
+
+def test_texts_are_read_like_json(tmp_path):
+    """The plain-string fast path of texts.jsonl gives json.loads' values, and refuses what it refuses."""
+    from lvm.schemas import read_json_strings
+
+    texts = ["plain", "", 'quote " inside', "back\\slash", "tab\there", "é☃ \u2028 x", "line\nbreak", "🙂"]
+    p = tmp_path / "texts.jsonl"
+    p.write_text("".join(json.dumps(t, ensure_ascii=a) + "\n" for t in texts for a in (True, False)))
+    assert read_json_strings(p, "t") == [t for t in texts for _ in (0, 1)]
+    for bad in ('"raw\ttab"\n', '"unterminated\n', '"a"b"\n', "\n", "plain\n"):
+        p.write_text('"ok"\n' + bad)
+        with pytest.raises(LvmError, match=r"texts.jsonl:2: not valid JSON"):
+            read_json_strings(p, "t")
+    p.write_text('"ok"\n3\n')  # valid JSON, not a string: check_texts refuses it
+    assert read_json_strings(p, "t") == ["ok", 3]

@@ -15,6 +15,12 @@ Layout (format version 1)::
       probe_vectors.npy  the encoder's probe vectors at build time (for the fingerprint gate)
       index.faiss/.json  the FAISS index over the bank and its parameters (lvm.data.index)
 
+A **view** (what ``lvm filter`` writes) holds no vectors and no texts: ``rows.npy`` (int64 [N],
+the parent chunk behind each of its chunks) and ``meta.json["parent"]`` {path, relative,
+content_hash, rows} name the parent dataset, whose bank every read goes through (``RowsBank``);
+the parent's content hash is checked on open. Its own columns (article_id, position, split,
+articles) are written as usual, so sequences, splits and gates work unchanged.
+
 Chunks are stored sorted by (article, position) with contiguous positions, so the context of
 chunk ``t`` is simply chunks ``t-k .. t-1``: sequences are index arithmetic, never copies.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -38,6 +45,8 @@ ALL_SPLITS = "all"  # a view over every split (a separate OOD dataset is scored 
 _ARRAYS = ("vectors.npy", "article_id.npy", "position.npy", "split.npy")
 _HASHED_FILES = _ARRAYS + ("texts.jsonl", "articles.jsonl")
 _IDENTITY_FILES = ("article_id.npy", "position.npy", "split.npy", "texts.jsonl", "articles.jsonl")
+_VIEW_FILES = ("rows.npy", "article_id.npy", "position.npy", "split.npy", "articles.jsonl")
+MAX_VIEW_DEPTH = 8  # a view of a view of ... (a longer chain is refused: a cycle, or a mistake)
 SKETCH_SEED, SKETCH_DIRECTIONS = 20261130, 8
 SKETCH_TOLERANCE = 1e-5  # vector sketches within this (max abs) are the same vectors up to CPU low-bit noise
 FANCY_CHUNK = 4096  # rows per scattered read before the mapped pages are released
@@ -113,19 +122,31 @@ def write_dataset(
     article_split: np.ndarray,
     meta: dict,
     probe_vectors: np.ndarray | None = None,
+    parent: Dataset | None = None,
+    rows: np.ndarray | None = None,
 ) -> dict:
     """Write every file but the vectors (already at ``tmp_dir/vectors.npy``) and ``meta.json``.
 
-    ``articles[i]`` describes dense article id ``i`` (source_id, title, topic). Returns the full
-    meta (with counts and content hash) after writing it.
+    ``articles[i]`` describes dense article id ``i`` (source_id, title, topic). With ``parent``
+    and ``rows`` it writes a view instead: ``rows.npy`` (chunk i is the parent's chunk rows[i]),
+    no vectors and no texts (both read through the parent); ``meta["parent"]`` must name the
+    parent (``view_parent_ref``). Returns the full meta (with counts and content hash) after
+    writing it.
     """
-    vectors = np.load(tmp_dir / "vectors.npy", mmap_mode="r")
+    if parent is None:
+        vectors = np.load(tmp_dir / "vectors.npy", mmap_mode="r")
+        n_vectors, dim = len(vectors), int(vectors.shape[1])
+    else:  # a view: the vectors (and texts) are the parent's rows
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= parent.n_chunks)):
+            raise LvmError(f"view rows must index the parent's {parent.n_chunks} chunks")
+        np.save(tmp_dir / "rows.npy", rows)
+        n_vectors, dim, texts = len(rows), parent.dim, None
     n = len(article_id)
     n_texts = n if texts is None else len(texts)
-    if not (len(vectors) == len(position) == n_texts == n):
+    if not (n_vectors == len(position) == n_texts == n):
         raise LvmError(
-            f"column lengths differ: vectors {len(vectors)}, positions {len(position)}, "
-            f"texts {n_texts}, article ids {n}"
+            f"column lengths differ: vectors {n_vectors}, positions {len(position)}, texts {n_texts}, article ids {n}"
         )
     article_id = np.asarray(article_id, dtype=np.int64)
     position = np.asarray(position, dtype=np.int32)
@@ -136,7 +157,8 @@ def write_dataset(
     np.save(tmp_dir / "article_id.npy", article_id)
     np.save(tmp_dir / "position.npy", position)
     np.save(tmp_dir / "split.npy", chunk_split)
-    _write_texts(tmp_dir, texts, n)
+    if parent is None:
+        _write_texts(tmp_dir, texts, n)
     count = _write_articles(tmp_dir, articles, article_id, article_split)
     if probe_vectors is not None:
         np.save(tmp_dir / "probe_vectors.npy", np.asarray(probe_vectors, dtype=np.float32))
@@ -144,15 +166,31 @@ def write_dataset(
     for code, name in enumerate(SPLIT_NAMES):
         counts[f"{name}_chunks"] = int((chunk_split == code).sum())
         counts[f"{name}_articles"] = int(((article_split == code) & (count > 0)).sum())
-    full = {
-        "format_version": FORMAT_VERSION,
-        **meta,
-        "dim": int(vectors.shape[1]),
-        "counts": counts,
-        "content_hash": sha256_files([tmp_dir / f for f in _HASHED_FILES]),
-    }
+    if parent is None:
+        content_hash = sha256_files([tmp_dir / f for f in _HASHED_FILES])
+    else:
+        content_hash = _view_hash(tmp_dir, parent.content_hash)
+    full = {"format_version": FORMAT_VERSION, **meta, "dim": dim, "counts": counts, "content_hash": content_hash}
     write_json_atomic(tmp_dir / "meta.json", full)
     return full
+
+
+def _view_hash(folder: Path, parent_hash: str) -> str:
+    """A view's content hash: its own files, chained to the parent's content hash."""
+    own = sha256_files([folder / f for f in _VIEW_FILES])
+    return hashlib.sha256(f"view:{own}:{parent_hash}".encode()).hexdigest()
+
+
+def view_parent_ref(parent: Dataset, out: Path) -> dict:
+    """``meta["parent"]`` of a view written to ``out``: where the parent is (absolute, and relative to
+    the view so the two can move together) and the content hash it must still have."""
+    target = parent.path.resolve()
+    return {
+        "path": str(target),
+        "relative": os.path.relpath(target, Path(out).resolve()),
+        "content_hash": parent.content_hash,
+        "rows": "rows.npy",
+    }
 
 
 class VectorBank:
@@ -201,6 +239,29 @@ class VectorBank:
             self.release()
         return out
 
+    def blocks(self, block: int = 16384, overlap: int = 0):
+        """Stream the bank in order: yields ``(start, rows[start : start + block + overlap])`` for
+        start = 0, block, 2·block, ... The rows are read from the file into one reused buffer (no
+        page faults on fresh memory, no mapped pages left behind): the array is valid until the
+        next step — copy what must be kept."""
+        if self.ndim != 2 or not self._map.flags.c_contiguous:
+            for start in range(0, len(self), block):
+                yield start, self[start : start + block + overlap]
+            return
+        buf = np.empty((block + overlap, self.shape[1]), dtype=self.dtype)
+        with open(self.path, "rb", buffering=0) as fh:
+            for start in range(0, len(self), block):
+                n = min(block + overlap, len(self) - start)
+                fh.seek(self._offset + start * self._row_bytes)
+                view = memoryview(buf).cast("B")[: n * self._row_bytes]
+                got = 0
+                while got < len(view):
+                    k = fh.readinto(view[got:])
+                    if not k:
+                        raise LvmError(f"{self.path}: truncated vectors file")
+                    got += k
+                yield start, buf[:n]
+
     def release(self) -> None:
         """Drop the mapped pages from this process (they stay in the page cache): scattered reads
         of sequence batches would otherwise keep most of a large bank resident."""
@@ -212,6 +273,44 @@ class VectorBank:
         if copy:
             return np.array(self._map, dtype=dtype, copy=True)
         return np.asarray(self._map, dtype=dtype)
+
+
+class RowsBank:
+    """The vectors of a view: row ``i`` is row ``rows[i]`` of the parent's bank; nothing is copied.
+
+    Same interface as ``VectorBank``: a slice whose rows are contiguous in the parent is one file
+    read there, anything else a scattered read of the parent's rows.
+    """
+
+    def __init__(self, parent_bank, rows: np.ndarray, path: Path):
+        self.parent, self.rows, self.path = parent_bank, rows, Path(path)
+        self.shape = (len(rows), *parent_bank.shape[1:])
+        self.dtype, self.ndim = parent_bank.dtype, parent_bank.ndim
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.parent[int(self.rows[key])]
+        sel = np.asarray(self.rows[key])
+        if sel.ndim == 1 and len(sel) > 1 and sel[-1] - sel[0] == len(sel) - 1 and (np.diff(sel) == 1).all():
+            return self.parent[int(sel[0]) : int(sel[-1]) + 1]
+        return self.parent[sel]
+
+    def blocks(self, block: int = 16384, overlap: int = 0):
+        for start in range(0, len(self), block):
+            yield start, self[start : start + block + overlap]
+
+    def release(self) -> None:
+        self.parent.release()
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
 
 
 class SequenceView:
@@ -283,8 +382,9 @@ class SequenceView:
 class Dataset:
     """A dataset folder opened read-only; vectors are memory-mapped, never copied."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, _depth: int = 0):
         self.path = Path(path)
+        self.parent: Dataset | None = None  # the dataset a view reads through (None: a plain folder)
         from lvm import schemas
 
         if not self.path.is_dir():
@@ -300,8 +400,17 @@ class Dataset:
             )
         checked = schemas.validate(schemas.DatasetMeta, raw, str(meta_path))
         self.meta = raw
+        ref = raw.get("parent")
+        is_view = isinstance(ref, dict) and "rows" in ref
+        if is_view:
+            self.parent = self._open_parent(schemas.validate(schemas.ViewParent, ref, f"{meta_path}: parent"), _depth)
         try:
-            self.vectors = VectorBank(self.path / "vectors.npy")
+            if self.parent is not None:
+                rows = np.load(self.path / "rows.npy", allow_pickle=False)
+                schemas.check_view_rows(self.path, rows, checked, self.parent.n_chunks)
+                self.vectors = RowsBank(self.parent.vectors, rows.astype(np.int64, copy=False), self.path / "rows.npy")
+            else:
+                self.vectors = VectorBank(self.path / "vectors.npy")
             self.article_id = np.load(self.path / "article_id.npy", allow_pickle=False)
             self.position = np.load(self.path / "position.npy", allow_pickle=False)
             self.split = np.load(self.path / "split.npy", allow_pickle=False)
@@ -310,7 +419,31 @@ class Dataset:
                 f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})"
             ) from None
         schemas.check_dataset_arrays(self.path, self.vectors, self.article_id, self.position, self.split, checked)
-        self._check_finite_once(schemas)
+        if self.parent is None:
+            self._check_finite_once(schemas)  # a view's rows are the parent's, checked when it opened
+
+    def _open_parent(self, ref, depth: int) -> Dataset:
+        """The parent a view reads through: found (beside the view, else at its absolute path),
+        opened, and still the data the view was written from (content hash)."""
+        if depth >= MAX_VIEW_DEPTH:
+            raise LvmError(f"{self.path}: views nested more than {MAX_VIEW_DEPTH} deep (a cycle of parents?)")
+        candidates = ([self.path / ref.relative] if ref.relative else []) + [Path(ref.path)]
+        found = next((c for c in candidates if (c / "meta.json").is_file()), None)
+        if found is None:
+            raise LvmError(
+                f"{self.path} is a filtered view that reads its vectors from {ref.path}, which is not there: "
+                "restore that dataset, or re-run `lvm filter ... --materialize` to write a standalone copy"
+            )
+        parent = Dataset(found, depth + 1)
+        if parent.content_hash != ref.content_hash:
+            raise LvmError(
+                f"{self.path} is a view of {found}, which changed since the view was written (content hash "
+                f"{parent.content_hash[:12]}…, recorded {ref.content_hash[:12]}…): re-run `lvm filter`"
+            )
+        mine = (self.meta.get("encoder") or {}).get("fingerprint")
+        if mine != parent.encoder_fingerprint:
+            raise LvmError(f"{self.path}: encoder fingerprint {mine} differs from its parent's ({found})")
+        return parent
 
     def _check_finite_once(self, schemas) -> None:
         """Every vector finite: one streaming pass over the bank, remembered (``cache/finite.json``, keyed
@@ -352,7 +485,12 @@ class Dataset:
         splits, the encoder fingerprint and the dims, but not of the vectors' bytes, whose low bits
         differ between CPUs (``vector_sketch`` stands for the vectors, compared within a tolerance).
         ``content_hash`` (every byte) stays the exact provenance."""
-        h = hashlib.sha256(sha256_files([self.path / f for f in _IDENTITY_FILES if (self.path / f).is_file()]).encode())
+        if self.parent is not None:  # a view: its own columns and rows, and what the parent is
+            h = hashlib.sha256(sha256_files([self.path / f for f in _VIEW_FILES]).encode())
+            h.update(self.parent.identity.encode())
+        else:
+            files = [self.path / f for f in _IDENTITY_FILES if (self.path / f).is_file()]
+            h = hashlib.sha256(sha256_files(files).encode())
         h.update(json.dumps([self.encoder_fingerprint, self.n_chunks, self.dim]).encode())
         return h.hexdigest()
 
@@ -376,10 +514,13 @@ class Dataset:
     def texts(self) -> list[str]:
         from lvm import schemas
 
+        if self.parent is not None:
+            parent_texts = self.parent.texts
+            return [parent_texts[i] for i in self.vectors.rows.tolist()]
         path = self.path / "texts.jsonl"
         if not path.is_file():
             return [""] * self.n_chunks
-        return schemas.check_texts(path, schemas.read_jsonl(path, "chunk texts"), self.n_chunks)
+        return schemas.check_texts(path, schemas.read_json_strings(path, "chunk texts"), self.n_chunks)
 
     @cached_property
     def articles(self) -> list[dict]:
@@ -394,7 +535,7 @@ class Dataset:
     def probe_vectors(self) -> np.ndarray | None:
         p = self.path / "probe_vectors.npy"
         if not p.is_file():
-            return None
+            return self.parent.probe_vectors if self.parent is not None else None
         try:
             return np.load(p, allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 - a damaged .npy header fails in many ways (no pickles are read)
@@ -426,7 +567,11 @@ class Dataset:
 
     def verify(self) -> None:
         """Recompute the content hash (reads every byte); raise if the folder was altered."""
-        actual = sha256_files([self.path / f for f in _HASHED_FILES])
+        if self.parent is not None:
+            self.parent.verify()
+            actual = _view_hash(self.path, self.parent.content_hash)
+        else:
+            actual = sha256_files([self.path / f for f in _HASHED_FILES])
         if actual != self.content_hash:
             raise LvmError(f"{self.path}: content hash mismatch (files changed since the build); rebuild it")
 

@@ -3,7 +3,12 @@ model's quality) into GREEN / AMBER / RED with the thresholds of the active gate
 threshold lives in code. ``status`` judges rules, ``data`` and ``model`` hold the gates of each
 kind, and ``spec`` is the one table (kind, order, headline metric, marker) that the pytest plugin,
 the leaderboard and the regression check read.
+
+The model gates (``lvm.gates.model``) import torch; they load on first use, so the data-only
+commands (``lvm coherence``, ``lvm filter``) start without it.
 """
+
+from typing import Any
 
 from lvm.gates.data import (
     alignment,
@@ -16,18 +21,6 @@ from lvm.gates.data import (
     oracle_recall,
     segment_breakdown,
     split_hygiene,
-)
-from lvm.gates.model import (
-    beats_baselines,
-    checkpoint_integrity,
-    context_ablations,
-    cosine_gate,
-    latency,
-    no_collapse,
-    offset_sweep,
-    output_sanity,
-    retrieval,
-    training_health,
 )
 from lvm.gates.spec import DATA_GATES, GATES, MODEL_GATES, GateSpec
 from lvm.gates.status import (
@@ -79,3 +72,25 @@ __all__ = [
     "training_health",
     "worst",
 ]
+
+_MODEL_GATES = (
+    "beats_baselines",
+    "checkpoint_integrity",
+    "context_ablations",
+    "cosine_gate",
+    "latency",
+    "no_collapse",
+    "offset_sweep",
+    "output_sanity",
+    "retrieval",
+    "training_health",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The model gates on first use (PEP 562): importing them pulls in torch."""
+    if name in _MODEL_GATES:
+        from lvm.gates import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
