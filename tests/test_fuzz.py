@@ -443,12 +443,17 @@ def copy_run(base: dict, work: Path) -> Path:
 # ----------------------------------------------------------------------------- datasets
 
 
-def _inspect_norms_match(vectors_path: Path):
-    """After ``inspect --json`` succeeded: the norms it reports are those of the vectors on disk."""
+def _inspect_norms_match(vectors_path: Path, parent: Path):
+    """After ``inspect --json`` succeeded: the norms it reports are those of the vectors on disk
+    (a view's: the rows of ``parent``, the only dataset views here read through, named by ``rows.npy``)."""
 
     def sane(res: dict) -> str | None:
         try:
-            v = np.load(vectors_path)
+            rows_path = vectors_path.parent / "rows.npy"
+            if rows_path.exists():
+                v = np.load(parent / "vectors.npy")[np.load(rows_path)]
+            else:
+                v = np.load(vectors_path)
             info = json.loads(res["stdout"])
         except Exception as exc:  # noqa: BLE001 - anything unreadable here is the CLI's wrong success
             return f"inspect succeeded but {type(exc).__name__}: {exc}"
@@ -478,7 +483,9 @@ def _filtered_dataset_opens(out: Path):
 def dataset_commands(fz: Fuzz, base: dict, work: Path, ds: Path, expect: str, label: str, kill: bool) -> None:
     """Every command that reads a dataset folder, on ``ds``; build-index last (it writes into it)."""
     run = base["run"]
-    fz.check(["inspect", str(ds), "--json"], work, expect, label, sane=_inspect_norms_match(ds / "vectors.npy"))
+    fz.check(
+        ["inspect", str(ds), "--json"], work, expect, label, sane=_inspect_norms_match(ds / "vectors.npy", base["ds"])
+    )
     fz.check(["coherence", str(ds), "--json"], work, expect, label)
     fz.check(["coherence", str(ds), "--by-topic"], work, expect, label)
     fz.check(["coherence", str(base["ds"]), "--baseline", str(ds)], work, expect, label)
@@ -557,6 +564,74 @@ def test_dataset_side_files(base, data):
         ds = copy_dataset(base, work)
         m.apply(ds)
         dataset_commands(fz, base, work, ds, m.expect, m.label, kill=False)
+
+
+@pytest.fixture(scope="module")
+def view_base(base) -> Path:
+    """A filtered dataset: a view of the base dataset (rows.npy + the parent's path and hash)."""
+    out = base["root"] / "view"
+    if not out.exists():
+        _must(["filter", str(base["ds"]), "--out", str(out), "--min-coherence", "0.1"], base["scratch"])
+    return out
+
+
+@fuzz_settings(0.6)
+@given(data=st.data())
+def test_view_dataset(base, view_base, data):
+    """A filtered view: rows.npy retyped, reshaped, cut, out of range or damaged; meta.json's parent
+    reference (path, relative, content hash, rows) junk or pointing elsewhere, at itself (a cycle), or
+    the parent gone. Only a relocated-but-findable parent or an in-range permutation may succeed."""
+    fz = Fuzz("view_dataset", base)
+    rows = np.load(view_base / "rows.npy")
+    n_parent = len(base["arrays"]["vectors"])
+    target = data.draw(st.sampled_from(["rows", "parent-field", "parent-gone", "cycle"]))
+    expect, label = fs.REFUSE, target
+    with fz.example() as work:
+        ds = work / "view"
+        shutil.copytree(view_base, ds)
+        meta = json.loads((ds / "meta.json").read_text())
+        ref = meta["parent"]
+        ref["relative"] = os.path.relpath(ref["path"], ds)
+        if target == "rows":
+            kind = data.draw(
+                st.sampled_from(["float", "2d", "short", "long", "negative", "too-big", "bytes", "missing", "perm"])
+            )
+            label = f"rows.npy {kind}"
+            if kind == "bytes":
+                new, how = data.draw(fs.corrupt_bytes((ds / "rows.npy").read_bytes()))
+                (ds / "rows.npy").write_bytes(new)
+                expect, label = fs.EITHER, f"rows.npy {how}"
+            elif kind == "missing":
+                (ds / "rows.npy").unlink()
+            else:
+                bad = {
+                    "float": rows.astype(np.float64),
+                    "2d": rows.reshape(1, -1),
+                    "short": rows[:-1],
+                    "long": np.r_[rows, rows[-1]],
+                    "negative": np.r_[-1, rows[1:]],
+                    "too-big": np.r_[rows[:-1], n_parent],
+                    "perm": np.random.default_rng(0).permutation(n_parent)[: len(rows)],
+                }[kind]
+                np.save(ds / "rows.npy", bad)
+                expect = fs.EITHER if kind == "perm" else fs.REFUSE
+        elif target == "parent-field":
+            key = data.draw(st.sampled_from(["path", "relative", "content_hash", "rows", "(whole)"]))
+            value = data.draw(fs.junk)
+            if key == "(whole)":
+                meta["parent"] = value
+                expect = fs.EITHER if isinstance(value, dict) else fs.REFUSE  # {}: a plain folder without vectors
+            else:
+                ref[key] = value
+                # the other of path/relative still finds the parent
+                expect = fs.EITHER if key in ("path", "relative") else fs.REFUSE
+            label = f"parent.{key} = {str(value)[:40]!r}"
+        elif target == "cycle":
+            ref.update(relative=".", path=str(ds))
+        else:
+            ref.update(relative="../nowhere", path=str(work / "nowhere"))
+        (ds / "meta.json").write_text(json.dumps(meta))
+        dataset_commands(fz, base, work, ds, expect, label, kill=False)
 
 
 @fuzz_settings(0.3)
