@@ -110,11 +110,25 @@ def _timed(fn, *args) -> tuple[float, float]:
 
 @torch.no_grad()
 def batch1_latency(
-    model: nn.Module, view: SequenceView, n_calls: int = 500, warmup: int = 50, threads: int = 1, seed: int = 0
+    model: nn.Module,
+    view: SequenceView,
+    n_calls: int = 500,
+    warmup: int = 50,
+    threads: int = 1,
+    seed: int = 0,
+    fast: bool = True,
+    n_check: int = 256,
 ) -> dict[str, np.ndarray]:
     """Batch-1 forward passes on real sequences after ``warmup`` calls, with ``threads``; each call
     is followed by one reference probe in the same process. Returns per-call seconds:
-    ``wall``, ``cpu`` (the model) and ``ref_wall``, ``ref_cpu`` (the probe)."""
+    ``wall``, ``cpu`` (the model) and ``ref_wall``, ``ref_cpu`` (the probe).
+
+    With ``fast`` the calls go through ``lvm.models.inference.fast_inference``: the fastest path
+    (ONNX Runtime, TorchScript, int8 weights) whose outputs equal the eager model's (cos ≥ 0.9999)
+    on ``n_check`` sequences of the view (half of them re-padded), else the eager model. The
+    returned ``Timings`` carries ``inference``: the path taken, its min cos and the eager figures."""
+    from lvm.models.inference import Timings, check_contexts, fast_inference
+
     model.eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -123,10 +137,16 @@ def batch1_latency(
         idx = rng.integers(0, len(view), size=n_calls + warmup)
         x, mask, _ = view.batch(idx)
         xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+        fn, info = model, None
+        if fast:
+            cx, cm, _ = view.batch(np.sort(rng.choice(len(view), size=min(n_check, len(view)), replace=False)))
+            chosen = fast_inference(model, *check_contexts(cx, cm, seed=seed), threads=threads)
+            fn, info = chosen.fn, chosen.info()
         probe = reference_probe(seed)
-        out = {k: np.empty(n_calls) for k in ("wall", "cpu", "ref_wall", "ref_cpu")}
+        out = Timings({k: np.empty(n_calls) for k in ("wall", "cpu", "ref_wall", "ref_cpu")})
+        out.inference = info
         for i in range(n_calls + warmup):
-            wall, cpu = _timed(model, xt[i : i + 1], mt[i : i + 1])
+            wall, cpu = _timed(fn, xt[i : i + 1], mt[i : i + 1])
             ref_wall, ref_cpu = _timed(probe)
             if i >= warmup:
                 j = i - warmup

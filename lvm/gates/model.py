@@ -284,14 +284,35 @@ def retrieval(
 
 def latency(ev: ModelEval, profile: Profile, timings: dict | None = None, threads: int = 1) -> GateResult:
     """Batch-1 latency in units of a reference probe timed in the same process (``metrics.latency_ratio``),
-    so the verdict holds across machines and busy neighbours; absolute wall P50/P95/P99 are reported."""
+    so the verdict holds across machines and busy neighbours; absolute wall P50/P95/P99 are reported.
+
+    The calls go through the fastest inference path whose outputs equal the eager model's
+    (``lvm.models.inference``; eager when none passes, or for user code a trace could change);
+    ``inference_path``, ``inference_min_cos`` and the eager P50/P95 are recorded beside the figures."""
     if not ev.callable:
         return skipped("latency", NOT_CALLABLE, **ev.where())
     params = gate_params(profile, "latency")
     if timings is None:
         timings = batch1_latency(ev.model, ev.view, params["calls"], params["warmup"], threads)
     metrics = {**M.latency_percentiles(timings["wall"]), **M.latency_ratio(timings), "threads": threads}
+    metrics.update(_inference_metrics(timings))
     return judge("latency", metrics, profile, **ev.where())
+
+
+def _inference_metrics(timings: dict) -> dict:
+    """What the latency was timed through: ``batch1_latency``'s ``Timings.inference``, if recorded."""
+    if not hasattr(timings, "inference"):
+        return {"inference_path": "not recorded"}  # timings from elsewhere (a plain dict)
+    info = timings.inference
+    if info is None:  # batch1_latency(fast=False)
+        return {"inference_path": "eager", "inference_min_cos": 1.0}
+    return {
+        "inference_path": info["path"],
+        "inference_min_cos": info["min_cos"],
+        "inference_reason": info["reason"],
+        "eager_p50_ms": info["eager_p50_ms"],
+        "eager_p95_ms": info["eager_p95_ms"],
+    }
 
 
 def training_health(history: dict | None, profile: Profile, epoch: int | None = None, **where) -> GateResult:
