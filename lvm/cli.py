@@ -441,7 +441,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("index")
     g.add_argument(
         "--index",
-        choices=("auto", "flat-ip", "ivf-flat-ip"),
+        choices=("auto", "flat-ip", "ivf-sq8-ip", "ivf-flat-ip"),
         default="auto",
         help="exact for small banks, IVF-flat for large (default %(default)s)",
     )
@@ -467,14 +467,14 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="encoder the vectors came from (recorded; e.g. sentence-transformers/gtr-t5-base)",
     )
-    p.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto")
+    p.add_argument("--index", choices=("auto", "flat-ip", "ivf-sq8-ip", "ivf-flat-ip"), default="auto")
     p.add_argument("--quiet", action="store_true")
     _add_split_args(p)
     p.set_defaults(func=cmd_import_npz)
 
     p = sub.add_parser("build-index", help="(re)build the FAISS index of a dataset")
     p.add_argument("dataset")
-    p.add_argument("--index", choices=("auto", "flat-ip", "ivf-flat-ip"), default="auto")
+    p.add_argument("--index", choices=("auto", "flat-ip", "ivf-sq8-ip", "ivf-flat-ip"), default="auto")
     p.add_argument("--nlist", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=64)
     p.add_argument("--quiet", action="store_true")

@@ -1,8 +1,12 @@
 """The FAISS index over a dataset's chunk bank, saved beside it with its parameters.
 
-Small banks get an exact inner-product index (``IndexFlatIP``); large ones an IVF-flat
-inner-product index with ``nlist ≈ 4·√N`` lists (GATES.md, retrieval) trained on a seeded sample,
-searched with ``nprobe`` lists (64 by default, as in the seeds' evaluation).
+Small banks get an exact inner-product index (``IndexFlatIP``); large ones an IVF inner-product
+index with ``nlist ≈ 4·√N`` lists (GATES.md, retrieval) trained on a seeded sample, searched with
+``nprobe`` lists (64 by default, as in the seeds' evaluation). The default large index stores
+8-bit scalar-quantised codes (``ivf-sq8-ip``: a quarter of the bank's bytes, not a second copy of
+it) and is searched through ``RerankedIndex``: the top candidates are re-scored on the exact
+vectors of the bank, so returned similarities are exact and the leading ranks are the exact
+order (``ivf-flat-ip``, a full float32 copy, remains available).
 """
 
 from __future__ import annotations
@@ -22,11 +26,15 @@ DEFAULT_NPROBE = 64  # the seeds' evaluation setting
 TRAIN_POINTS_PER_LIST = 39  # k-means sample per list: FAISS's own minimum for stable centroids
 KMEANS_ITERATIONS = 10  # FAISS's IVF default; k-means cost = iterations × sample × nlist × D
 ADD_BLOCK = 65536  # vectors added per call: keeps memory flat on memory-mapped banks
+KINDS = ("auto", "flat-ip", "ivf-sq8-ip", "ivf-flat-ip")
+IVF_KINDS = ("ivf-sq8-ip", "ivf-flat-ip")
+RERANK_MIN, RERANK_MAX = 8, 64  # candidates re-scored exactly per query: min(max(2k, 8), 64), and at least k ≤ 64
+RERANK_QUERIES = 256  # queries re-scored per step: bounded memory (256 × 64 rows)
 
 
 @dataclass
 class IndexParams:
-    kind: str  # "flat-ip" (exact) or "ivf-flat-ip"
+    kind: str  # "flat-ip" (exact), "ivf-sq8-ip" (8-bit codes, exact re-rank) or "ivf-flat-ip"
     ntotal: int
     dim: int
     nlist: int | None = None
@@ -58,14 +66,19 @@ def build_index(
     if nprobe is not None and nprobe < 1:
         raise LvmError(f"nprobe must be at least 1; got {nprobe}")
     if kind == "auto":
-        kind = "flat-ip" if n <= EXACT_MAX else "ivf-flat-ip"
+        kind = "flat-ip" if n <= EXACT_MAX else "ivf-sq8-ip"
     if kind == "flat-ip":
         index = faiss.IndexFlatIP(d)
         params = IndexParams(kind, 0, d, seed=seed)
-    elif kind == "ivf-flat-ip":
+    elif kind in IVF_KINDS:
         nlist = nlist or default_nlist(n)
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivf-sq8-ip":
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         train_size = min(n, nlist * TRAIN_POINTS_PER_LIST)
         sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
         index.cp.seed = seed
@@ -74,7 +87,7 @@ def build_index(
         index.nprobe = min(nprobe, nlist)
         params = IndexParams(kind, 0, d, nlist=nlist, nprobe=index.nprobe, train_size=train_size, seed=seed)
     else:
-        raise LvmError(f"unknown index kind {kind!r}: expected auto, flat-ip or ivf-flat-ip")
+        raise LvmError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, n, ADD_BLOCK), desc="index", unit="block", disable=not progress):
@@ -112,13 +125,63 @@ def load_index(dataset: Dataset, nprobe: int | None = None):
         raise LvmError(f"{path} was built for other vectors (stale index): rebuild it with `lvm build-index`")
     try:
         # IVF lists are memory-mapped: only the lists a search probes are paged in
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if params.kind == "ivf-flat-ip" else 0)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if params.kind in IVF_KINDS else 0)
     except RuntimeError as exc:
         raise LvmError(f"{path}: corrupt FAISS index ({str(exc).splitlines()[0]})") from None
-    if nprobe is not None and params.kind == "ivf-flat-ip":
+    if index.d != dataset.dim or index.ntotal != dataset.n_chunks:
+        raise LvmError(f"{path} holds {index.ntotal} vectors of dim {index.d}: not this dataset's; rebuild it")
+    if nprobe is not None and params.kind in IVF_KINDS:
         index.nprobe = min(nprobe, params.nlist)
         params.nprobe = index.nprobe
+    if params.kind == "ivf-sq8-ip":
+        index = RerankedIndex(index, dataset.vectors)
     return index, params
+
+
+class RerankedIndex:
+    """A compressed index whose leading candidates are re-scored on the exact vectors of the bank.
+
+    ``search(q, k)`` asks the index for max(k, r) candidates, r = min(max(2k, 8), 64), re-scores
+    the first r with exact inner products (vectors read from the bank, a few hundred queries at a
+    time), re-orders them and returns the first k: similarities of the re-scored ranks are exact
+    and their order is the exact order among the candidates (ranks beyond r, k up to 1000 in
+    oracle_recall, keep the codes' order).
+    """
+
+    def __init__(self, index, vectors):
+        self.index, self.vectors = index, vectors
+        self.d, self.ntotal = index.d, index.ntotal
+
+    @property
+    def nprobe(self) -> int:
+        return self.index.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.index.nprobe = value
+
+    def search(self, q: np.ndarray, k: int):
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        r = min(max(2 * k, RERANK_MIN), max(RERANK_MAX, k), self.ntotal)
+        sims, found = self.index.search(q, max(k, r))
+        for s in range(0, len(q), RERANK_QUERIES):
+            self._rescore(q[s : s + RERANK_QUERIES], sims[s : s + RERANK_QUERIES], found[s : s + RERANK_QUERIES], r)
+        return sims[:, :k], found[:, :k]
+
+    def _rescore(self, q: np.ndarray, sims: np.ndarray, found: np.ndarray, r: int) -> None:
+        """Exact inner products of the first ``r`` candidates, re-sorted in place (-1: none found)."""
+        ids = found[:, :r]
+        real = ids >= 0
+        uniq, inverse = np.unique(ids[real], return_inverse=True)
+        if not len(uniq):
+            return
+        bank = np.asarray(self.vectors[uniq], dtype=np.float32)  # each candidate row read once
+        exact = np.full(ids.shape, -np.finfo(np.float32).max, dtype=np.float32)  # FAISS's "no result" score
+        rows = np.nonzero(real)[0]
+        exact[real] = np.einsum("ij,ij->i", q[rows], bank[inverse])
+        order = np.argsort(-exact, axis=1, kind="stable")
+        found[:, :r] = np.take_along_axis(ids, order, axis=1)
+        sims[:, :r] = np.take_along_axis(exact, order, axis=1)
 
 
 def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress: bool = False, **kw):
