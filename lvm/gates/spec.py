@@ -34,7 +34,12 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("alignment", DATA, "skip_margin", params={"sample": 5000, "tie_tolerance": 0.0, "ctx": 5, "min_ctx": 1}),
     GateSpec("coherence", DATA, "mean"),
     GateSpec("coherence_drift", DATA, "mean_drift_rel", params={"segments": 10, "segment_by": "article_range"}),
-    GateSpec("split_hygiene", DATA, "shared_articles", params={"near_identical_cos": 0.9999, "leak_sample": 5000}),
+    GateSpec(
+        "split_hygiene",
+        DATA,
+        "shared_articles",
+        params={"near_identical_cos": 0.9999, "leak_sample": 5000, "leak_nprobe": 4},
+    ),
     GateSpec(
         "batch_hygiene", DATA, "same_article_negatives", params={"batches": 50, "batch_size": 256, "max_per_article": 2}
     ),
