@@ -20,6 +20,7 @@ from lvm.models.inference import (
     CANDIDATES,
     DEFAULT_MIN_COS,
     FusedAMN,
+    UnrolledRecurrent,
     check_contexts,
     fast_inference,
     graph_safety,
@@ -84,6 +85,14 @@ def test_fused_amn_is_amn():
     with torch.no_grad():
         assert torch.allclose(FusedAMN(model)(x, mask), model(x, mask), atol=1e-5)
         assert torch.allclose(FusedAMN(model)(x[:, 2:], mask[:, 2:]), model(x[:, 2:], mask[:, 2:]), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_unrolled_recurrent_is_the_packed_stack(arch):
+    model = _model(arch, 64)
+    x, mask = _every_padding(64)
+    with torch.no_grad():
+        assert torch.allclose(UnrolledRecurrent(model)(x, mask), model(x, mask), atol=1e-5)
 
 
 def test_check_contexts_pad_every_other_row():

@@ -199,12 +199,67 @@ class FusedAMN(nn.Module):
         return F.normalize(mean + delta, dim=-1)
 
 
+RNN_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+class UnrolledRecurrent(nn.Module):
+    """The GRU/LSTM stack (gru.py) without packed sequences: the T steps unrolled, the state reset
+    to zero after every padded step. Left padding puts the padded steps first, so the recurrence
+    starts from a zero state at the first real chunk, as the packed sequence does; outputs at padded
+    positions never reach a real one. Traceable and exportable to ONNX (packing is neither)."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.lstm = isinstance(stack.layers[0], nn.LSTM)
+        self.w_in, self.ln_out, self.w_out = stack.w_in, stack.ln_out, stack.w_out
+        self.n_layers = len(stack.layers)
+        with torch.no_grad():  # buffers, not parameters: a trace may fold them into its graph
+            for k, r in enumerate(stack.layers):
+                for name in RNN_WEIGHTS:
+                    self.register_buffer(f"{name}_{k}", getattr(r, f"{name}_l0").detach().clone())
+
+    def _gru(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+        ir, iz, i_n = gi.chunk(3, dim=-1)
+        hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        return (1 - z) * torch.tanh(i_n + r * hn) + z * h, h
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        keep = mask[..., None].to(x.dtype)  # (B, T, 1)
+        h_seq = self.w_in(x.masked_fill(~mask[..., None], 0.0))  # (B, T, H)
+        for k in range(self.n_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(self, f"{n}_{k}") for n in RNN_WEIGHTS)
+            gi = F.linear(h_seq, w_ih, b_ih)  # (B, T, 3H or 4H): every step's input gates at once
+            h = h_seq.new_zeros(B, w_hh.shape[1])
+            c = h
+            outs = []
+            for t in range(T):
+                if self.lstm:
+                    i, f, g, o = (gi[:, t] + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                    c = c * keep[:, t]
+                else:
+                    h, _ = self._gru(gi[:, t], h, w_hh, b_hh)
+                h = h * keep[:, t]  # a padded step leaves the state at zero
+                outs.append(h)
+            h_seq = h_seq + torch.stack(outs, dim=1)
+        return F.normalize(self.w_out(self.ln_out(h_seq[:, -1])), dim=-1)
+
+
 def _traceable(model) -> nn.Module:
-    """The module to trace: AMN in its fused form, anything else as is."""
+    """The module to trace: AMN in its fused form, GRU/LSTM unrolled, anything else as is."""
     from lvm.models.amn import AMN
+    from lvm.models.gru import GRU
+    from lvm.models.lstm import LSTM
 
     inner = _inner(model)
-    return FusedAMN(inner).eval() if type(inner) is AMN else model
+    if type(inner) is AMN:
+        return FusedAMN(inner).eval()
+    if type(inner) in (GRU, LSTM):
+        return UnrolledRecurrent(inner).eval()
+    return model
 
 
 # ----------------------------------------------------------------------------- candidate builders
