@@ -31,8 +31,9 @@ N_CHUNKS, DIM = 15_000, 64  # ~1,000 articles of ~15 chunks
 def same_encoder(path: Path, like: Path) -> Path:
     """Declare ``path`` encoded by ``like``'s encoder (a new data drop, same encoder as the baseline).
 
-    Synthetic fingerprints hash the whole generator config, so a diluted set would otherwise count
-    as another vector space; meta.json is outside the content hash.
+    Synthetic fingerprints name the space (dim and the space's seed); these fixtures use two seeds
+    on purpose (two draws), so the diluted set is declared to share the clean set's space.
+    meta.json is outside the content hash.
     """
     meta = json.loads((path / "meta.json").read_text())
     meta["encoder"] = json.loads((like / "meta.json").read_text())["encoder"]
