@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    from lvm.data.encoders import DEFAULT_ENCODER, POOLING_MODES
+    from lvm.data.encoders import BACKENDS, DEFAULT_BACKEND, DEFAULT_ENCODER, POOLING_MODES
 
     g = p.add_argument_group("encoder")
     g.add_argument(
@@ -42,13 +42,25 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
         "--no-normalize", action="store_true", help="keep raw (non-unit) vectors; the normalization gate will flag them"
     )
     g.add_argument("--max-length", type=int, default=None, help="override the model's max sequence length (tokens)")
+    g.add_argument(
+        "--encoder-backend",
+        choices=BACKENDS,
+        default=None,
+        help=f"run the transformer with PyTorch or with ONNX Runtime (exported once, cached in ~/.cache/lvm/onnx or "
+        f"$LVM_CACHE_DIR/onnx); a different backend is a different fingerprint (default: {DEFAULT_BACKEND} for "
+        f"the packaged {DEFAULT_ENCODER}, where it agrees with torch, torch for other models)",
+    )
 
 
 def _encoder_spec(args):
     from lvm.data.encoders import EncoderSpec
 
     return EncoderSpec(
-        name=args.encoder, pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length
+        name=args.encoder,
+        pooling=args.pooling,
+        normalize=not args.no_normalize,
+        max_length=args.max_length,
+        backend=args.encoder_backend,
     )
 
 

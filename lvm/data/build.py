@@ -23,7 +23,7 @@ from lvm import __version__
 from lvm.data.chunking import ChunkerConfig, chunk_text
 from lvm.data.corpora import DEFAULT_CORPUS, Corpus, load_corpus
 from lvm.data.datasets import FORMAT_VERSION, write_dataset
-from lvm.data.encoders import EncoderSpec, load_encoder, resolve_model_dir, weights_digest
+from lvm.data.encoders import EncoderSpec, backend_key, load_encoder, resolve_model_dir, weights_digest
 from lvm.data.index import DEFAULT_NPROBE, build_and_save_index
 from lvm.data.splits import SplitPolicy, assign_splits
 from lvm.errors import LvmError
@@ -89,7 +89,9 @@ def _package_versions() -> dict:
 def encoder_key(spec: EncoderSpec) -> str:
     """What determines the encoder's outputs, computed without importing torch (fast)."""
     model_dir, model_id = resolve_model_dir(spec.name)
-    return _sha(spec.to_dict(), model_id, weights_digest(model_dir), _package_versions())
+    backend = backend_key(spec)  # None for torch: its key stays the pre-backend one
+    extra = () if backend is None else (backend,)
+    return _sha(spec.to_dict(), model_id, weights_digest(model_dir), _package_versions(), *extra)
 
 
 def chunks_digest(table: ChunkTable) -> str:
@@ -169,7 +171,7 @@ def _vectors(
     seconds["load_encoder"] = time.perf_counter() - t
     log(
         f"encoding {len(table.texts)} chunks of {len(table.articles)} articles "
-        f"with {encoder.model_id} ({encoder.dim}-D)"
+        f"with {encoder.model_id} ({encoder.dim}-D, {encoder.spec.backend} backend)"
     )
     t = time.perf_counter()
     vec_path = _encode_resumable(encoder, table.texts, partial, cfg.batch_size, progress)
