@@ -152,6 +152,7 @@ def inspect_dataset(path: str, ctx: int, min_ctx: int) -> dict:
         "index": _index_info(ds.path),
         "content_hash": ds.content_hash,
         "size_bytes": size,
+        "view_of": str(ds.parent.path) if ds.parent is not None else None,
     }
 
 
@@ -186,6 +187,7 @@ def cmd_inspect(args) -> int:
             f"max_len={enc['max_length']}"
         ),
         f"fingerprint  {enc['fingerprint']}",
+        *([f"view of     {info['view_of']}  (rows.npy: vectors and texts read through it)"] if info["view_of"] else []),
         f"corpus       {info['corpus'].get('name')}  split policy {info['split_policy']}",
         f"chunks       {c['chunks']} in {c['articles']} articles, dim {info['dim']}",
         (

@@ -434,7 +434,7 @@ class Dataset:
                 f"{self.path} is a filtered view that reads its vectors from {ref.path}, which is not there: "
                 "restore that dataset, or re-run `lvm filter ... --materialize` to write a standalone copy"
             )
-        parent = Dataset(found, depth + 1)
+        parent = Dataset(found.resolve(), depth + 1)
         if parent.content_hash != ref.content_hash:
             raise LvmError(
                 f"{self.path} is a view of {found}, which changed since the view was written (content hash "
