@@ -27,8 +27,11 @@ sleeps, waits on I/O or does work in Python would be "optimised" into a model th
 So compiled paths are offered only for code lvm knows (``graph_safety``): lvm's own modules and
 ``torch`` modules, and graphs (``torch.export`` programs, FX graphs) whose every call is a torch
 operator. Any other model (a user's ``py:`` code) is timed eagerly, as written; exporting it
-(``lvm export``) makes it a graph that may take a compiled path. As a second guard, a model whose
-eager calls wait (median wall time well above median CPU time) keeps the eager path.
+(``lvm export``) makes it a graph that may take a compiled path. When such code is compiled anyway
+(``trust_code=True``, for experiments), a model whose eager calls wait (wall minus CPU time above
+0.5 ms on 90 % of the calls: a sleep, I/O) keeps the eager path. The wait check is not applied to
+lvm's own code: there, under an oversubscribed machine, torch's worker threads waiting for each
+other read as waits too (2 threads on a busy 2-core runner: 24 ms of a 47 ms median eager call).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ LOSSY = ("onnxruntime-int8", "torchscript-int8")  # candidates whose outputs are
 # it must reach 1 − LOSSY_MARGIN·(1 − min_cos) there (0.99995 for 0.9999). An int8 AMN passed at
 # 0.999907 on 32 contexts and read 0.999895 on 20 others.
 LOSSY_MARGIN = 0.5
-WAIT_MS = 0.5  # eager median wall − CPU above this (and above the CPU median): the model waits
+WAIT_MS = 0.5  # eager wall − CPU above this on 90 % of the check calls: the model waits
 CHECK_WARMUP = 8  # eager check calls not counted in the eager timings
 
 
@@ -531,15 +534,16 @@ def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> Inferen
     def fallback(reason: str, tried: dict | None = None) -> InferencePath:
         return InferencePath(model, "eager", 1.0, reason, tried or {}, **eager)
 
-    why = None if trust_code else graph_safety(model)
-    if why:
+    why = graph_safety(model)
+    if why and not trust_code:
         return fallback(f"eager: {why}")
-    waited = float(np.median(wall_ms) - np.median(cpu_ms))
-    if waited > WAIT_MS and waited > float(np.median(cpu_ms)):
-        return fallback(
-            f"eager: the model waits ({waited:.2f} ms of its {np.median(wall_ms):.2f} ms median call is not CPU "
-            "time); a compiled graph would not reproduce the wait"
-        )
+    if why:  # code a trace may not reproduce, compiled on request: the wait check is the guard left
+        waited = float(np.percentile(wall_ms - cpu_ms, 10))
+        if waited > WAIT_MS:
+            return fallback(
+                f"eager: the model waits (at least {waited:.2f} ms of 9 calls in 10 is not CPU time); "
+                "a compiled graph would not reproduce the wait"
+            )
 
     built, tried, cache = {}, {}, {}
     x1, m1 = x[:1], mask[:1]
