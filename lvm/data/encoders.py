@@ -317,21 +317,21 @@ def ensure_onnx_export(st_model, transformer, revision: str) -> Path:
 
     root = onnx_cache_root()
     final = root / f"{revision[:16]}-{hashlib.sha256(ONNX_EXPORT_RECIPE.encode()).hexdigest()[:8]}"
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if final.is_dir():
         problem = _onnx_export_problem(final, revision)
         if problem is None:
             return final
         print(f"lvm: the ONNX export cache {final} is damaged ({problem}); exporting again", file=sys.stderr)
-        aside = final.with_name(f".{final.name}.damaged-{os.getpid()}")
-        try:
-            os.replace(final, aside)
-            shutil.rmtree(aside, ignore_errors=True)
+        try:  # moved to our temporary name, removed below (or by clear_stale_temps if we are killed)
+            os.replace(final, tmp)
+        except FileNotFoundError:  # another process removed it first
+            pass
         except OSError as exc:
             raise LvmError(
                 f"the ONNX export cache {final} is damaged ({problem}) and cannot be removed ({exc.strerror}); "
                 "delete it, or use --encoder-backend torch"
             ) from None
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         root.mkdir(parents=True, exist_ok=True)
         clear_stale_temps(final)  # exports killed earlier
