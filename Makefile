@@ -66,8 +66,8 @@ compare: setup
 
 ## bench: benchmarks at the seeds' scale (726,014 x 768 synthetic; creates data/bench once, ~10 min cold)
 bench: setup
-	$(BIN)/python -m pytest tests/bench_scale.py -p no:cacheprovider -q --benchmark-json=reports/bench.json \
-	  --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
+	$(if $(BENCH_SIZES),LVM_BENCH_SIZES=$(BENCH_SIZES)) $(BIN)/python -m pytest tests/bench_*.py -p no:cacheprovider -q \
+	  --benchmark-json=reports/bench.json --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
 ## test: the library's own test suite (builds the default dataset once if it is missing)
 test: setup
