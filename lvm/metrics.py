@@ -196,24 +196,33 @@ def similarity_profile(
     model's offset sweep (GATES.md ``offset_sweep``: k = 0 is the target, k = −1 the last context).
     Offsets with no item are NaN.
     """
-    q = np.asarray(query, dtype=np.float32)
     out = {}
     for k in offsets:
         j, ok = neighbour_indices(anchor, article_id, k)
         if not ok.any():
             out[k] = float("nan")
             continue
-        v = np.asarray(vectors[j[ok]], dtype=np.float32)
-        out[k] = float((q[ok] * v).sum(axis=1).mean())
+        out[k] = float(rowwise_cos(query, vectors, np.flatnonzero(ok), j[ok]).mean())  # blockwise: no [N, D] copies
     return out
 
 
 # ----------------------------------------------------------------------------- model outputs
 
 
-def rowwise_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """cos(a_i, b_i) for unit rows: Σ_d a_id b_id."""
-    return (np.asarray(a, dtype=np.float64) * np.asarray(b, dtype=np.float64)).sum(axis=1)
+ROW_BLOCK = 4096  # rows per step of the row-wise products: float64 temporaries stay ~25 MB at 768-D
+
+
+def rowwise_cos(a: np.ndarray, b: np.ndarray, a_rows=None, b_rows=None) -> np.ndarray:
+    """cos(a_i, b_i) for unit rows: Σ_d a_id b_id (float64), over rows ``a_rows`` of ``a`` and
+    ``b_rows`` of ``b`` when given (``b`` may be a dataset's bank). Computed a block of rows at a
+    time, so no [N, D] copy or float64 temporary of the whole arrays is made."""
+    n = len(a_rows) if a_rows is not None else len(b_rows) if b_rows is not None else len(a)
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, ROW_BLOCK):
+        ia = slice(s, s + ROW_BLOCK) if a_rows is None else a_rows[s : s + ROW_BLOCK]
+        ib = slice(s, s + ROW_BLOCK) if b_rows is None else b_rows[s : s + ROW_BLOCK]
+        out[s : s + ROW_BLOCK] = (np.asarray(a[ia], dtype=np.float64) * np.asarray(b[ib], dtype=np.float64)).sum(axis=1)
+    return out
 
 
 def effective_rank(x: np.ndarray) -> float:
@@ -247,7 +256,7 @@ def other_article_cos(pred: np.ndarray, target: np.ndarray, article: np.ndarray,
             break
         perm[clash] = rng.permutation(perm[clash]) if clash.sum() > 1 else rng.integers(0, len(pred), 1)
         clash = article[perm] == article
-    return rowwise_cos(pred, target[perm])[~clash]
+    return rowwise_cos(pred, target, b_rows=perm)[~clash]
 
 
 # ----------------------------------------------------------------------------- retrieval

@@ -28,7 +28,7 @@ KMEANS_ITERATIONS = 10  # FAISS's IVF default; k-means cost = iterations × samp
 ADD_BLOCK = 65536  # vectors added per call: keeps memory flat on memory-mapped banks
 KINDS = ("auto", "flat-ip", "ivf-sq8-ip", "ivf-flat-ip")
 IVF_KINDS = ("ivf-sq8-ip", "ivf-flat-ip")
-RERANK_MIN, RERANK_MAX = 8, 64  # candidates re-scored exactly per query: min(max(2k, 8), 64), and at least k ≤ 64
+RERANK_MIN, RERANK_MAX = 8, 64  # candidates re-scored exactly per query: min(max(2k, 8), 64)
 RERANK_QUERIES = 256  # queries re-scored per step: bounded memory (256 × 64 rows)
 
 
@@ -160,9 +160,11 @@ class RerankedIndex:
     def nprobe(self, value: int) -> None:
         self.index.nprobe = value
 
-    def search(self, q: np.ndarray, k: int):
+    def search(self, q: np.ndarray, k: int, rerank: int | None = None):
+        """``rerank`` overrides the re-scored depth r (e.g. k: exact scores for what is returned)."""
         q = np.ascontiguousarray(q, dtype=np.float32)
-        r = min(max(2 * k, RERANK_MIN), max(RERANK_MAX, k), self.ntotal)
+        r = min(max(2 * k, RERANK_MIN), RERANK_MAX) if rerank is None else rerank  # ≥ k for k ≤ 64
+        r = max(1, min(r, self.ntotal))
         sims, found = self.index.search(q, max(k, r))
         for s in range(0, len(q), RERANK_QUERIES):
             self._rescore(q[s : s + RERANK_QUERIES], sims[s : s + RERANK_QUERIES], found[s : s + RERANK_QUERIES], r)

@@ -302,20 +302,32 @@ def _search_few_lists(index, q: np.ndarray, k: int, nprobe: int):
     """``index.search`` probing at most ``nprobe`` IVF lists. A twin at cos >= 0.9999 sits in the
     query's own list: a few lists find it, where all 64 would make the tens of thousands of leak
     queries the slowest search of the suite."""
+    from lvm.data.index import RerankedIndex
+
     before = getattr(index, "nprobe", None)
     if before is not None:
         index.nprobe = min(before, nprobe)
     try:
+        if isinstance(index, RerankedIndex):  # exact scores of the k returned are all the rule needs
+            return index.search(np.ascontiguousarray(q), k, rerank=k)
         return index.search(np.ascontiguousarray(q), k)
     finally:
         if before is not None:
             index.nprobe = before
 
 
+def _spread(first: int, n: int, most: int) -> list[int]:
+    """Up to ``most`` chunk indices of an article of ``n`` chunks from ``first``, evenly spaced."""
+    if n <= most:
+        return list(range(first, first + n))
+    return [first + int(i) for i in np.unique(np.linspace(0, n - 1, most).round().astype(int))]
+
+
 def _near_identical_pairs(ds: Dataset, index, ood: Dataset | None, params: dict, seed: int = 0) -> set[tuple[str, str]]:
     """Articles whose chunks are near-identical (cos >= ``near_identical_cos``) to the chunks of one
     article in another split: a leak re-encoded on another run has other bytes, not other vectors.
-    Up to ``leak_sample`` val/OOD articles (seeded) are searched against the dataset's index."""
+    Up to ``leak_sample`` val/OOD articles (seeded) are searched against the dataset's index, each
+    by up to ``leak_chunks`` of its chunks (evenly spaced; a leak twins most of them)."""
     from lvm.data.splits import SPLIT_NAMES
 
     if index is None:
@@ -328,8 +340,11 @@ def _near_identical_pairs(ds: Dataset, index, ood: Dataset | None, params: dict,
         sources = [sources[i] for i in np.sort(rng.choice(len(sources), size=params["leak_sample"], replace=False))]
     if not sources:
         return set()
-    rows = [(src, a, j) for src, a in sources for j in range(a["first_chunk"], a["first_chunk"] + a["n_chunks"])]
-    q = np.concatenate([np.asarray(src.vectors[j : j + 1], dtype=np.float32) for src, _, j in rows])
+    rows = [(src, a, j) for src, a in sources for j in _spread(a["first_chunk"], a["n_chunks"], params["leak_chunks"])]
+    q = np.empty((len(rows), ds.dim), dtype=np.float32)
+    for src in {id(src): src for src, _, _ in rows}.values():  # one scattered read per dataset
+        at = np.array([i for i, (s_, _, _) in enumerate(rows) if s_ is src])
+        q[at] = src.vectors[np.array([rows[i][2] for i in at])]
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     sims, found = _search_few_lists(index, q, 2, params["leak_nprobe"])
     hits: dict[str, list] = {}
@@ -341,14 +356,17 @@ def _near_identical_pairs(ds: Dataset, index, ood: Dataset | None, params: dict,
             other_split = SPLIT_NAMES[int(ds.split[i_])]
             if s_ >= params["near_identical_cos"] and (src is not ds or other_split != a["split"]):
                 hits.setdefault(f"{src.path.name}:{a['split']}:{a['article_id']}", []).append(
-                    (f"{ds.path.name}:{other_split}:{int(ds.article_id[i_])}", a["n_chunks"])
+                    (
+                        f"{ds.path.name}:{other_split}:{int(ds.article_id[i_])}",
+                        min(a["n_chunks"], params["leak_chunks"]),
+                    )
                 )
             break
     pairs = set()
     for art, twins in hits.items():
         names = [t for t, _ in twins]
         top = max(set(names), key=names.count)
-        if names.count(top) >= max(1, int(np.ceil(0.8 * twins[0][1]))):  # most of its chunks twin one article
+        if names.count(top) >= max(1, int(np.ceil(0.8 * twins[0][1]))):  # most of its searched chunks twin one
             pairs.add((art, top))
     return pairs
 

@@ -185,7 +185,7 @@ def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
     j, ok = M.neighbour_indices(ev.view.targets, ds.article_id, k)
     if not ok.any():
         return {"forward_margin_ci_low": float("nan"), "forward_margin_ci_high": float("nan"), "forward_n_eff": 0.0}
-    d = ev.cos[ok] - M.rowwise_cos(ev.pred[ok], np.asarray(ds.vectors[j[ok]], dtype=np.float32))
+    d = ev.cos[ok] - M.rowwise_cos(ev.pred, ds.vectors, np.flatnonzero(ok), j[ok])
     ci = M.cluster_bootstrap(d, ev.view.article_ids[ok])
     return {
         "forward_margin_ci_low": ci["ci_low"],

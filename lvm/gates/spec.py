@@ -38,7 +38,7 @@ GATES: tuple[GateSpec, ...] = (
         "split_hygiene",
         DATA,
         "shared_articles",
-        params={"near_identical_cos": 0.9999, "leak_sample": 5000, "leak_nprobe": 4},
+        params={"near_identical_cos": 0.9999, "leak_sample": 5000, "leak_nprobe": 4, "leak_chunks": 4},
     ),
     GateSpec(
         "batch_hygiene", DATA, "same_article_negatives", params={"batches": 50, "batch_size": 256, "max_per_article": 2}
