@@ -64,7 +64,10 @@ leaderboard: setup
 compare: setup
 	$(BIN)/lvm compare $(RESULTS) $(BASELINE) $(if $(PROFILE),--gate-profile $(PROFILE))
 
-## bench: benchmarks at the seeds' scale (726,014 x 768 synthetic; creates data/bench once, ~10 min cold)
+## bench: benchmarks (not in CI): the gate suite, index, coherence at 726,014 x 768 (tests/bench_scale.py); the seeds'
+## triage tools vs lvm coherence/filter vs one pass, and wall/CPU/RSS against bank size BENCH_SIZES (default
+## 50k,200k,726k,2M; tests/bench_triage.py -> reports/bench_scaling.{md,png,json}); batch-1 latency eager vs the
+## fast path (tests/bench_inference.py). Synthetic data in data/bench, created once; ~1 h cold on 2 cores
 bench: setup
 	$(if $(BENCH_SIZES),LVM_BENCH_SIZES=$(BENCH_SIZES)) $(BIN)/python -m pytest tests/bench_*.py -p no:cacheprovider -q \
 	  --benchmark-json=reports/bench.json --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
