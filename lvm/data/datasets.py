@@ -241,18 +241,19 @@ class VectorBank:
             self.release(part)
         return out
 
-    def blocks(self, block: int = 16384, overlap: int = 0):
+    def blocks(self, block: int = 16384, overlap: int = 0, begin: int = 0, end: int | None = None):
         """Stream the bank in order: yields ``(start, rows[start : start + block + overlap])`` for
-        start = 0, block, 2·block, ... The rows are read from the file into one reused buffer (no
-        page faults on fresh memory, no mapped pages left behind): the array is valid until the
-        next step — copy what must be kept."""
+        start = begin, begin + block, ... < end (default: the whole bank). The rows are read from
+        the file into one reused buffer (no page faults on fresh memory, no mapped pages left
+        behind): the array is valid until the next step — copy what must be kept."""
+        end = len(self) if end is None else min(end, len(self))
         if self.ndim != 2 or not self._map.flags.c_contiguous:
-            for start in range(0, len(self), block):
+            for start in range(begin, end, block):
                 yield start, self[start : start + block + overlap]
             return
         buf = np.empty((block + overlap, self.shape[1]), dtype=self.dtype)
         with open(self.path, "rb", buffering=0) as fh:
-            for start in range(0, len(self), block):
+            for start in range(begin, end, block):
                 n = min(block + overlap, len(self) - start)
                 fh.seek(self._offset + start * self._row_bytes)
                 view = memoryview(buf).cast("B")[: n * self._row_bytes]
@@ -312,8 +313,8 @@ class RowsBank:
             return self.parent[int(sel[0]) : int(sel[-1]) + 1]
         return self.parent[sel]
 
-    def blocks(self, block: int = 16384, overlap: int = 0):
-        for start in range(0, len(self), block):
+    def blocks(self, block: int = 16384, overlap: int = 0, begin: int = 0, end: int | None = None):
+        for start in range(begin, len(self) if end is None else min(end, len(self)), block):
             yield start, self[start : start + block + overlap]
 
     def release(self) -> None:
