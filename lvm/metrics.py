@@ -15,9 +15,19 @@ HISTOGRAM_BINS = np.round(np.arange(0.0, 1.01, 0.1), 1)  # the seeds' 0.1-wide c
 def vector_norms(vectors: np.ndarray) -> np.ndarray:
     """‖v_i‖₂ for every row, computed blockwise."""
     out = np.empty(len(vectors), dtype=np.float64)
-    for s in range(0, len(vectors), BLOCK):
-        block = np.asarray(vectors[s : s + BLOCK], dtype=np.float64)
-        out[s : s + BLOCK] = np.sqrt((block * block).sum(axis=1))
+    blocks = vectors.blocks(BLOCK) if hasattr(vectors, "blocks") else _slices(vectors, BLOCK, 0)
+    for s, block in blocks:
+        b = np.asarray(block)
+        if b.dtype == np.float32:  # float32 dot products (~1e-7 relative), accumulated per row by SIMD
+            with np.errstate(over="ignore", invalid="ignore"):
+                sq = np.vecdot(b, b).astype(np.float64)
+            over = ~np.isfinite(sq)  # huge entries overflow float32 squares: those rows in float64
+            if over.any():
+                sq[over] = (b[over].astype(np.float64) ** 2).sum(axis=1)
+            out[s : s + len(b)] = np.sqrt(sq)
+        else:
+            b = b.astype(np.float64)
+            out[s : s + len(b)] = np.sqrt((b * b).sum(axis=1))
     return out
 
 
