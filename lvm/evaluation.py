@@ -7,6 +7,7 @@ Predictions are computed in batches from the memory-mapped bank; nothing builds 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
@@ -137,7 +138,8 @@ def batch1_latency(
         idx = rng.integers(0, len(view), size=n_calls + warmup)
         x, mask, _ = view.batch(idx)
         xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
-        fn, info = model, None
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model
+        info = None
         if fast:
             cx, cm, _ = view.batch(np.sort(rng.choice(len(view), size=min(n_check, len(view)), replace=False)))
             chosen = fast_inference(model, *check_contexts(cx, cm, seed=seed), threads=threads)

@@ -33,6 +33,7 @@ import mmap
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -256,7 +257,7 @@ class VectorBank:
             for start in range(begin, end, block):
                 n = min(block + overlap, len(self) - start)
                 fh.seek(self._offset + start * self._row_bytes)
-                view = memoryview(buf).cast("B")[: n * self._row_bytes]
+                view = memoryview(buf).cast("B")[: n * self._row_bytes]  # type: ignore[arg-type]
                 got = 0
                 while got < len(view):
                     k = fh.readinto(view[got:])
@@ -402,6 +403,10 @@ class Dataset:
     def __init__(self, path: str | Path, _depth: int = 0):
         self.path = Path(path)
         self.parent: Dataset | None = None  # the dataset a view reads through (None: a plain folder)
+        self.vectors: Any  # VectorBank, or a view's RowsBank: array-like [N, D] (slices, index arrays, blocks)
+        self.article_id: np.ndarray
+        self.position: np.ndarray
+        self.split: np.ndarray
         from lvm import schemas
 
         if not self.path.is_dir():

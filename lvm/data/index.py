@@ -67,6 +67,7 @@ def build_index(
         raise LvmError(f"nprobe must be at least 1; got {nprobe}")
     if kind == "auto":
         kind = "flat-ip" if n <= EXACT_MAX else "ivf-sq8-ip"
+    index: faiss.Index
     if kind == "flat-ip":
         index = faiss.IndexFlatIP(d)
         params = IndexParams(kind, 0, d, seed=seed)
@@ -134,7 +135,7 @@ def load_index(dataset: Dataset, nprobe: int | None = None):
         index.nprobe = min(nprobe, params.nlist)
         params.nprobe = index.nprobe
     if params.kind == "ivf-sq8-ip":
-        index = RerankedIndex(index, dataset.vectors)
+        return RerankedIndex(index, dataset.vectors), params
     return index, params
 
 

@@ -37,6 +37,7 @@ other read as waits too (2 threads on a busy 2-core runner: 24 ms of a 47 ms med
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -175,6 +176,11 @@ class FusedAMN(nn.Module):
 
     scores_t = q·(W_k h_t + b_k + p_t)/√d = h_t·(W_kᵀ q') + (b_k + p_t)·q',  q' = q/√d
     """
+
+    wq: Tensor
+    bq: Tensor
+    wk: Tensor
+    kb: Tensor
 
     def __init__(self, amn):
         super().__init__()
@@ -359,7 +365,7 @@ def _onnx_bytes(model, x, mask, cache: dict) -> bytes:
                 torch.onnx.export(
                     traced,
                     (x, mask),
-                    buf,
+                    buf,  # type: ignore[arg-type]  # a file-like object works (torch's annotation says a path)
                     dynamo=False,
                     input_names=["x", "mask"],
                     output_names=["y"],
@@ -407,10 +413,10 @@ def _build_onnxruntime(model, x, mask, threads, cache, int8: bool = False):
     return run
 
 
-BUILDERS = {  # name -> builder(model, x (1, T, D), mask (1, T), threads, cache) -> callable
-    "onnxruntime-int8": lambda *a: _build_onnxruntime(*a, int8=True),
+BUILDERS: dict[str, Callable] = {  # name -> builder(model, x (1, T, D), mask (1, T), threads, cache) -> callable
+    "onnxruntime-int8": functools.partial(_build_onnxruntime, int8=True),
     "onnxruntime": _build_onnxruntime,
-    "torchscript-int8": lambda *a: _build_torchscript(*a, int8=True),
+    "torchscript-int8": functools.partial(_build_torchscript, int8=True),
     "torchscript": _build_torchscript,
 }
 
@@ -442,7 +448,7 @@ def _min_cos(fn, x: Tensor, mask: Tensor, ref: list[Tensor]) -> float:
 
 def _median_ms(fns: dict, x: Tensor, mask: Tensor, rounds: int = 15, per_round: int = 8) -> dict:
     """Median batch-1 wall ms of each callable, timed in interleaved rounds (fair under drifting load)."""
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
         for r in range(rounds + 1):
             for k, fn in fns.items():
@@ -525,7 +531,7 @@ def _eager_reference(model, x: Tensor, mask: Tensor) -> tuple[list[Tensor], np.n
 
 def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> InferencePath:
     ref, wall_ms, cpu_ms = _eager_reference(model, x, mask)
-    eager = {
+    eager: dict = {
         "eager_p50_ms": float(np.percentile(wall_ms, 50)),
         "eager_p95_ms": float(np.percentile(wall_ms, 95)),
         "n_checked": len(x),
@@ -545,7 +551,9 @@ def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> Inferen
                 "a compiled graph would not reproduce the wait"
             )
 
-    built, tried, cache = {}, {}, {}
+    built: dict[str, Callable] = {}
+    tried: dict[str, dict] = {}
+    cache: dict = {}
     x1, m1 = x[:1], mask[:1]
     for name in candidates:
         try:
@@ -566,7 +574,7 @@ def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> Inferen
     for name, ms in speed.items():
         if name in tried:
             tried[name]["p50_ms"] = ms
-    best = min(built, key=speed.get)
+    best = min(built, key=lambda name: speed[name])
     if speed[best] >= speed["eager"]:
         return fallback(f"eager: no passing candidate was faster ({best} {speed[best]:.3f} ms)", tried)
     refused = [f"{k} ({_refusal(k, v, min_cos)})" for k, v in tried.items() if k != best]
