@@ -1055,6 +1055,9 @@ def test_train_options(base, data):
             ["--nprobe", "0"],
             ["--index", "ivf-flat-ip"],
             ["--index", "ivf-flat-ip", "--nlist", "200"],
+            ["--index", "ivf-sq8-ip"],
+            ["--index", "ivf-sq8-ip", "--nlist", "3", "--nprobe", "1"],
+            ["--materialize"],
         ]
     ),
 )
@@ -1074,7 +1077,7 @@ def test_dataset_command_options(base, cmd, ctx, min_ctx, extra):
         if min_ctx is not None and cmd in ("inspect", "filter", "sequences"):
             argv += ["--min-ctx", min_ctx]
         known = {
-            "filter": ("--min-coherence", "--blocklist"),
+            "filter": ("--min-coherence", "--blocklist", "--materialize"),
             "coherence": ("--segment-width",),
             "build-index": ("--nlist", "--nprobe", "--index"),
         }.get(cmd, ())
