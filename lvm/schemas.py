@@ -383,6 +383,27 @@ def read_jsonl(path: Path, what: str) -> list:
 _PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')  # a JSON string line without escapes or control characters
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+
+
+def _all_plain(text: str, lines: list[str]) -> bool:
+    """Every line is a JSON string without escapes or control characters, decided on the whole file
+    at C speed: no backslash, no control character but the newlines, a quote opening the file and
+    closing it, every line boundary a closing quote + newline + opening quote, every line at least
+    2 characters, and no other quote anywhere (2 per line)."""
+    n = len(lines)
+    return (
+        n > 0
+        and "\\" not in text
+        and text.startswith('"')
+        and text.rstrip("\n").endswith('"')
+        and text.count('"') == 2 * n
+        and text.count('"\n"') == n - 1
+        and not _CONTROL.search(text)
+        and min(map(len, lines)) >= 2  # a lone '"' would count as both quotes of its line
+    )
+
+
 def read_json_strings(path: Path, what: str) -> list:
     """``read_jsonl`` for a file of one JSON value per line that is mostly plain strings: a line that
     is a string without escapes is its own text between the quotes (no parser call); any other line
@@ -391,11 +412,14 @@ def read_json_strings(path: Path, what: str) -> list:
     if not path.is_file():
         raise LvmError(f"{path} not found ({what})")
     try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
+        text = path.read_bytes().decode("utf-8")
+        lines = text.split("\n")
     except UnicodeDecodeError:
         raise LvmError(f"{path}: not UTF-8 text ({what})") from None
     if lines and lines[-1] == "":
         lines.pop()  # the final newline
+    if _all_plain(text, lines):
+        return [line[1:-1] for line in lines]
     plain = _PLAIN_STRING.fullmatch
     rows: list = [line[1:-1] if plain(line) else None for line in lines]
     for i, line in enumerate(lines):

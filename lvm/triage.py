@@ -431,10 +431,16 @@ def _select(
         raise LvmError(
             f"{ds.path}: no sequences with ctx={ctx}, min_ctx={min_ctx} (no article has {min_ctx + 1} chunks)"
         )
-    before_cos = ds.adjacency
-    score = sequence_scores(ds, views, before_cos)
-    targets = np.concatenate([v.targets for v in views])
-    blocked_art = _blocked_articles(ds, pattern) if pattern else np.zeros(len(ds.articles), dtype=bool)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # the blocklist reads the text and article tables (Python-bound) while the adjacency pass reads
+    # the bank (I/O and NumPy, which release the GIL): the two overlap
+    with ThreadPoolExecutor(1) as pool:
+        blocked = pool.submit(_blocked_articles, ds, pattern) if pattern else None
+        before_cos = ds.adjacency
+        score = sequence_scores(ds, views, before_cos)
+        targets = np.concatenate([v.targets for v in views])
+        blocked_art = blocked.result() if blocked else np.zeros(len(ds.articles), dtype=bool)
     in_blocked = blocked_art[ds.article_id[targets]]
     coherent = score >= min_coherence
     mask = coherent & ~in_blocked

@@ -337,9 +337,11 @@ def test_texts_are_read_like_json(tmp_path):
     p = tmp_path / "texts.jsonl"
     p.write_text("".join(json.dumps(t, ensure_ascii=a) + "\n" for t in texts for a in (True, False)))
     assert read_json_strings(p, "t") == [t for t in texts for _ in (0, 1)]
-    for bad in ('"raw\ttab"\n', '"unterminated\n', '"a"b"\n', "\n", "plain\n"):
+    for bad in ('"raw\ttab"\n', '"unterminated\n', '"a"b"\n', "\n", "plain\n", '"\n"""\n', '"\n', '\n""\n'):
         p.write_text('"ok"\n' + bad)
         with pytest.raises(LvmError, match=r"texts.jsonl:2: not valid JSON"):
             read_json_strings(p, "t")
+    p.write_text("".join(json.dumps(t) + "\n" for t in ["a", "", "b c", "é"]))  # the whole-file fast path
+    assert read_json_strings(p, "t") == ["a", "", "b c", "é"]
     p.write_text('"ok"\n3\n')  # valid JSON, not a string: check_texts refuses it
     assert read_json_strings(p, "t") == ["ok", 3]
