@@ -500,18 +500,15 @@ def _write_filtered(tmp: Path, ds: Dataset, runs: dict, meta: dict, materialize:
     article_split = np.array(
         [SPLIT_NAMES.index(parents[a]["split"]) for a in runs["run_parent"].tolist()], dtype=np.int8
     )
+    columns = {
+        "article_id": runs["new_article"],
+        "position": runs["new_position"],
+        "articles": articles,
+        "article_split": article_split,
+        "meta": meta,
+    }
     if not materialize:
-        return write_dataset(
-            tmp,
-            article_id=runs["new_article"],
-            position=runs["new_position"],
-            texts=None,
-            articles=articles,
-            article_split=article_split,
-            meta=meta,
-            parent=ds,
-            rows=keep_idx,
-        )
+        return write_dataset(tmp, texts=None, parent=ds, rows=keep_idx, **columns)
     texts = ds.texts
     vec = np.lib.format.open_memmap(
         tmp / "vectors.npy", mode="w+", dtype=ds.vectors.dtype, shape=(len(keep_idx), ds.dim)
@@ -520,16 +517,7 @@ def _write_filtered(tmp: Path, ds: Dataset, runs: dict, meta: dict, materialize:
         vec[s : s + M.BLOCK] = ds.vectors[keep_idx[s : s + M.BLOCK]]
     vec.flush()
     del vec
-    return write_dataset(
-        tmp,
-        article_id=runs["new_article"],
-        position=runs["new_position"],
-        texts=[texts[i] for i in keep_idx.tolist()],
-        articles=articles,
-        article_split=article_split,
-        meta=meta,
-        probe_vectors=ds.probe_vectors,
-    )
+    return write_dataset(tmp, texts=[texts[i] for i in keep_idx.tolist()], probe_vectors=ds.probe_vectors, **columns)
 
 
 def _filter_summary(
