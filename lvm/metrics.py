@@ -85,8 +85,12 @@ def _adjacent_cos(blocks, out: np.ndarray) -> None:
         a = np.asarray(a, dtype=np.float32)
         # a cosine, not a raw dot product: un-normalised data must not read as "coherent" (norms 1.03 -> mean 1.06).
         # float32 dot products (SIMD, ~1e-7 from float64: far below the 4 decimals anything reports)
-        norms = np.sqrt(np.vecdot(a, a), dtype=np.float64)
-        dots = np.vecdot(a[:-1], a[1:])
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq, dots = np.vecdot(a, a), np.vecdot(a[:-1], a[1:])
+        if not (np.isfinite(sq).all() and np.isfinite(dots).all()):  # huge entries overflow float32: float64
+            a64 = a.astype(np.float64)
+            sq, dots = np.vecdot(a64, a64), np.vecdot(a64[:-1], a64[1:])
+        norms = np.sqrt(sq, dtype=np.float64)
         out[s : s + len(a) - 1] = dots / np.maximum(norms[:-1] * norms[1:], 1e-12)
 
 

@@ -162,6 +162,22 @@ def test_sequence_views_share_the_bank(small_dataset):
         ds.sequences("train", ctx=2, min_ctx=3)
 
 
+def test_big_endian_columns_read_as_native(small_dataset, tmp_path):
+    """A big-endian .npy is a valid file: the columns come back in native order (torch refuses others)."""
+    import shutil
+
+    import torch
+
+    copy = tmp_path / "be"
+    shutil.copytree(small_dataset, copy)
+    for name in ("article_id", "position", "split"):
+        arr = np.load(copy / f"{name}.npy")
+        np.save(copy / f"{name}.npy", arr.astype(arr.dtype.newbyteorder(">")))
+    ds, ref = open_dataset(copy), open_dataset(small_dataset)
+    assert ds.article_id.dtype.isnative and (ds.article_id == ref.article_id).all()
+    assert torch.from_numpy(ds.sequences("train", 5, 1).article_ids).numel() > 0
+
+
 def test_a_tampered_or_truncated_dataset_is_refused(small_dataset, tmp_path):
     import shutil
 

@@ -397,6 +397,11 @@ class SequenceView:
             yield (idx, *self.batch(idx))
 
 
+def _native(arr: np.ndarray) -> np.ndarray:
+    """The array in this machine's byte order (a big-endian .npy is valid; torch refuses to wrap it)."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
 class Dataset:
     """A dataset folder opened read-only; vectors are memory-mapped, never copied."""
 
@@ -433,9 +438,9 @@ class Dataset:
                 self.vectors = RowsBank(self.parent.vectors, rows.astype(np.int64, copy=False), self.path / "rows.npy")
             else:
                 self.vectors = VectorBank(self.path / "vectors.npy")
-            self.article_id = np.load(self.path / "article_id.npy", allow_pickle=False)
-            self.position = np.load(self.path / "position.npy", allow_pickle=False)
-            self.split = np.load(self.path / "split.npy", allow_pickle=False)
+            self.article_id = _native(np.load(self.path / "article_id.npy", allow_pickle=False))
+            self.position = _native(np.load(self.path / "position.npy", allow_pickle=False))
+            self.split = _native(np.load(self.path / "split.npy", allow_pickle=False))
         except Exception as exc:  # noqa: BLE001 - a damaged .npy header fails in many ways (no pickles are read)
             raise LvmError(
                 f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})"
@@ -528,7 +533,10 @@ class Dataset:
             sign = np.where(np.random.default_rng(start).random(len(block)) < 0.5, -1.0, 1.0)
             # one float32 matrix product per block (BLAS: ~1e-7 relative, far inside SKETCH_TOLERANCE
             # once divided by N), accumulated over blocks in float64
-            sums = np.stack([np.ones(len(block), dtype=np.float32), sign.astype(np.float32)]) @ block
+            with np.errstate(over="ignore", invalid="ignore"):
+                sums = np.stack([np.ones(len(block), dtype=np.float32), sign.astype(np.float32)]) @ block
+            if not np.isfinite(sums).all():  # huge entries overflow float32 sums: this block in float64
+                sums = np.stack([np.ones(len(block)), sign]) @ block.astype(np.float64)
             total += sums[0]
             signed += sums[1]
         n = max(self.n_chunks, 1)
