@@ -379,36 +379,48 @@ def _coherence_agreement(sized, new_npz: Path, ours: dict, seeds_json: dict) -> 
     return out
 
 
+def _side_by_side(benchmark, sized, tmp_path, ours_cmd, seeds_cmd, why_not, seconds_key: str, before=None):
+    """Interleaved rounds (the seeds' tool, when it can run, then ours), medians and the ratios to the
+    floor and to the seeds' tool. Returns (info, ours summary, seeds summary or None, ours' last stdout)."""
+    seeds_runs, ours_runs = [], []
+
+    def setup():
+        if before is not None:
+            before()
+        if why_not is None:
+            seeds_runs.append(measure(seeds_cmd, tmp_path))
+
+    benchmark.pedantic(lambda: ours_runs.append(measure(ours_cmd, tmp_path)), setup=setup, rounds=ROUNDS)
+    assert all(r["rc"] == 0 for r in ours_runs), ours_runs[-1]["stderr"]
+    ours, fl = _summary(ours_runs), floor_of(sized)
+    stdout = json.loads(ours_runs[-1]["stdout"])
+    info = {"size": sized.label, "n_chunks": sized.n, "bank_gb": round(sized.bank_gb, 3), "ours": ours, "floor": fl}
+    info["ours_over_floor"] = round(ours["wall_s"] / fl["pass_s"], 2)
+    info[seconds_key] = round(stdout["seconds"], 3)
+    seeds = None
+    if why_not is None:
+        seeds = info["seeds"] = _summary(seeds_runs)
+        if not seeds.get("failed"):
+            info["seeds_over_ours"] = round(seeds["wall_s"] / ours["wall_s"], 2)
+    else:
+        info["seeds"] = {"skipped": why_not}
+    return info, ours, seeds, stdout
+
+
 def test_bench_coherence_vs_seeds(benchmark, sized, seeds_npz, tmp_path):
     """lvm coherence NEW --baseline CLEAN (segments by default) vs the seeds' drift on the .npz pair."""
     new_npz, clean_npz, why_not = seeds_npz
     seeds_json = tmp_path / "drift.json"
     ours_cmd = [sys.executable, "-m", "lvm.cli", "coherence", str(sized.new), "--baseline", str(sized.clean), "--json"]
     seeds_cmd = [sys.executable, str(SEEDS_TOOL), "drift", str(new_npz), str(clean_npz), "--json-out", str(seeds_json)]
-    seeds_runs, ours_runs = [], []
-
-    def seeds():
-        if why_not is None:
-            seeds_runs.append(measure(seeds_cmd, tmp_path))
-
-    benchmark.pedantic(lambda: ours_runs.append(measure(ours_cmd, tmp_path)), setup=seeds, rounds=ROUNDS)
-    assert all(r["rc"] == 0 for r in ours_runs), ours_runs[-1]["stderr"]
-    ours, fl = _summary(ours_runs), floor_of(sized)
-    info = {"size": sized.label, "n_chunks": sized.n, "bank_gb": round(sized.bank_gb, 3), "ours": ours, "floor": fl}
-    info["ours_over_floor"] = round(ours["wall_s"] / fl["pass_s"], 2)
-    info["ours_over_floor_both_banks"] = round(ours["wall_s"] / fl["pass_both_banks_s"], 2)
-    info["ours_report_seconds"] = round(json.loads(ours_runs[-1]["stdout"])["seconds"], 3)
-    if why_not is None:
-        seeds = _summary(seeds_runs)
-        info["seeds"] = seeds
+    info, ours, seeds, report = _side_by_side(
+        benchmark, sized, tmp_path, ours_cmd, seeds_cmd, why_not, "ours_report_seconds"
+    )
+    info["ours_over_floor_both_banks"] = round(ours["wall_s"] / info["floor"]["pass_both_banks_s"], 2)
+    if seeds is not None:
         if not seeds.get("failed"):
-            info["seeds_over_ours"] = round(seeds["wall_s"] / ours["wall_s"], 2)
-            info["agreement"] = _coherence_agreement(
-                sized, new_npz, json.loads(ours_runs[-1]["stdout"]), json.loads(seeds_json.read_text())
-            )
+            info["agreement"] = _coherence_agreement(sized, new_npz, report, json.loads(seeds_json.read_text()))
         _scaling_row("seeds: drift", sized, seeds)
-    else:
-        info["seeds"] = {"skipped": why_not}
     benchmark.extra_info.update(info)
     _scaling_row("lvm coherence --baseline", sized, ours)
     _ratio_row("coherence + drift", sized, info)
@@ -458,29 +470,18 @@ def test_bench_filter_vs_seeds(benchmark, sized, seeds_npz, tmp_path):
     ours_cmd = [sys.executable, "-m", "lvm.cli", "filter", str(sized.new), "--out", str(out)]
     ours_cmd += ["--ctx", str(CTX), "--min-ctx", str(CTX), "--json"]
     seeds_cmd = [sys.executable, str(SEEDS_TOOL), "mask", str(new_npz), "--out", str(mask)]
-    seeds_runs, ours_runs = [], []
 
-    def setup():
+    def before():
         shutil.rmtree(out, ignore_errors=True)
-        if why_not is None:
-            mask.unlink(missing_ok=True)
-            seeds_runs.append(measure(seeds_cmd, tmp_path))
+        mask.unlink(missing_ok=True)
 
-    benchmark.pedantic(lambda: ours_runs.append(measure(ours_cmd, tmp_path)), setup=setup, rounds=ROUNDS)
-    assert all(r["rc"] == 0 for r in ours_runs), ours_runs[-1]["stderr"]
-    ours, fl = _summary(ours_runs), floor_of(sized)
-    info = {"size": sized.label, "n_chunks": sized.n, "bank_gb": round(sized.bank_gb, 3), "ours": ours, "floor": fl}
-    info["ours_over_floor"] = round(ours["wall_s"] / fl["pass_s"], 2)
-    info["ours_summary_seconds"] = round(json.loads(ours_runs[-1]["stdout"])["seconds"], 3)
-    if why_not is None:
-        seeds = _summary(seeds_runs)
-        info["seeds"] = seeds
+    info, ours, seeds, _ = _side_by_side(
+        benchmark, sized, tmp_path, ours_cmd, seeds_cmd, why_not, "ours_summary_seconds", before
+    )
+    if seeds is not None:
         if not seeds.get("failed"):
-            info["seeds_over_ours"] = round(seeds["wall_s"] / ours["wall_s"], 2)
             info["agreement"] = _filter_agreement(sized, mask, out)
         _scaling_row("seeds: mask", sized, seeds)
-    else:
-        info["seeds"] = {"skipped": why_not}
     benchmark.extra_info.update(info)
     _scaling_row("lvm filter", sized, ours)
     _ratio_row("filter / mask", sized, info)
