@@ -22,29 +22,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import synth_once
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(os.environ.get("LVM_BENCH_DIR", ROOT / "data" / "bench"))
 N_CHUNKS, DIM = 726_014, 768
 ARCHS = ("amn", "gru", "lstm", "transformer")
 
 
-def _synth(out: Path, *segments: str) -> Path:
-    if not (out / "meta.json").is_file():
-        args = ["synth", "--out", str(out), "--n-chunks", str(N_CHUNKS), "--dim", str(DIM), "--quiet"]
-        for s in segments:
-            args += ["--segment", s]
-        subprocess.run([sys.executable, "-m", "lvm.cli", *args], check=True, cwd=ROOT)
-    return out
-
-
 @pytest.fixture(scope="session")
 def big() -> Path:
-    return _synth(BENCH / "syn726", "11000:15000:0.34:0.16")
+    return synth_once(BENCH / "syn726", N_CHUNKS, DIM, "11000:15000:0.34:0.16")
 
 
 @pytest.fixture(scope="session")
 def big_clean() -> Path:
-    return _synth(BENCH / "syn726-clean")
+    return synth_once(BENCH / "syn726-clean", N_CHUNKS, DIM)
 
 
 @pytest.fixture(scope="session")
@@ -176,26 +169,7 @@ def test_bench_oracle_recall_726k(benchmark, big_index):
 
 @pytest.fixture(scope="session", params=[384, 768])
 def small_synth(request) -> Path:
-    out = BENCH / f"syn40k-{request.param}"
-    if not (out / "meta.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lvm.cli",
-                "synth",
-                "--out",
-                str(out),
-                "--n-chunks",
-                "40000",
-                "--dim",
-                str(request.param),
-                "--quiet",
-            ],
-            check=True,
-            cwd=ROOT,
-        )
-    return out
+    return synth_once(BENCH / f"syn40k-{request.param}", 40_000, request.param)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import seeds_triage  # noqa: E402  (tools/ is not a package)
 
+from conftest import synth_once  # noqa: E402
+
 BENCH = Path(os.environ.get("LVM_BENCH_DIR", ROOT / "data" / "bench"))
 REPORTS = Path(os.environ.get("LVM_BENCH_REPORTS", ROOT / "reports"))  # scaling table and plot
 SEEDS_N, DIM, CTX = 726_014, 768, 5
@@ -91,15 +93,6 @@ def _segment(n: int) -> str:
     return f"{round(lo * n / SEEDS_N)}:{round(hi * n / SEEDS_N)}:{mean}:{std}"
 
 
-def _synth(out: Path, n: int, *segments: str) -> Path:
-    if not (out / "meta.json").is_file():
-        args = ["synth", "--out", str(out), "--n-chunks", str(n), "--dim", str(DIM), "--quiet"]
-        for s in segments:
-            args += ["--segment", s]
-        subprocess.run([sys.executable, "-m", "lvm.cli", *args], check=True, cwd=ROOT)
-    return out
-
-
 def _dirs(n: int) -> tuple[Path, Path]:
     name = "syn726" if n == SEEDS_N else f"syn{size_label(n)}"  # 726k: bench_scale's sets
     return BENCH / name, BENCH / f"{name}-clean"
@@ -109,8 +102,8 @@ def _dirs(n: int) -> tuple[Path, Path]:
 def sized(request) -> SimpleNamespace:
     n = request.param
     new, clean = _dirs(n)
-    _synth(new, n, _segment(n))
-    _synth(clean, n)
+    synth_once(new, n, DIM, _segment(n))
+    synth_once(clean, n, DIM)
     return SimpleNamespace(n=n, label=size_label(n), new=new, clean=clean, bank_gb=n * DIM * 4 / 1024**3)
 
 

@@ -13,6 +13,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def synth_once(out: Path, n_chunks: int, dim: int, *segments: str) -> Path:
+    """A synthetic dataset (``lvm synth``, low-coherence ``segments`` START:STOP:MEAN:STD) at ``out``,
+    created only when it is not there yet (the benchmarks' data, kept between runs)."""
+    if not (out / "meta.json").is_file():
+        args = ["synth", "--out", str(out), "--n-chunks", str(n_chunks), "--dim", str(dim), "--quiet"]
+        for s in segments:
+            args += ["--segment", s]
+        subprocess.run([sys.executable, "-m", "lvm.cli", *args], check=True, cwd=ROOT)
+    return out
+
+
 # Short encyclopaedic articles (3-7 sentences each) with topics; real text for the real encoder.
 SMALL_ARTICLES = [
     (
