@@ -698,6 +698,15 @@ def npz_mutation(draw, arrays: dict[str, np.ndarray]) -> tuple[bytes, str, str]:
     arrays = {k: v.copy() for k, v in arrays.items()}
     members: dict[str, bytes] = {}
     labels, expect = [], EITHER
+
+    def put(key: str, arr: np.ndarray, pickled: bool) -> None:
+        """An object array is written as a pickled member (np.savez would refuse it); any other in ``arrays``."""
+        if pickled:
+            members[f"{key}.npy"] = npy_bytes(arr, allow_pickle=True)
+            arrays.pop(key)
+        else:
+            arrays[key] = arr
+
     if draw(st.integers(0, 5)) == 0:
         data, label = draw(corrupt_bytes(npz_bytes({f"{k}.npy": npy_bytes(v) for k, v in arrays.items()})))
         return data, f"npz {label}", EITHER
@@ -715,11 +724,7 @@ def npz_mutation(draw, arrays: dict[str, np.ndarray]) -> tuple[bytes, str, str]:
             labels.append(f"{key} renamed {new}")
         elif op == "edit":
             arr, label, pickled = draw(array_edit(key if key != "target_vectors" else "vectors", arrays[key]))
-            if pickled:
-                members[f"{key}.npy"] = npy_bytes(arr, allow_pickle=True)
-                arrays.pop(key)
-            else:
-                arrays[key] = arr
+            put(key, arr, pickled)
             labels.append(f"{key}: {label}")
         elif op == "junk":
             value = draw(junk)
@@ -727,11 +732,7 @@ def npz_mutation(draw, arrays: dict[str, np.ndarray]) -> tuple[bytes, str, str]:
                 arr = np.asarray(value)
             except Exception:
                 arr = np.asarray(str(value))
-            if arr.dtype == object:
-                members[f"{key}.npy"] = npy_bytes(arr, allow_pickle=True)
-                arrays.pop(key)
-            else:
-                arrays[key] = arr
+            put(key, arr, arr.dtype == object)
             labels.append(f"{key} = {short(value)}")
         elif op == "metadata":
             t = arrays.get("target_vectors")

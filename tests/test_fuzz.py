@@ -524,19 +524,23 @@ def dataset_commands(fz: Fuzz, base: dict, work: Path, ds: Path, expect: str, la
     )
 
 
+def mutated_dataset_commands(base: dict, name: str, m: fs.Mutation, kill: bool) -> None:
+    """One example of fuzz test ``name``: a copy of the base dataset damaged by ``m``, every dataset command on it."""
+    fz = Fuzz(name, base)
+    with fz.example() as work:
+        ds = copy_dataset(base, work)
+        m.apply(ds)
+        dataset_commands(fz, base, work, ds, m.expect, m.label, kill)
+
+
 @fuzz_settings(1.0)
 @given(data=st.data())
 def test_dataset_meta(base, data):
     """meta.json: fields of the wrong type, null, lists, huge, negative, deeply nested, missing; invalid,
     truncated or non-UTF-8 JSON."""
-    fz = Fuzz("dataset_meta", base)
     n, dim = base["arrays"]["vectors"].shape
     m = data.draw(fs.dataset_meta_mutation(base["meta"], n, dim))
-    kill = data.draw(st.booleans())
-    with fz.example() as work:
-        ds = copy_dataset(base, work)
-        m.apply(ds)
-        dataset_commands(fz, base, work, ds, m.expect, m.label, kill)
+    mutated_dataset_commands(base, "dataset_meta", m, kill=data.draw(st.booleans()))
 
 
 @fuzz_settings(1.0)
@@ -545,25 +549,16 @@ def test_dataset_arrays(base, data):
     """The four arrays: wrong dtype (int32, complex64, strings, objects...), rank, length; NaN/Inf rows;
     negative, shuffled, fractional, renamed article ids; positions shifted by one; split codes outside
     {0, 1, 2}; damaged or missing .npy files."""
-    fz = Fuzz("dataset_arrays", base)
     m = data.draw(fs.dataset_array_mutation(base["arrays"]))
-    kill = data.draw(st.booleans())
-    with fz.example() as work:
-        ds = copy_dataset(base, work)
-        m.apply(ds)
-        dataset_commands(fz, base, work, ds, m.expect, m.label, kill)
+    mutated_dataset_commands(base, "dataset_arrays", m, kill=data.draw(st.booleans()))
 
 
 @fuzz_settings(0.6)
 @given(data=st.data())
 def test_dataset_side_files(base, data):
     """texts.jsonl, articles.jsonl, the index, probe vectors and the marker: damaged, retyped or missing."""
-    fz = Fuzz("dataset_side_files", base)
     m = data.draw(fs.dataset_file_mutation(base["side_files"]))
-    with fz.example() as work:
-        ds = copy_dataset(base, work)
-        m.apply(ds)
-        dataset_commands(fz, base, work, ds, m.expect, m.label, kill=False)
+    mutated_dataset_commands(base, "dataset_side_files", m, kill=False)
 
 
 @pytest.fixture(scope="module")
