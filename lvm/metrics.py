@@ -15,8 +15,7 @@ HISTOGRAM_BINS = np.round(np.arange(0.0, 1.01, 0.1), 1)  # the seeds' 0.1-wide c
 def vector_norms(vectors: np.ndarray) -> np.ndarray:
     """‖v_i‖₂ for every row, computed blockwise."""
     out = np.empty(len(vectors), dtype=np.float64)
-    blocks = vectors.blocks(BLOCK) if hasattr(vectors, "blocks") else _slices(vectors, BLOCK, 0)
-    for s, block in blocks:
+    for s, block in _blocks(vectors, BLOCK):
         b = np.asarray(block)
         if b.dtype == np.float32:  # float32 dot products (~1e-7 relative), accumulated per row by SIMD
             with np.errstate(over="ignore", invalid="ignore"):
@@ -58,20 +57,17 @@ def adjacency_coherence(vectors: np.ndarray, article_id: np.ndarray) -> np.ndarr
     n = len(vectors)
     same = article_id[1:] == article_id[:-1]  # pair (t, t+1) for every t < n-1
     out = np.empty(max(n - 1, 0), dtype=np.float64)
-    if not hasattr(vectors, "blocks"):
-        _adjacent_cos(_slices(vectors, BLOCK, 1), out)
+    if n <= 2 * BLOCK:
+        _adjacent_cos(_blocks(vectors, BLOCK, 1), out)
         return out[same]
     # two halves on two threads (file reads and NumPy's loops release the GIL): a pass at the speed
     # of memory rather than of one core
-    half = (n // 2 // BLOCK + 1) * BLOCK if n > 2 * BLOCK else n
-    parts = [(0, half), (half, n)] if half < n else [(0, n)]
-    if len(parts) == 1:
-        _adjacent_cos(vectors.blocks(BLOCK, overlap=1), out)
-        return out[same]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(len(parts)) as pool:
-        done = [pool.submit(_adjacent_cos, vectors.blocks(BLOCK, 1, lo, hi), out) for lo, hi in parts]
+    half = (n // 2 // BLOCK + 1) * BLOCK
+    with ThreadPoolExecutor(2) as pool:
+        halves = ((0, half), (half, n))
+        done = [pool.submit(_adjacent_cos, _blocks(vectors, BLOCK, 1, lo, hi), out) for lo, hi in halves]
         for f in done:
             f.result()
     return out[same]
@@ -94,9 +90,13 @@ def _adjacent_cos(blocks, out: np.ndarray) -> None:
         out[s : s + len(a) - 1] = dots / np.maximum(norms[:-1] * norms[1:], 1e-12)
 
 
-def _slices(vectors, block: int, overlap: int):
-    """(start, rows[start : start + block + overlap]) over any array-like (``VectorBank.blocks`` for others)."""
-    for start in range(0, len(vectors), block):
+def _blocks(vectors, block: int, overlap: int = 0, begin: int = 0, end: int | None = None):
+    """(start, rows[start : start + block + overlap]) for start = begin, begin + block, ... < end: a
+    dataset bank's own ``blocks`` (one reused read buffer), else slices of any array-like."""
+    if hasattr(vectors, "blocks"):
+        yield from vectors.blocks(block, overlap, begin, end)
+        return
+    for start in range(begin, len(vectors) if end is None else min(end, len(vectors)), block):
         yield start, vectors[start : start + block + overlap]
 
 
