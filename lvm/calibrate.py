@@ -18,6 +18,7 @@ tell it from the reference), or when the reference itself would not be GREEN.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,8 +316,13 @@ def calibrate(
     controls=CONTROLS,
     name: str | None = None,
     log=print,
+    seeds: int = 0,
 ) -> Path:
-    """Measure, place, check, write ``out`` (atomically); ``LvmError`` when the controls do not separate."""
+    """Measure, place, check, write ``out`` (atomically); ``LvmError`` when the controls do not separate.
+
+    With ``seeds`` (≥ 2) the reference run is also retrained that many times with other seeds and the
+    spread of its val and OOD cosine is written to the profile's ``[regression]`` table, where it sets
+    the regression check's minimum effect."""
     import tomllib
 
     from lvm.data.datasets import open_dataset
@@ -332,8 +338,18 @@ def calibrate(
     tables, comments = place_thresholds(measured, base)
     name = name or out.stem
     text = render_profile(name, base, ds, tables, comments, info)
+    if seeds:
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix=".lvm-seeds-", dir=out.parent if out.parent.is_dir() else None))
+        try:
+            text += "\n" + render_regression(base, seed_spread(ds, reference, seeds, work, log))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     data = tomllib.loads(text)
     merged = {**base.data, "profile": data["profile"], "gates": {**base.data.get("gates", {}), **data["gates"]}}
+    if "regression" in data:
+        merged["regression"] = data["regression"]
     problems = check_separation(measured, Profile(name, 1, out, merged))
     if problems:
         raise LvmError(
@@ -343,6 +359,85 @@ def calibrate(
     write_text_atomic(out, text)
     load_profile(str(out))  # what was written loads and validates
     return out
+
+
+def _training_config(reference: str) -> dict:
+    """The training settings of an lvm run (its ``config.json``, or the ``training`` table of a
+    checkpoint's NAME.json): what ``--seeds`` retrains."""
+    import json
+
+    path = Path(reference)
+    src = path / "config.json" if path.is_dir() else path
+    try:
+        data = json.loads(src.read_text()) if src.suffix == ".json" and src.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise LvmError(f"{src}: cannot read the reference's training config: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("training"), dict):
+        data = data["training"]
+    if not isinstance(data, dict) or "model" not in data:
+        raise LvmError(
+            f"{reference}: --seeds retrains the reference, so it must be an lvm run folder or checkpoint "
+            "(its config.json holds the training settings)"
+        )
+    return data
+
+
+def seed_spread(dataset, reference: str, seeds: int, work: Path, log=print) -> dict:
+    """Retrain the reference ``seeds`` times with other seeds on ``dataset`` and measure the run-to-run
+    spread of what the regression check compares per sequence: the mean val and OOD cosine (on the
+    gates' own sequences). Returns ``{"values": {gate: [reference, retrain 1, ...]}, "spread": {gate:
+    sample sd}, "seeds": [...]}``."""
+    from lvm.models.adapters import load_model
+    from lvm.train.config import TrainConfig
+    from lvm.train.trainer import Trainer
+
+    if seeds < 2:
+        raise LvmError(f"--seeds {seeds}: the spread needs at least 2 retrains")
+    cfg = _training_config(reference)
+    ref_seed = int(cfg.get("seed", 0) or 0)
+    values: dict[str, list[float]] = {"val_cosine": [], "ood_cosine": []}
+
+    def score(spec: str) -> None:
+        loaded = load_model(spec)
+        card = loaded.card
+        for gate, split in (("val_cosine", "val"), ("ood_cosine", "ood")):
+            view = dataset.sequences(split, card.ctx, card.gated_min_ctx)
+            values[gate].append(float(np.mean(ModelEval(loaded.predictor, view, "seed").cos)))
+
+    score(reference)
+    used = []
+    for i in range(1, seeds + 1):
+        seed = ref_seed + i
+        run = work / f"seed-{seed}"
+        log(f"  retraining the reference with seed {seed} ({i}/{seeds})")
+        Trainer(TrainConfig.from_dict({**cfg, "seed": seed, "dataset": str(dataset.path)}), run, progress=False).run()
+        score(str(run))
+        used.append(seed)
+    spread = {g: float(np.std(v, ddof=1)) for g, v in values.items()}
+    return {"values": values, "spread": spread, "seeds": [ref_seed, *used]}
+
+
+def render_regression(base: Profile, spread: dict, factor: float | None = None) -> str:
+    """The ``[regression]`` table of a calibrated profile: the base's tolerances plus the measured
+    run-to-run spread and the minimum effect it implies (``factor`` × spread)."""
+    from lvm.report.regression import MIN_EFFECT_FACTOR
+
+    table = dict(base.data.get("regression") or {})
+    table.pop("min_effect", None)
+    factor = float(factor or table.get("min_effect_factor", MIN_EFFECT_FACTOR))
+    lines = [
+        "[regression]",
+        f"# run-to-run spread: sd of the mean cosine over {len(spread['seeds'])} trainings of the reference "
+        f"(seeds {', '.join(map(str, spread['seeds']))}):",
+    ]
+    lines += [f"#   {g}: {', '.join(f'{v:.5f}' for v in vals)}" for g, vals in spread["values"].items()]
+    lines.append(f"# a drop counts as a regression beyond {factor:g} x that spread (and significant)")
+    table["seed_spread"] = {g: float(f"{v:.3g}") for g, v in spread["spread"].items()}
+    table["spread_seeds"] = len(spread["seeds"])
+    table["min_effect_factor"] = factor
+    table["min_effect"] = {g: float(f"{factor * v:.3g}") for g, v in spread["spread"].items()}
+    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _base_for(ds, profile_for_dataset) -> Profile:

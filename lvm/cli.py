@@ -709,7 +709,9 @@ def cmd_calibrate(args) -> int:
 
     controls = tuple(c.strip() for c in args.broken.split(",") if c.strip()) if args.broken else CONTROLS
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    out = calibrate(args.dataset, args.reference, args.out, args.base, controls, args.name, log=log)
+    if args.seeds and args.seeds < 2:
+        raise LvmError(f"--seeds {args.seeds}: the run-to-run spread needs at least 2 retrains")
+    out = calibrate(args.dataset, args.reference, args.out, args.base, controls, args.name, log=log, seeds=args.seeds)
     print(
         f"{out}: gate profile calibrated on {args.dataset} against {', '.join(controls)}; "
         f"use it with --gate-profile {out}"
@@ -735,6 +737,14 @@ def _add_model_commands(sub) -> None:
         "--base", default=None, help="profile to start from (default: the dataset's, else the family default)"
     )
     p.add_argument("--name", default=None, help="profile name (default: the file's stem)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also retrain the reference (an lvm run) N times with other seeds and record the spread of its "
+        "val/OOD cosine in [regression]: the regression check's minimum effect is 3x that spread (N >= 2)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_calibrate)
 

@@ -9,6 +9,7 @@ verdict, so CI and a local run can never disagree on what a regression is.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,15 @@ from lvm.report.results import PAIRED_BOOTSTRAP_METRICS, dataset_label
 
 # absolute tolerance of a metric the profile's [regression] table does not name
 DEFAULT_TOLERANCE = 0.01
+# The smallest drop of a per-sequence cosine that counts, when a profile sets none: the default data's,
+# MIN_EFFECT_FACTOR x the run-to-run spread (sd of the mean cosine over retrains with other seeds, measured by
+# `lvm calibrate --seeds`; see lvm/profiles/minilm-wiki-vital.toml [regression])
+DEFAULT_MIN_EFFECT = {"val_cosine": 0.00175, "ood_cosine": 0.00125}
+MIN_EFFECT_FACTOR = 5.0  # min effect = this x the measured seed spread (>= 3 x, as GATES.md asks)
+Z_ALPHA, Z_POWER = 1.959964, 0.841621  # two-sided alpha 0.05; power 0.80
+NULL_LEVEL_TOLERANCE = 1e-6  # a null baseline's cosine that moved less than this has not moved
+# The latency gate's machine-independent figures: the only ones compared across machines
+COST_METRICS = ("cost_flops", "cost_weight_bytes", "cost_params")
 NOT_COMPARABLE = "(all)"  # the comparison row's metric when two results cannot be compared
 TURNED_RED = "(status)"  # the comparison row's metric when a gate turned RED
 
@@ -34,16 +44,17 @@ def _key(r: dict) -> tuple:
 def _not_comparable(r: dict, b: dict) -> str | None:
     """Why result ``r`` cannot be compared with baseline result ``b``, or None when it can.
 
-    Results compare when their comparability keys agree; a different hardware class alone only
-    stops the comparison of hardware-bound gates (latency).
+    Results compare when their comparability keys agree. A different hardware class alone does not
+    stop a comparison: the only latency figures compared are the machine-independent ``cost_*``
+    counts (wall-clock timings are judged on the machine that measured them and never compared).
     """
     if r.get("comparability_key") == b.get("comparability_key"):
         return _sketch_differs(r, b)
     nc, bc = r.get("comparability") or {}, b.get("comparability") or {}
     differs = {k for k in set(nc) | set(bc) if nc.get(k) != bc.get(k)}
-    if differs - {"hardware_class"} or r["gate"] in HARDWARE_BOUND_GATES or not differs:
+    if differs - {"hardware_class"} or not differs:
         return f"not comparable: {', '.join(sorted(differs)) or 'comparability key'} differ(s)"
-    return None
+    return _sketch_differs(r, b)
 
 
 def _sketch_differs(r: dict, b: dict) -> str | None:
@@ -53,14 +64,26 @@ def _sketch_differs(r: dict, b: dict) -> str | None:
         return None  # a file without sketches: the key alone decides
     try:
         gap = max((abs(float(x) - float(y)) for x, y in zip(rs, bs, strict=True)), default=0.0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return "not comparable: unreadable vector sketch"
-    if gap > SKETCH_TOLERANCE:
+    if not math.isfinite(gap) or gap > SKETCH_TOLERANCE:
         return (
             "not comparable: same texts and ids but different vectors "
             f"(sketch differs by {gap:.2g} > {SKETCH_TOLERANCE:g})"
         )
     return None
+
+
+def as_number(v) -> float | None:
+    """A metric value as a float: None when it is not a number at all (absent, a string, a bool, a
+    list), NaN for a number that is not finite (NaN, ±inf, an integer beyond float range)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer such as 10**400
+        return math.nan
+    return f if math.isfinite(f) else math.nan
 
 
 def _tolerance(gate: str, metric: str, tolerances: dict, baseline_value: float) -> float:
@@ -71,51 +94,120 @@ def _tolerance(gate: str, metric: str, tolerances: dict, baseline_value: float) 
     tol_key = f"{gate}_{metric}" if f"{gate}_{metric}" in per_metric else metric
     tol = float(per_metric.get(tol_key, default_tol))
     if tol_key.startswith("latency_"):
-        tol = tol * abs(baseline_value)  # relative tolerance for timings
+        tol = tol * abs(baseline_value)  # relative tolerance
     return tol
 
 
-def _drop_status(metric: str, r: dict, b: dict) -> tuple[str, str]:
-    """(status, note) of a drop beyond tolerance: RED, unless a paired bootstrap over the per-sequence
-    scores both files carry finds it not significant (AMBER)."""
-    ns, bs = r.get("per_sequence"), b.get("per_sequence")
-    if metric not in PAIRED_BOOTSTRAP_METRICS or not (ns and bs and len(ns) == len(bs)):
-        return RED, ""
+def min_effect(tolerances: dict, cosine_gate: str) -> float:
+    """The smallest drop of a per-sequence cosine metric that can be a regression: the profile's
+    ``[regression] min_effect.<gate>``, else ``min_effect_factor`` × its measured ``seed_spread``,
+    else the default data's (``DEFAULT_MIN_EFFECT``)."""
+    explicit = (tolerances.get("min_effect") or {}).get(cosine_gate)
+    if isinstance(explicit, (int, float)) and not isinstance(explicit, bool) and explicit >= 0:
+        return float(explicit)
+    spread = (tolerances.get("seed_spread") or {}).get(cosine_gate)
+    if isinstance(spread, (int, float)) and not isinstance(spread, bool) and spread >= 0:
+        return float(tolerances.get("min_effect_factor", MIN_EFFECT_FACTOR)) * float(spread)
+    return DEFAULT_MIN_EFFECT.get(cosine_gate, max(DEFAULT_MIN_EFFECT.values()))
+
+
+def _paired_source(r: dict, metric: str, by_key: dict) -> tuple[str, dict] | None:
+    """(cosine gate, the result holding its per-sequence scores) when ``metric`` of ``r`` moves one
+    for one with the mean of those scores: the cosine itself, or a margin over a null baseline
+    (fixed on the same sequences; the caller checks it did not move)."""
+    gate, m = r["gate"], r.get("metrics") or {}
+    if gate in PAIRED_BOOTSTRAP_METRICS and metric in (gate, "margin_vs_baseline"):
+        return gate, r
+    if gate == "beats_baselines" and metric == "margin":
+        cos_gate = {"val": "val_cosine", "ood": "ood_cosine"}.get(r.get("split") or "")
+        src = by_key.get((cos_gate, r.get("checkpoint"), r.get("dataset"), r.get("split"))) if cos_gate else None
+        if src is not None and as_number(m.get("sample")) == len(src.get("per_sequence") or []):
+            return cos_gate, src  # type: ignore[return-value]
+    return None
+
+
+def _null_level(r: dict, metric: str) -> float | None:
+    """The null baseline's cosine a margin is measured from (None for the cosine itself)."""
+    m = r.get("metrics") or {}
+    if metric == "margin_vs_baseline":
+        return as_number(m.get("best_baseline_cosine"))
+    if metric == "margin":
+        base = m.get("baselines") if isinstance(m.get("baselines"), dict) else {}
+        return as_number(base.get(m.get("best_baseline")))
+    return None
+
+
+def _paired_drop(metric: str, r: dict, b: dict, src: tuple[dict, dict], min_eff: float) -> dict | None:
+    """The paired article-cluster bootstrap of a per-sequence metric: RED when the drop exceeds the
+    minimum effect and its CI excludes 0; AMBER when it exceeds it without significance; else GREEN.
+    Also the smallest drop this comparison could detect (80 % power at α = 0.05, two-sided).
+    None when the two files do not hold the same sequences (the caller falls back to the tolerance)."""
     from lvm.metrics import paired_difference
 
-    arts = r.get("per_sequence_article")
-    same_articles = isinstance(arts, list) and arts == b.get("per_sequence_article") and len(arts) == len(ns)
-    # the same articles resampled on both sides (sequences of one article overlap: a cluster bootstrap)
-    d = paired_difference(np.asarray(ns), np.asarray(bs), clusters=np.asarray(arts) if same_articles else None)
+    rs, bs = src
+    ns, nb = rs.get("per_sequence"), bs.get("per_sequence")
+    if not (isinstance(ns, list) and isinstance(nb, list) and ns and len(ns) == len(nb)):
+        return None
+    if _null_level(r, metric) != _null_level(b, metric) and not (
+        _null_level(r, metric) is not None
+        and _null_level(b, metric) is not None
+        and abs(_null_level(r, metric) - _null_level(b, metric)) <= NULL_LEVEL_TOLERANCE  # type: ignore[operator]
+    ):
+        return None  # the baseline moved: the margin does not move one for one with the cosine
+    arts, barts = rs.get("per_sequence_article"), bs.get("per_sequence_article")
+    same_articles = isinstance(arts, list) and arts == barts and len(arts) == len(ns)
+    try:
+        new_v, base_v = np.asarray(ns, dtype=np.float64), np.asarray(nb, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return {"status": RED, "note": "not a number: unreadable per-sequence scores", "detectable_drop": None}
+    if not (np.isfinite(new_v).all() and np.isfinite(base_v).all()):
+        return {
+            "status": RED,
+            "note": "not a number: per-sequence scores hold NaN or infinity",
+            "detectable_drop": None,
+        }
+    d = paired_difference(new_v, base_v, clusters=np.asarray(arts) if same_articles else None)
+    se = (d["ci_high"] - d["ci_low"]) / (2 * Z_ALPHA)
+    detectable = max(min_eff + Z_POWER * se, (Z_ALPHA + Z_POWER) * se)
+    drop = -d["mean"]
     note = f"paired Δ {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" + (
-        f" over {d['clusters']} articles (n_eff {d['n_eff']:.0f})" if same_articles else ""
+        f" over {d['clusters']} articles" if same_articles else " (sequences, not clustered: article ids differ)"
     )
-    if d["ci_high"] >= 0:
-        return AMBER, note + ": drop not significant"
-    return RED, note
+    note += f"; min effect {min_eff:.3g}, detects drops ≥ {detectable:.3g}"
+    if drop > min_eff and d["ci_high"] < 0:
+        status = RED
+    elif drop > min_eff:
+        status, note = AMBER, note + ": drop beyond the minimum effect but not significant"
+    else:
+        status = GREEN
+        if d["ci_high"] < 0 and drop > 0:
+            note += ": a significant drop, within the run-to-run spread"
+    return {"status": status, "note": note, "detectable_drop": detectable, "paired_delta": d["mean"]}
 
 
-def _metric_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
-    """One comparison row per gated metric both results hold as a number."""
+def _cost_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
+    """A hardware-bound gate (latency) is compared on its machine-independent cost counts only, exactly:
+    a count that rose (beyond ``cost_tolerance``, relative; 0 by default) is RED."""
     out = []
-    for rule in r.get("thresholds", []):
-        m = rule["metric"]
-        nv, bv = r["metrics"].get(m), b["metrics"].get(m)
-        if not isinstance(nv, (int, float)) or not isinstance(bv, (int, float)):
+    rel = float(tolerances.get("cost_tolerance", 0.0))
+    for m in COST_METRICS:
+        nv, bv = as_number((r.get("metrics") or {}).get(m)), as_number((b.get("metrics") or {}).get(m))
+        if nv is None or bv is None:
             continue
-        higher = "min_green" in rule  # the rule's direction: a floor means higher is better
-        worse = (bv - nv) if higher else (nv - bv)
-        tol = _tolerance(r["gate"], m, tolerances, bv)
-        status, note = _drop_status(m, r, b) if worse > tol else (GREEN, "")
+        if math.isnan(nv) or math.isnan(bv):
+            status, note = RED, "not a number"
+        else:
+            status = RED if nv > bv * (1 + rel) else GREEN
+            note = "cost of one batch-1 call rose" if status == RED else ""
         out.append(
             {
                 **row,
                 "metric": m,
                 "baseline": bv,
                 "new": nv,
-                "delta": nv - bv,
-                "tolerance": tol,
-                "higher_is_better": higher,
+                "delta": nv - bv if not (math.isnan(nv) or math.isnan(bv)) else math.nan,
+                "tolerance": rel * bv if not math.isnan(bv) else 0.0,
+                "higher_is_better": False,
                 "status": status,
                 "note": note,
             }
@@ -123,7 +215,39 @@ def _metric_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
     return out
 
 
-def _comparison_rows(r: dict, b: dict, tolerances: dict) -> list[dict]:
+def _metric_rows(r: dict, b: dict, row: dict, tolerances: dict, new_by_key: dict, base_by_key: dict) -> list[dict]:
+    """One comparison row per gated metric both results hold as a number."""
+    if r["gate"] in HARDWARE_BOUND_GATES:
+        return _cost_rows(r, b, row, tolerances)
+    out = []
+    for rule in r.get("thresholds", []):
+        m = rule.get("metric") if isinstance(rule, dict) else None
+        if not isinstance(m, str):
+            continue
+        nv, bv = as_number((r.get("metrics") or {}).get(m)), as_number((b.get("metrics") or {}).get(m))
+        if nv is None or bv is None:
+            continue
+        higher = "min_green" in rule  # the rule's direction: a floor means higher is better
+        cells = {**row, "metric": m, "baseline": bv, "new": nv, "higher_is_better": higher}
+        if math.isnan(nv) or math.isnan(bv):
+            side = " and ".join(n for n, v in (("BASELINE", bv), ("NEW", nv)) if math.isnan(v))
+            out.append({**cells, "delta": math.nan, "tolerance": 0.0, "status": RED, "note": f"not a number ({side})"})
+            continue
+        worse = (bv - nv) if higher else (nv - bv)
+        source, base_source = _paired_source(r, m, new_by_key), _paired_source(b, m, base_by_key)
+        paired = None
+        if source and base_source and source[0] == base_source[0]:
+            eff = min_effect(tolerances, source[0])
+            paired = _paired_drop(m, r, b, (source[1], base_source[1]), eff)
+        if paired is not None:
+            out.append({**cells, "delta": nv - bv, "tolerance": eff, **paired})
+            continue
+        tol = _tolerance(r["gate"], m, tolerances, bv)
+        out.append({**cells, "delta": nv - bv, "tolerance": tol, "status": RED if worse > tol else GREEN, "note": ""})
+    return out
+
+
+def _comparison_rows(r: dict, b: dict, tolerances: dict, new_by_key: dict, base_by_key: dict) -> list[dict]:
     """The comparison rows of one result against its baseline result."""
     row = {"gate": r["gate"], "split": r.get("split"), "baseline_status": b["status"], "new_status": r["status"]}
     why = _not_comparable(r, b)
@@ -134,7 +258,7 @@ def _comparison_rows(r: dict, b: dict, tolerances: dict) -> list[dict]:
         if b["status"] != RED and r["status"] == RED
         else []
     )
-    return turned_red + _metric_rows(r, b, row, tolerances)
+    return turned_red + _metric_rows(r, b, row, tolerances, new_by_key, base_by_key)
 
 
 def _regression_result(ckpt: str | None, ds: str | None, rows: list[dict]) -> GateResult:
@@ -162,14 +286,20 @@ def _regression_result(ckpt: str | None, ds: str | None, rows: list[dict]) -> Ga
 def compare(new: dict, base: dict, tolerances: dict | None = None) -> list[GateResult]:
     """Direction-aware comparison of every gated metric; one ``regression`` result per (checkpoint, dataset).
 
-    A metric regresses when it moves the wrong way (the direction comes from its rule) by more than
-    its tolerance (``default_tolerance`` absolute, or per metric; ``latency_*`` tolerances are
-    relative). Where both files carry per-sequence scores of the same sequences, a paired bootstrap
-    must also find the drop significant, else it is AMBER. A gate that was not RED and now is RED is
-    a regression. Results with different comparability keys are not compared (AMBER).
+    Metrics that move one for one with a per-sequence cosine both files carry for the same sequences
+    (val/OOD cosine, their margins over a null baseline that did not move) are compared by the paired
+    article-cluster bootstrap: RED when the drop exceeds the profile's minimum effect (``min_effect``,
+    else ``min_effect_factor`` × the measured ``seed_spread``) and its CI excludes 0; AMBER when it
+    exceeds it without significance. Any other gated metric regresses when it moves the wrong way (the
+    direction comes from its rule) by more than its tolerance (``default_tolerance`` absolute, or per
+    metric). The latency gate is compared on its machine-independent cost counts only (``cost_*``,
+    exactly; timings are never compared). A value that is NaN, infinite or beyond float range in either
+    file is RED "not a number". A gate that was not RED and now is RED is a regression. Results with
+    different comparability keys (a hardware class alone aside) are not compared (AMBER).
     """
     tolerances = tolerances or {}
     base_by_key = {_key(r): r for r in base.get("results", [])}
+    new_by_key = {_key(r): r for r in new.get("results", [])}
     groups: dict[tuple, list[dict]] = {}
     for r in new.get("results", []):
         if r["gate"] == "regression" or r["status"] == SKIP:
@@ -177,7 +307,7 @@ def compare(new: dict, base: dict, tolerances: dict | None = None) -> list[GateR
         b = base_by_key.get(_key(r))
         if b is None or b["status"] == SKIP:
             continue
-        rows = _comparison_rows(r, b, tolerances)
+        rows = _comparison_rows(r, b, tolerances, new_by_key, base_by_key)
         if rows:
             groups.setdefault((r.get("checkpoint"), r.get("dataset")), []).extend(rows)
     ordered = sorted(groups.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))
@@ -236,6 +366,14 @@ class Verdict:
         """What ``lvm compare`` prints: the table, the summary, then what regressed, what is RED and
         what could not be compared."""
         lines = [markdown_table(self.regressions), "", self.summary]
+        power = sensitivity_lines(self.regressions)
+        if power:
+            lines += [
+                "",
+                "Smallest drop each cosine comparison could detect (paired article-cluster bootstrap, "
+                "80 % power at α = 0.05; never below the minimum effect):",
+                *power,
+            ]
         if self.regressed_rows:
             lines += ["", f"Regressed gates: {', '.join(dict.fromkeys(_gate_name(c) for _, c in self.regressed_rows))}"]
             lines += [_regressed_line(r, c) for r, c in self.regressed_rows]
@@ -247,6 +385,20 @@ class Verdict:
             pairs = sorted({f"{r.checkpoint} on {r.dataset}" for r in self.not_comparable_results})
             lines += ["", f"Not comparable (encoder, dataset, profile or hardware differ): {', '.join(pairs)}"]
         return "\n".join(lines)
+
+
+def sensitivity_lines(regressions: list[GateResult]) -> list[str]:
+    """One line per compared per-sequence metric: its paired Δ and the smallest drop it could detect."""
+    out = []
+    for res in regressions:
+        for c in res.metrics.get("comparisons", []):
+            if c.get("detectable_drop") is not None and c["metric"] in PAIRED_BOOTSTRAP_METRICS:
+                out.append(
+                    f"- {_gate_name(c)} · {c['metric']} · {res.checkpoint or '-'} on {res.dataset or '-'}: "
+                    f"detects drops ≥ {c['detectable_drop']:.3g} (minimum effect {c['tolerance']:.3g}); "
+                    f"paired Δ {c.get('paired_delta', c.get('delta', math.nan)):+.4f} [{c['status']}]"
+                )
+    return out
 
 
 def _gate_name(c: dict) -> str:
