@@ -252,7 +252,7 @@ def context_mean_run(work, pydoc_ds) -> Path:
 @pytest.fixture(scope="module")
 def calibrated(work, pydoc_ds, amn_run) -> Path:
     out = work / "pydoc-minilm.toml"
-    lvm_ok("calibrate", str(pydoc_ds), "--reference", str(amn_run), "--out", str(out), "--quiet")
+    lvm_ok("calibrate", str(pydoc_ds), "--reference", str(amn_run), "--out", str(out), "--seeds", "2", "--quiet")
     return out
 
 
@@ -357,6 +357,22 @@ def test_the_healthy_model_beats_the_null_baselines_on_the_new_domain(gated):
     for gate, split in (("val_cosine", "val"), ("ood_cosine", "ood")):
         m = row(doc, gate, "amn", split)["metrics"]
         assert m["margin_vs_baseline"] >= 0.005 and m["split_scored"] == split, m
+
+
+def test_calibrate_seeds_records_the_run_to_run_spread_and_the_minimum_effect(calibrated):
+    from lvm.profiles import load_profile
+    from lvm.report.regression import min_effect
+
+    reg = load_profile(str(calibrated)).data["regression"]
+    assert reg["spread_seeds"] == 3 and reg["min_effect_factor"] == 5.0, reg  # the reference + 2 retrains
+    for gate in ("val_cosine", "ood_cosine"):
+        spread = reg["seed_spread"][gate]
+        assert 0 < spread < 0.02, reg  # seeds differ, but a healthy retrain is close
+        assert reg["min_effect"][gate] == pytest.approx(5 * spread, rel=0.01)
+        assert min_effect(reg, gate) == reg["min_effect"][gate]
+    assert reg["default_tolerance"] == 0.01 and reg["cost_tolerance"] == 0.0  # the base profile's, kept
+    assert "mean cosine over 3 trainings of the reference" in calibrated.read_text()  # the evidence, beside it
+    assert not list(calibrated.parent.glob(".lvm-seeds-*")), "the retrains are removed"
 
 
 def test_calibrate_writes_a_profile_from_the_reference_and_the_controls(calibrated):
