@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from lvm.bounds import COUNT, CTX, DIM, SEED, number
 from lvm.errors import LvmError
 
 DEFAULT_DATASET = "data/wiki-minilm"
@@ -41,7 +42,12 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-normalize", action="store_true", help="keep raw (non-unit) vectors; the normalization gate will flag them"
     )
-    g.add_argument("--max-length", type=int, default=None, help="override the model's max sequence length (tokens)")
+    g.add_argument(
+        "--max-length",
+        type=number(int, 1, 131_072),
+        default=None,
+        help="override the model's max sequence length (tokens)",
+    )
     g.add_argument(
         "--encoder-backend",
         choices=BACKENDS,
@@ -73,13 +79,19 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
         help="OOD policy: last articles by id (the seeds' way), held-out topics, or none",
     )
     g.add_argument(
-        "--ood-fraction", type=float, default=0.1, help="share of articles in OOD for id-range (default %(default)s)"
+        "--ood-fraction",
+        type=number(float, 0.0, 0.9),
+        default=0.1,
+        help="share of articles in OOD for id-range (default %(default)s)",
     )
     g.add_argument("--ood-topics", default="", help="comma-separated topics held out as OOD (with --ood topics)")
     g.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of the remaining articles in val (default %(default)s)"
+        "--val-fraction",
+        type=number(float, 0.0, 0.9),
+        default=0.1,
+        help="share of the remaining articles in val (default %(default)s)",
     )
-    g.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
+    g.add_argument("--seed", type=SEED, default=0, help="split seed (default %(default)s)")
 
 
 def _split_policy(args):
@@ -444,12 +456,15 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("chunking")
     g.add_argument(
         "--min-chars",
-        type=int,
+        type=number(int, 1, 100_000),
         default=20,
         help="sentences shorter than this are merged into a neighbour (default %(default)s)",
     )
     g.add_argument(
-        "--target-chars", type=int, default=None, help="pack sentences into chunks of about this many characters"
+        "--target-chars",
+        type=number(int, 1, 1_000_000),
+        default=None,
+        help="pack sentences into chunks of about this many characters",
     )
     _add_split_args(p)
     g = p.add_argument_group("index")
@@ -459,17 +474,19 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         default="auto",
         help="exact for small banks, IVF-flat for large (default %(default)s)",
     )
-    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default ≈ 4·√N)")
-    g.add_argument("--nprobe", type=int, default=64, help="IVF lists searched per query (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default %(default)s)")
+    g.add_argument("--nlist", type=COUNT, default=None, help="IVF lists (default ≈ 4·√N)")
+    g.add_argument("--nprobe", type=COUNT, default=64, help="IVF lists searched per query (default %(default)s)")
+    p.add_argument(
+        "--batch-size", type=number(int, 1, 65_536), default=64, help="encoder batch size (default %(default)s)"
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build_data)
 
     p = sub.add_parser("inspect", help="counts, dims, norms, coherence summary and splits of a dataset")
     p.add_argument("dataset")
-    p.add_argument("--ctx", type=int, default=5)
-    p.add_argument("--min-ctx", type=int, default=1)
+    p.add_argument("--ctx", type=CTX, default=5)
+    p.add_argument("--min-ctx", type=CTX, default=1)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -489,8 +506,8 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("build-index", help="(re)build the FAISS index of a dataset")
     p.add_argument("dataset")
     p.add_argument("--index", choices=("auto", "flat-ip", "ivf-sq8-ip", "ivf-flat-ip"), default="auto")
-    p.add_argument("--nlist", type=int, default=None)
-    p.add_argument("--nprobe", type=int, default=64)
+    p.add_argument("--nlist", type=COUNT, default=None)
+    p.add_argument("--nprobe", type=COUNT, default=64)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_index)
 
@@ -519,16 +536,23 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fingerprint)
     p = sub.add_parser("synth", help="synthetic dataset of any size: random walks on the sphere with chosen coherence")
     p.add_argument("--out", required=True)
-    p.add_argument("--n-chunks", type=int, default=36_000, help="total chunk vectors (default %(default)s)")
-    p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--chunks-per-article", type=float, default=15.0, help="mean article length (default %(default)s)")
+    p.add_argument(
+        "--n-chunks", type=number(int, 2, 2**31 - 1), default=36_000, help="total chunk vectors (default %(default)s)"
+    )
+    p.add_argument("--dim", type=DIM, default=384)
+    p.add_argument(
+        "--chunks-per-article",
+        type=number(float, 1.0, 1e6),
+        default=15.0,
+        help="mean article length (default %(default)s)",
+    )
     p.add_argument(
         "--coherence",
-        type=float,
+        type=number(float, -1.0, 1.0),
         default=0.48,
         help="mean adjacency cosine (default %(default)s, the seeds' healthy set)",
     )
-    p.add_argument("--coherence-std", type=float, default=0.21)
+    p.add_argument("--coherence-std", type=number(float, 0.0, 2.0), default=0.21)
     p.add_argument(
         "--segment",
         action="append",
@@ -536,7 +560,12 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         metavar="START:STOP:MEAN:STD",
         help="article-id range with its own coherence, e.g. 11000:15000:0.34:0.16 (repeatable)",
     )
-    p.add_argument("--duplicates", type=float, default=0.0, help="share of chunks replaced by exact copies of others")
+    p.add_argument(
+        "--duplicates",
+        type=number(float, 0.0, 0.99),
+        default=0.0,
+        help="share of chunks replaced by exact copies of others",
+    )
     p.add_argument("--quiet", action="store_true")
     _add_split_args(p)
     p.set_defaults(func=cmd_synth)
@@ -556,7 +585,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--segment-width",
-        type=int,
+        type=COUNT,
         default=None,
         metavar="N",
         help="segments of N article ids each (default: 10 equal article-id ranges)",
@@ -580,7 +609,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the filtered dataset (written atomically)")
     p.add_argument(
         "--min-coherence",
-        type=float,
+        type=number(float, -1.0, 1.0),
         default=0.35,
         help="keep a sequence when its score >= this (default %(default)s, the seeds'). Score of the sequence "
         "with target chunk t and context chunks t-n..t-1 (n = min(position, ctx) >= min-ctx) = the mean of "
@@ -595,10 +624,10 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         "'' disables; default %(default)s)",
     )
     p.add_argument(
-        "--ctx", type=int, default=5, help="context length of the sequences scored and masked (default %(default)s)"
+        "--ctx", type=CTX, default=5, help="context length of the sequences scored and masked (default %(default)s)"
     )
     p.add_argument(
-        "--min-ctx", type=int, default=1, help="shortest context counted as a sequence (default %(default)s)"
+        "--min-ctx", type=CTX, default=1, help="shortest context counted as a sequence (default %(default)s)"
     )
     p.add_argument(
         "--baseline",
@@ -709,8 +738,6 @@ def cmd_calibrate(args) -> int:
 
     controls = tuple(c.strip() for c in args.broken.split(",") if c.strip()) if args.broken else CONTROLS
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    if args.seeds and args.seeds < 2:
-        raise LvmError(f"--seeds {args.seeds}: the run-to-run spread needs at least 2 retrains")
     out = calibrate(args.dataset, args.reference, args.out, args.base, controls, args.name, log=log, seeds=args.seeds)
     print(
         f"{out}: gate profile calibrated on {args.dataset} against {', '.join(controls)}; "
@@ -739,11 +766,11 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--name", default=None, help="profile name (default: the file's stem)")
     p.add_argument(
         "--seeds",
-        type=int,
+        type=number(int, 2, 100),
         default=0,
         metavar="N",
         help="also retrain the reference (an lvm run) N times with other seeds and record the spread of its "
-        "val/OOD cosine in [regression]: the regression check's minimum effect is 3x that spread (N >= 2)",
+        "val/OOD cosine in [regression]: the regression check's minimum effect is 5x that spread (N >= 2)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_calibrate)
@@ -766,8 +793,8 @@ def _add_model_commands(sub) -> None:
         "for predictions made outside lvm (gated with --predictions)",
     )
     p.add_argument("dataset", help="dataset folder")
-    p.add_argument("--ctx", type=int, required=True, help="context length")
-    p.add_argument("--min-ctx", type=int, default=None, help="shortest context (default: --ctx)")
+    p.add_argument("--ctx", type=CTX, required=True, help="context length")
+    p.add_argument("--min-ctx", type=CTX, default=None, help="shortest context (default: --ctx)")
     p.add_argument("--out", required=True, help="folder to write (refused if it holds other files)")
     p.set_defaults(func=cmd_sequences)
 
@@ -787,13 +814,23 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--out", required=True, help="folder for model.safetensors, model.json and model.pt2")
     p.add_argument("--dataset", default=None, help="dataset the model was trained on: records its encoder fingerprint")
     p.add_argument("--encoder-fingerprint", default=None, help="encoder fingerprint to record (see `lvm inspect`)")
-    p.add_argument("--ctx", type=int, default=None, help="context length (default: from model_config/args)")
-    p.add_argument("--min-ctx", type=int, default=None, help="shortest context it was trained on (default 1)")
-    p.add_argument("--input-dim", type=int, default=None, help="vector dim (default: from model_config/args)")
+    p.add_argument("--ctx", type=CTX, default=None, help="context length (default: from model_config/args)")
+    p.add_argument("--min-ctx", type=CTX, default=None, help="shortest context it was trained on (default 1)")
+    p.add_argument("--input-dim", type=DIM, default=None, help="vector dim (default: from model_config/args)")
     p.add_argument("--name", default=None, help="model name for the card (default: the checkpoint's folder name)")
     p.add_argument("--no-mask", action="store_true", help="the model cannot take padding (accepts_mask = false)")
     p.add_argument("--no-export", action="store_true", help="do not write model.pt2")
     p.set_defaults(func=cmd_import_checkpoint)
+
+
+def _cross_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bounds that tie two options together (each option's own bounds are declared beside it)."""
+    ctx, min_ctx = getattr(args, "ctx", None), getattr(args, "min_ctx", None)
+    if isinstance(ctx, int) and isinstance(min_ctx, int) and min_ctx > ctx:
+        parser.error(f"--min-ctx {min_ctx} is larger than --ctx {ctx}")
+    target, min_chars = getattr(args, "target_chars", None), getattr(args, "min_chars", None)
+    if isinstance(target, int) and isinstance(min_chars, int) and target < min_chars:
+        parser.error(f"--target-chars {target} is smaller than --min-chars {min_chars}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -801,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(with_train_options="train" in argv)
     args = parser.parse_args(argv)
     args._argv = argv
+    _cross_check(parser, args)
     try:
         return args.func(args)
     except LvmError as exc:
