@@ -23,7 +23,6 @@ the run matches a single process within noise.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -137,6 +136,8 @@ class Trainer:
         self.is_main = self.rank == 0
         if cfg.model not in MODEL_TYPES and cfg.model not in BASELINES:
             raise LvmError(f"unknown model type {cfg.model!r}; known: {', '.join([*MODEL_TYPES, *BASELINES])}")
+        if self.out.exists() and not self.out.is_dir():
+            raise LvmError(f"{self.out} exists and is not a folder; a run is written as a folder")
         # only rank 0 checks: it starts writing the folder at once, and other ranks would see that
         if self.is_main and self.out.exists() and not resume and any(self.out.iterdir()):
             raise LvmError(
@@ -158,6 +159,11 @@ class Trainer:
                 f"min_ctx={cfg.min_ctx} (articles too short for the requested context: lower --min-ctx)"
             )
         self.profile = profile_for_dataset(self.ds.meta, cfg.gate_profile) if cfg.kill_switches else None
+        # nothing is written until the run is known to start (``_open_run_folder``): a refused run
+        # leaves no folder behind, and a folder this trainer created is removed if the run fails
+        # before its first checkpoint (``run``)
+        self._fresh_out = "missing" if not self.out.exists() else "empty"  # not resumed: checked above
+        self._saved = False  # a checkpoint (of an epoch, or of a baseline) is on disk
         self.log = self._logger()
 
     def _logger(self) -> logging.Logger:
@@ -165,14 +171,41 @@ class Trainer:
         log.setLevel(logging.INFO)
         log.propagate = False
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            fh = logging.FileHandler(self.out / "training.log")
-            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            log.addHandler(fh)
             sh = logging.StreamHandler()
             sh.setFormatter(logging.Formatter("%(message)s"))
             log.addHandler(sh)
         return log
+
+    def _open_run_folder(self) -> None:
+        """Rank 0, once the run is known to start: create the run folder and ``training.log``."""
+        if not self.is_main or any(isinstance(h, logging.FileHandler) for h in self.log.handlers):
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(self.out / "training.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        self.log.addHandler(fh)
+
+    def _close_log(self) -> None:
+        for h in list(self.log.handlers):
+            h.close()
+            self.log.removeHandler(h)
+
+    def _discard_unstarted_run(self) -> None:
+        """A new run that failed before its first checkpoint: the folder back as it was (removed if
+        this trainer created it, emptied if it was an empty folder)."""
+        if not self.is_main or self.resume or self._saved or not self.out.is_dir():
+            return
+        import shutil
+
+        self._close_log()
+        if self._fresh_out == "missing":
+            shutil.rmtree(self.out, ignore_errors=True)
+            return
+        for entry in self.out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def _model_config(self) -> dict:
         return {"input_dim": self.ds.dim, "ctx": self.cfg.ctx, **self.cfg.model_config}
@@ -226,9 +259,11 @@ class Trainer:
         }
         metrics = {"val_cosine": val["cosine"], "ood_cosine": ood["cosine"]}
         if self.is_main:
+            self._open_run_folder()
             write_json_atomic(self.out / "config.json", self.cfg.to_dict())
             for stem in ("best", "last"):
                 save_checkpoint(self.out / stem, model, self._ckpt_meta(model, 0, metrics))
+            self._saved = True
             self._write_history(history)
         self.log.info(
             f"{self.cfg.model}: val cosine {val['cosine']:.4f}, "
@@ -257,11 +292,19 @@ class Trainer:
     # -- trainable models
 
     def run(self) -> dict:
-        if self.cfg.model in BASELINES:
-            return self._run_baseline()
+        """Train (or fit a baseline); a run that fails or is refused before its first checkpoint
+        leaves nothing behind (the folder is removed if this trainer created it)."""
         try:
+            if self.cfg.model in BASELINES:
+                return self._run_baseline()
             return self._train()
+        except KillSwitch:
+            raise  # raised after everything is saved
+        except BaseException:
+            self._discard_unstarted_run()
+            raise
         finally:
+            self._close_log()
             if self.world > 1:
                 import torch.distributed as dist
 
@@ -321,6 +364,7 @@ class Trainer:
             "best_val_cosine": None,
         }
         run = RunState(model, train_model, eval_model, opt, sched, ema, adaptive, history)
+        self._open_run_folder()  # every check passed: the run starts
         if self.resume:
             self._restore(run)
         elif self.is_main:
@@ -392,9 +436,10 @@ class Trainer:
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise LvmError(f"{path}: does not fit this run's model and optimizer ({why})") from None
         run.start_epoch = int(state["epoch"]) + 1
-        run.history = self._history_until(
-            json.loads((self.out / "training_history.json").read_text()), int(state["epoch"])
-        )
+        from lvm.schemas import read_json_object
+
+        history = read_json_object(self.out / "training_history.json", "a run's training history")
+        run.history = self._history_until(history, int(state["epoch"]))
         run.history["status"] = "running"
         run.history.setdefault("resumed_at_epoch", []).append(run.start_epoch)
         self.log.info(f"resuming {self.out} at epoch {run.start_epoch}")
@@ -549,6 +594,7 @@ class Trainer:
         if not self.is_main:
             return
         save_checkpoint(self.out / "last", run.eval_model, self._ckpt_meta(run.eval_model, epoch, metrics))
+        self._saved = True
         if improved:
             save_checkpoint(self.out / "best", run.eval_model, self._ckpt_meta(run.eval_model, epoch, metrics))
         if abort:
