@@ -26,7 +26,7 @@ from lvm import metrics as M
 from lvm.data.datasets import Dataset, SequenceView, open_dataset, view_parent_ref, write_dataset
 from lvm.data.splits import SPLIT_NAMES
 from lvm.errors import LvmError
-from lvm.io import atomic_dir, utc_timestamp, write_atomic, write_json_atomic
+from lvm.io import atomic_dir, refuse_foreign_folder, utc_timestamp, write_atomic, write_json_atomic
 from lvm.profiles import profile_for_dataset
 
 SEGMENT_BY = ("article_range", "topic")
@@ -157,6 +157,8 @@ def coherence_report(
     _check_segments(by, segment_width)
     t0 = time.perf_counter()
     ds, base = _open_pair(dataset_path, baseline_path)
+    for d in (ds, base):  # the article tables (segments, topics) are read and checked, damage refused
+        _ = d.articles if d is not None else None
     prof = profile_for_dataset(ds.meta, profile)
     cos, stats = _pair_coherence(ds)
     base_stats = _pair_coherence(base)[1] if base is not None else None
@@ -327,10 +329,13 @@ def _compile(blocklist: str | None) -> re.Pattern | None:
 
 
 def _check_out(out: Path, ds: Dataset) -> None:
+    """Before any work: ``out`` is not the dataset itself, and replacing it loses nothing of the
+    user's (``lvm.io.refuse_foreign_folder``, checked again when the folder is swapped in)."""
     if out.resolve() == ds.path.resolve():
         raise LvmError(f"--out {out} is the dataset being filtered: write the filtered dataset to another folder")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").is_file())):
         raise LvmError(f"{out} exists and is not a dataset folder: refusing to replace it (choose another --out)")
+    refuse_foreign_folder(out, "filtered dataset")
 
 
 def _side(summary: dict, chunks: int, articles: int, sequences: int, seq_score: float, base_mean: float | None) -> dict:

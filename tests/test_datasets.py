@@ -173,6 +173,9 @@ def test_big_endian_columns_read_as_native(small_dataset, tmp_path):
     for name in ("article_id", "position", "split"):
         arr = np.load(copy / f"{name}.npy")
         np.save(copy / f"{name}.npy", arr.astype(arr.dtype.newbyteorder(">")))
+    with pytest.raises(LvmError, match="article_id.npy, position.npy, split.npy changed"):
+        open_dataset(copy)  # other bytes than the content hash names
+    reseal(copy)
     ds, ref = open_dataset(copy), open_dataset(small_dataset)
     assert ds.article_id.dtype.isnative and (ds.article_id == ref.article_id).all()
     assert torch.from_numpy(ds.sequences("train", 5, 1).article_ids).numel() > 0
@@ -202,16 +205,34 @@ def test_chunk_order_is_validated(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
-def test_finiteness_is_checked_once_and_again_when_the_bank_changes(small_dataset, tmp_path):
+def test_finiteness_is_checked_on_every_open(small_dataset, tmp_path):
+    """The sketch pass of every open is the finiteness check; a NaN is named before the hash."""
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(small_dataset, copy)
     shutil.rmtree(copy / "cache", ignore_errors=True)
     open_dataset(copy)
-    assert (copy / "cache" / "finite.json").is_file()  # remembered: later opens skip the pass
+    assert (copy / "cache" / "verified.json").is_file()  # recorded: later opens skip the full hash
     vec = np.load(copy / "vectors.npy")
     vec[3, 0] = np.nan
-    np.save(copy / "vectors.npy", vec)  # same size, new mtime: checked again
+    np.save(copy / "vectors.npy", vec)  # same size, new mtime
     with pytest.raises(LvmError, match="vector 3 is NaN"):
         open_dataset(copy)
+    reseal(copy)  # even with the content hash recomputed to match
+    with pytest.raises(LvmError, match="vector 3 is NaN"):
+        open_dataset(copy)
+
+
+def reseal(folder: Path) -> Path:
+    """A dataset folder edited on purpose, made self-consistent: content hash recomputed, record dropped."""
+    import shutil
+
+    from lvm.data.datasets import _HASHED_FILES
+    from lvm.io import sha256_files
+
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["content_hash"] = sha256_files([folder / f for f in _HASHED_FILES])
+    (folder / "meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(folder / "cache", ignore_errors=True)
+    return folder

@@ -108,14 +108,16 @@ def _encode_resumable(encoder, texts: list[str], partial: Path, batch_size: int,
     partial.mkdir(parents=True, exist_ok=True)
     vec_path, done_path = partial / "vectors.npy", partial / "done.json"
     n, d = len(texts), encoder.dim
-    done = 0
+    done, out = 0, None
     if vec_path.is_file() and done_path.is_file():
-        done = int(json.loads(done_path.read_text()).get("rows", 0))
-        out = np.load(vec_path, mmap_mode="r+")
-        if out.shape != (n, d):
+        try:  # our own files, but a damaged one is a fresh start, never a crash
+            rows = json.loads(done_path.read_text()).get("rows", 0)
+            out = np.load(vec_path, mmap_mode="r+")
+            done = rows if isinstance(rows, int) and 0 <= rows <= n else 0
+        except Exception:  # noqa: BLE001 - unreadable JSON or .npy header (ValueError, SyntaxError, ...)
             done, out = 0, None
-    else:
-        out = None
+        if out is not None and (out.shape != (n, d) or out.dtype != np.float32):
+            done, out = 0, None
     if out is None:
         vec_path.unlink(missing_ok=True)  # never truncate in place: it may be linked into a dataset folder
         out = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n, d))
@@ -142,9 +144,22 @@ class BuildResult:
 def _old_meta(out: Path) -> dict | None:
     try:
         meta = json.loads((out / "meta.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _intact(out: Path, log) -> bool:
+    """The previous build at ``out`` opens and its files are the ones its content hash names
+    (``lvm.data.datasets``: the same check as every open); else it is not reused."""
+    from lvm.data.datasets import open_dataset
+
+    try:
+        open_dataset(out)
+    except LvmError as exc:
+        log(f"{out}: not reused ({exc})")
+        return False
+    return True
 
 
 def _vectors(
@@ -203,6 +218,8 @@ def build_dataset(
     clear_stale_temps(out)  # a build killed mid-swap: its folder moved aside is put back first
     partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
     old_meta = _old_meta(out) if (out / "meta.json").is_file() else None
+    if old_meta and not force and not _intact(out, log):
+        old_meta = None  # damaged since it was built: nothing of it is reused
     if old_meta and old_meta.get("build_key") == build_key and not force and (out / "index.faiss").is_file():
         seconds["total"] = time.perf_counter() - t0
         shutil.rmtree(partial, ignore_errors=True)  # left by a build killed after its swap

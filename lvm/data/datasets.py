@@ -23,6 +23,17 @@ articles) are written as usual, so sequences, splits and gates work unchanged.
 
 Chunks are stored sorted by (article, position) with contiguous positions, so the context of
 chunk ``t`` is simply chunks ``t-k .. t-1``: sequences are index arithmetic, never copies.
+
+**Integrity on every open.** ``cache/verified.json`` records, for the content hash in meta.json,
+the size, modification time and inode of every hashed file and the 16-number vector sketch
+(``vector_sketch``). Every open checks that every hashed file is there, recomputes the sketch (one
+streaming pass, which is also the finiteness check) and compares it with the record, and
+recomputes the full content hash when a file's size, mtime or inode differs from the record, when
+there is no record (a dataset written before the record existed, or copied: the full hash runs
+once, then the record is written), or when the sketch disagrees. A hashed file may be a symlink,
+also to a file outside the folder: it is accepted only when the content hash matches (its
+target's size, mtime and inode are recorded, so a re-pointed link or a changed target is hashed
+again). A read-only folder, where the record cannot be written, is hashed on every open.
 """
 
 from __future__ import annotations
@@ -51,6 +62,12 @@ MAX_VIEW_DEPTH = 8  # a view of a view of ... (a longer chain is refused: a cycl
 SKETCH_SEED, SKETCH_DIRECTIONS = 20261130, 8
 SKETCH_TOLERANCE = 1e-5  # vector sketches within this (max abs) are the same vectors up to CPU low-bit noise
 FANCY_CHUNK = 4096  # rows per scattered read before the mapped pages are released
+CACHE_DIR, VERIFIED_RECORD = "cache", "verified.json"  # the integrity record (outside the content hash)
+RECORD_VERSION = 1
+
+
+class DatasetChanged(LvmError):
+    """A dataset's files are not the ones its content hash was recorded for."""
 
 
 def check_vectors(vectors: np.ndarray, what: str = "vectors", block: int = 65536) -> None:
@@ -172,8 +189,90 @@ def write_dataset(
     else:
         content_hash = _view_hash(tmp_dir, parent.content_hash)
     full = {"format_version": FORMAT_VERSION, **meta, "dim": dim, "counts": counts, "content_hash": content_hash}
+    names = _VIEW_FILES if parent is not None else _HASHED_FILES
+    stats = _file_stats(tmp_dir, names)
+    sketch, finite = (None, True) if parent is not None else sketch_of(VectorBank(tmp_dir / "vectors.npy"))
+    if finite:  # else the first open refuses it, naming the row
+        _write_record(tmp_dir, content_hash, stats, sketch)
     write_json_atomic(tmp_dir / "meta.json", full)
     return full
+
+
+def _file_stats(folder: Path, names) -> dict[str, list[int]]:
+    """[size, mtime_ns, inode] of each file (through symlinks: the file read); a missing one is []."""
+    out: dict[str, list[int]] = {}
+    for name in names:
+        try:
+            st = os.stat(folder / name)
+        except OSError:
+            out[name] = []
+            continue
+        out[name] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    return out
+
+
+def _read_record(folder: Path) -> dict | None:
+    """``cache/verified.json`` when it is readable and well-formed, else None (then: the full hash)."""
+    try:
+        rec = json.loads((folder / CACHE_DIR / VERIFIED_RECORD).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    ok = (
+        isinstance(rec, dict)
+        and rec.get("version") == RECORD_VERSION
+        and isinstance(rec.get("content_hash"), str)
+        and isinstance(rec.get("files"), dict)
+    )
+    return rec if ok else None
+
+
+def _write_record(folder: Path, content_hash: str, stats: dict, sketch: list[float] | None) -> None:
+    """Best effort: a read-only dataset is hashed on every open instead."""
+    rec = {"version": RECORD_VERSION, "content_hash": content_hash, "files": stats, "vector_sketch": sketch}
+    try:
+        (folder / CACHE_DIR).mkdir(exist_ok=True)
+        write_json_atomic(folder / CACHE_DIR / VERIFIED_RECORD, rec)
+    except OSError:
+        pass
+
+
+def _sketch_differs(a: list[float], b) -> float | None:
+    """The largest difference of a sketch from a recorded one, None when they agree within
+    ``SKETCH_TOLERANCE`` (a recorded sketch that is not 16 finite numbers counts as different)."""
+    if not isinstance(b, list) or len(b) != len(a) or not all(isinstance(v, (int, float)) for v in b):
+        return float("inf")
+    gap = float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+    return None if gap <= SKETCH_TOLERANCE else gap
+
+
+def sketch_of(vectors) -> tuple[list[float], bool]:
+    """(the 16-number vector sketch, whether every entry is finite) in one streaming pass.
+
+    The sketch: the mean vector and a ±1-signed mean (sign seeded by chunk index, so moving vectors
+    between chunks changes it), each projected on 8 fixed random directions. Low-bit noise moves
+    them by ~1e-7. Finiteness comes free: float64 sums of finite float32 blocks never overflow, so
+    a non-finite sum means a NaN or infinite entry in its block.
+    """
+    n, dim = len(vectors), int(vectors.shape[1])
+    rng = np.random.default_rng(SKETCH_SEED)
+    directions = rng.standard_normal((dim, SKETCH_DIRECTIONS)) / np.sqrt(dim)
+    total, signed = np.zeros(dim), np.zeros(dim)
+    finite = True
+    for start, block in vectors.blocks(65536):
+        sign = np.where(np.random.default_rng(start).random(len(block)) < 0.5, -1.0, 1.0)
+        # one float32 matrix product per block (BLAS: ~1e-7 relative, far inside SKETCH_TOLERANCE
+        # once divided by N), accumulated over blocks in float64
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = np.stack([np.ones(len(block), dtype=np.float32), sign.astype(np.float32)]) @ block
+            if not np.isfinite(sums).all():  # huge entries overflow float32 sums: this block in float64
+                sums = np.stack([np.ones(len(block)), sign]) @ block.astype(np.float64)
+                finite = finite and bool(np.isfinite(sums).all())
+        total += sums[0]
+        signed += sums[1]
+    n = max(n, 1)
+    with np.errstate(invalid="ignore"):
+        sketch = [round(float(v), 9) for v in np.concatenate([total / n @ directions, signed / n @ directions])]
+    return sketch, finite
 
 
 def _view_hash(folder: Path, parent_hash: str) -> str:
@@ -446,8 +545,7 @@ class Dataset:
                 f"{self.path}: cannot read dataset arrays ({type(exc).__name__}: {str(exc)[:160]})"
             ) from None
         schemas.check_dataset_arrays(self.path, self.vectors, self.article_id, self.position, self.split, checked)
-        if self.parent is None:
-            self._check_finite_once(schemas)  # a view's rows are the parent's, checked when it opened
+        self._check_integrity(schemas)
 
     def _open_parent(self, ref, depth: int) -> Dataset:
         """The parent a view reads through: found (beside the view, else at its absolute path),
@@ -461,7 +559,13 @@ class Dataset:
                 f"{self.path} is a filtered view that reads its vectors from {ref.path}, which is not there: "
                 "restore that dataset, or re-run `lvm filter ... --materialize` to write a standalone copy"
             )
-        parent = Dataset(found.resolve(), depth + 1)
+        try:
+            parent = Dataset(found.resolve(), depth + 1)
+        except DatasetChanged as exc:
+            raise DatasetChanged(
+                f"{self.path} is a view of {found}, which changed since the view was written ({exc}): "
+                "restore it, or re-run `lvm filter`"
+            ) from None
         if parent.content_hash != ref.content_hash:
             raise LvmError(
                 f"{self.path} is a view of {found}, which changed since the view was written (content hash "
@@ -472,23 +576,53 @@ class Dataset:
             raise LvmError(f"{self.path}: encoder fingerprint {mine} differs from its parent's ({found})")
         return parent
 
-    def _check_finite_once(self, schemas) -> None:
-        """Every vector finite: one streaming pass over the bank, remembered (``cache/finite.json``, keyed
-        by the content hash and the bank file's size, mtime and inode) so later opens skip it."""
-        st = (self.path / "vectors.npy").stat()
-        key = [self.content_hash, st.st_size, st.st_mtime_ns, st.st_ino]
-        mark = self.path / "cache" / "finite.json"
-        try:
-            if json.loads(mark.read_text()) == key:
-                return
-        except (OSError, ValueError):
-            pass
-        schemas.check_finite(self.path, self.vectors)
-        try:  # best effort: a read-only dataset is checked on every open
-            mark.parent.mkdir(exist_ok=True)
-            write_json_atomic(mark, key)
-        except OSError:
-            pass
+    def _check_integrity(self, schemas) -> None:
+        """The files are the ones the content hash was recorded for (see the module docstring):
+        every hashed file present; the vector sketch recomputed and compared with the record (a
+        view: its parent was checked when it opened); the full content hash recomputed when a
+        file's size, mtime or inode moved, when there is no record, or when the sketch disagrees.
+        Every vector is finite (the same pass). The record is (re)written after a full hash."""
+        names = _VIEW_FILES if self.parent is not None else _HASHED_FILES
+        for name in names:
+            p = self.path / name
+            if not p.is_file():
+                what = "is missing" if not (p.exists() or p.is_symlink()) else "is not a readable file"
+                raise LvmError(f"{self.path}: {name} {what} (a dataset folder needs {', '.join(names)}); rebuild it")
+        stats = _file_stats(self.path, names)
+        rec = _read_record(self.path)
+        if rec is not None and rec["content_hash"] != self.content_hash:
+            rec = None  # recorded for other contents: as good as none
+        moved = [n for n in names if rec is None or rec["files"].get(n) != stats[n]]
+        if rec is not None:  # name the files whose size or mtime moved (a copy moves only the inodes)
+            moved = [n for n in moved if (rec["files"].get(n) or [None, None])[:2] != stats[n][:2]] or moved
+        sketch = None
+        if self.parent is None:
+            sketch, finite = sketch_of(self.vectors)
+            if not finite:
+                schemas.check_finite(self.path, self.vectors)  # names the row
+            gap = _sketch_differs(sketch, rec.get("vector_sketch")) if rec is not None and not moved else None
+            if gap is not None:  # same sizes and times, other vectors (or a damaged record): hash to decide
+                moved = [f"vectors.npy (its vector sketch moved by {gap:.2g})"]
+            self.__dict__["vector_sketch"] = sketch
+        if moved:
+            self._check_content_hash(moved if rec is not None else None)
+            if _file_stats(self.path, names) == stats:  # unchanged while we read: remember them
+                _write_record(self.path, self.content_hash, stats, sketch)
+
+    def _check_content_hash(self, moved: list[str] | None) -> None:
+        """Recompute the content hash (every byte of the hashed files); ``moved``: the files whose
+        size, mtime or inode differ from the record (None: no record to compare with)."""
+        if self.parent is not None:
+            actual = _view_hash(self.path, self.parent.content_hash)
+        else:
+            actual = sha256_files([self.path / f for f in _HASHED_FILES])
+        if actual == self.content_hash:
+            return
+        which = f"{', '.join(moved)} changed" if moved else "its files changed"
+        raise DatasetChanged(
+            f"{self.path}: content hash mismatch: {which} since the dataset was written (hash {actual[:12]}…, "
+            f"meta.json records {self.content_hash[:12]}…): restore the original files or rebuild it"
+        )
 
     @property
     def dim(self) -> int:
@@ -523,24 +657,9 @@ class Dataset:
 
     @cached_property
     def vector_sketch(self) -> list[float]:
-        """16 numbers that summarise every vector and its place (one streaming pass): the mean vector
-        and a ±1-signed mean (sign seeded by chunk index, so moving vectors between chunks changes
-        it), each projected on 8 fixed random directions. Low-bit noise moves them by ~1e-7."""
-        rng = np.random.default_rng(SKETCH_SEED)
-        directions = rng.standard_normal((self.dim, SKETCH_DIRECTIONS)) / np.sqrt(self.dim)
-        total, signed = np.zeros(self.dim), np.zeros(self.dim)
-        for start, block in self.vectors.blocks(65536):
-            sign = np.where(np.random.default_rng(start).random(len(block)) < 0.5, -1.0, 1.0)
-            # one float32 matrix product per block (BLAS: ~1e-7 relative, far inside SKETCH_TOLERANCE
-            # once divided by N), accumulated over blocks in float64
-            with np.errstate(over="ignore", invalid="ignore"):
-                sums = np.stack([np.ones(len(block), dtype=np.float32), sign.astype(np.float32)]) @ block
-            if not np.isfinite(sums).all():  # huge entries overflow float32 sums: this block in float64
-                sums = np.stack([np.ones(len(block)), sign]) @ block.astype(np.float64)
-            total += sums[0]
-            signed += sums[1]
-        n = max(self.n_chunks, 1)
-        return [round(float(v), 9) for v in np.concatenate([total / n @ directions, signed / n @ directions])]
+        """16 numbers that summarise every vector and its place (``sketch_of``; one streaming pass,
+        already made when a plain dataset is opened). Low-bit noise moves them by ~1e-7."""
+        return sketch_of(self.vectors)[0]
 
     @cached_property
     def texts(self) -> list[str]:
@@ -549,9 +668,7 @@ class Dataset:
         if self.parent is not None:
             parent_texts = self.parent.texts
             return [parent_texts[i] for i in self.vectors.rows.tolist()]
-        path = self.path / "texts.jsonl"
-        if not path.is_file():
-            return [""] * self.n_chunks
+        path = self.path / "texts.jsonl"  # read_json_strings refuses a missing file, naming it
         return schemas.check_texts(path, schemas.read_json_strings(path, "chunk texts"), self.n_chunks)
 
     @cached_property
@@ -605,7 +722,7 @@ class Dataset:
         else:
             actual = sha256_files([self.path / f for f in _HASHED_FILES])
         if actual != self.content_hash:
-            raise LvmError(f"{self.path}: content hash mismatch (files changed since the build); rebuild it")
+            raise DatasetChanged(f"{self.path}: content hash mismatch (files changed since the build); rebuild it")
 
 
 def open_dataset(path: str | Path) -> Dataset:
