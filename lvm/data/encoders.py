@@ -216,7 +216,7 @@ def _onnx_export_problem(folder: Path, revision: str) -> str | None:
     try:
         record = json.loads(record_path.read_text())
         expected = (record["recipe"], record["source_revision"], int(record["bytes"]), str(record["sha256"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         return f"unreadable {_ONNX_RECORD} ({type(exc).__name__})"
     if expected[:2] != (ONNX_EXPORT_RECIPE, revision):
         return "it records another recipe or source model"
@@ -305,13 +305,14 @@ def _export_onnx(st_model, transformer, dest: Path, revision: str) -> None:
         os.fsync(record_fh.fileno())
 
 
-def ensure_onnx_export(st_model, transformer, revision: str) -> Path:
+def ensure_onnx_export(st_model, transformer, revision: str, damaged: str | None = None) -> Path:
     """The cached ONNX export of this model (exported now if missing or damaged): its folder.
 
     The export is written into ``.<key>.tmp-<pid>`` beside its final folder and renamed into place
     only when complete (model, fsync, then the record): a killed export leaves a temporary folder
     that the next export removes, never a folder that loads. A damaged final folder (a file
-    altered or truncated afterwards) fails the SHA-256 check, is removed and exported again.
+    altered or truncated afterwards) fails the SHA-256 check, is removed and exported again; so is
+    one that matches its record but does not load (``damaged``: why, from ``_onnx_module``).
     """
     from lvm.io import clear_stale_temps
 
@@ -319,7 +320,7 @@ def ensure_onnx_export(st_model, transformer, revision: str) -> Path:
     final = root / f"{revision[:16]}-{hashlib.sha256(ONNX_EXPORT_RECIPE.encode()).hexdigest()[:8]}"
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if final.is_dir():
-        problem = _onnx_export_problem(final, revision)
+        problem = damaged or _onnx_export_problem(final, revision)
         if problem is None:
             return final
         print(f"lvm: the ONNX export cache {final} is damaged ({problem}); exporting again", file=sys.stderr)
@@ -372,13 +373,24 @@ def _onnx_module(revision: str, st_model, transformer):
             "the onnx encoder backend needs onnxruntime and onnx, which are not installed: run `make setup` "
             "(or `pip install onnxruntime onnx`), or use --encoder-backend torch"
         ) from None
-    folder = ensure_onnx_export(st_model, transformer, revision)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(folder / _ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
+    damaged = None
+    for attempt in range(2):  # an export that matches its record but does not load: exported again, once
+        folder = ensure_onnx_export(st_model, transformer, revision, damaged)
+        try:
+            session = ort.InferenceSession(str(folder / _ONNX_FILE), options, providers=["CPUExecutionProvider"])
+            inputs = [i.name for i in session.get_inputs()]
+            break
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ... (its own classes)
+            damaged = f"{_ONNX_FILE} does not load: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+            if attempt:
+                raise LvmError(
+                    f"the ONNX export in {folder} does not load even when exported again ({damaged}); "
+                    "use --encoder-backend torch"
+                ) from None
 
     class OrtModel(torch.nn.Module):
         """Stands in for the Hugging Face model inside sentence-transformers' Transformer module:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +74,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
             return {n[:-4]: _read_member(zf, n) for n in zf.namelist() if n.endswith(".npy")}
-    except (
-        zipfile.BadZipFile,
-        ValueError,
-        EOFError,
-        pickle.UnpicklingError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        OverflowError,
-        RecursionError,
-        NotImplementedError,
-        zlib.error,
-    ) as exc:
+    except LvmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the class of "this member cannot be parsed", never a pickle run:
+        # zip and zlib errors, .npy headers (ValueError, SyntaxError, tokenize.TokenError, MemoryError for a
+        # shape too large, RecursionError for one nested too deep), truncated data (EOFError), the data-only
+        # unpickler's errors
         why = (str(exc).splitlines() or [""])[0][:160]
         raise LvmError(f"{path}: not a readable .npz ({type(exc).__name__}: {why})") from None
 
