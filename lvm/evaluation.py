@@ -6,6 +6,7 @@ Predictions are computed in batches from the memory-mapped bank; nothing builds 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -94,19 +95,63 @@ REFERENCE_PROBE = (32, 384, 384)  # (m, k, n) float32 matmul timed beside every 
 
 
 def reference_probe(seed: int = 0):
-    """A fixed float32 matmul (about 0.1 ms on one core of the CI machine): the latency gate's unit."""
+    """A fixed float32 matmul (about 0.05-0.1 ms on one core): the latency gate's unit of speed."""
     g = torch.Generator().manual_seed(seed)
     m, k, n = REFERENCE_PROBE
     a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
     return lambda: torch.mm(a, b)
 
 
-def _timed(fn, *args) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call: CPU time does not count time the process
-    waited for a core, so a busy neighbour inflates wall time but hardly CPU time."""
-    c0, t0 = time.process_time(), time.perf_counter()
+def _involuntary_switches() -> Callable[[], int]:
+    """The calling thread's count of involuntary context switches (the scheduler took its core for
+    another runnable task), where the OS reports it per thread (Linux); else a constant 0."""
+    try:
+        import resource
+
+        who = resource.RUSAGE_THREAD  # type: ignore[attr-defined]  # Linux only
+        resource.getrusage(who)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return lambda: 0
+    return lambda: resource.getrusage(who).ru_nivcsw
+
+
+def _runnable_tasks() -> int | None:
+    """Tasks runnable on the machine now, this one included (``/proc/loadavg``); None elsewhere."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            return int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timed(fn, switches: Callable[[], int], *args) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the calling thread, involuntary context switches) of one call.
+
+    ``time.thread_time`` counts only this thread: not the spinning of worker threads (OpenMP, ONNX
+    Runtime, FAISS pools left from other work), which ``time.process_time`` bills to every call, and
+    not the time the thread waited for a core. A sleep costs wall time and no CPU time."""
+    s0 = switches()
+    c0, t0 = time.thread_time(), time.perf_counter()
     fn(*args)
-    return time.perf_counter() - t0, time.process_time() - c0
+    t1, c1 = time.perf_counter(), time.thread_time()
+    return t1 - t0, c1 - c0, switches() - s0
+
+
+@torch.no_grad()
+def batch1_cost(model: nn.Module, view: SequenceView) -> dict:
+    """``models.inference.call_cost`` of one eager batch-1 call at the full context (``view.ctx``
+    real chunks, mask all True): ``cost_flops``, ``cost_weight_bytes``, ``cost_params``, the same
+    integers on every CPU. When counting fails: ``{"cost_error": "..."}`` (the gate goes on)."""
+    from lvm.models.inference import call_cost
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(1, view.ctx, view.dataset.dim, generator=g), dim=-1)
+    mask = torch.ones(1, view.ctx, dtype=torch.bool)
+    try:
+        return call_cost(model, x, mask)
+    except Exception as exc:  # noqa: BLE001 - a model the counter cannot follow still gets timed
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return {"cost_error": f"{type(exc).__name__}: {msg}"}
 
 
 @torch.no_grad()
@@ -119,15 +164,22 @@ def batch1_latency(
     seed: int = 0,
     fast: bool = True,
     n_check: int = 256,
+    rounds: int = 6,
 ) -> dict[str, np.ndarray]:
-    """Batch-1 forward passes on real sequences after ``warmup`` calls, with ``threads``; each call
-    is followed by one reference probe in the same process. Returns per-call seconds:
-    ``wall``, ``cpu`` (the model) and ``ref_wall``, ``ref_cpu`` (the probe).
+    """Batch-1 forward passes on real sequences, each beside one reference probe in the same thread,
+    with ``threads`` torch threads: ``warmup`` pairs, then ``rounds`` rounds of the ``n_calls`` pairs
+    (split evenly). The order alternates within a pair (model then probe, probe then model), so
+    neither always runs on the other's caches. Returns per-call arrays: ``wall``, ``cpu`` (calling
+    thread), ``switched`` (involuntary context switches) of the model, the same as ``ref_wall``,
+    ``ref_cpu``, ``ref_switched`` for the probe, ``round`` (the round of each pair) and
+    ``probe_first`` (the probe ran first in that pair);
+    ``metrics.latency_rounds`` judges them. ``Timings.load`` holds the tasks runnable on the machine
+    (sampled every 16 pairs; None where ``/proc/loadavg`` is missing) and the machine's core count.
 
-    With ``fast`` the calls go through ``lvm.models.inference.fast_inference``: the fastest path
-    (ONNX Runtime, TorchScript, int8 weights) whose outputs equal the eager model's (cos ≥ 0.9999)
-    on ``n_check`` sequences of the view (half of them re-padded), else the eager model. The
-    returned ``Timings`` carries ``inference``: the path taken, its min cos and the eager figures."""
+    With ``fast`` the calls go through ``lvm.models.inference.fast_inference``: the first fp32 path
+    of a fixed order (ONNX Runtime, TorchScript, eager) whose outputs equal the eager model's
+    (cos ≥ 0.9999) on ``n_check`` sequences of the view (half of them re-padded). The returned
+    ``Timings`` carries ``inference``: the path taken, the rule, its min cos and the eager figures."""
     from lvm.models.inference import Timings, check_contexts, fast_inference
 
     model.eval()
@@ -145,14 +197,29 @@ def batch1_latency(
             chosen = fast_inference(model, *check_contexts(cx, cm, seed=seed), threads=threads)
             fn, info = chosen.fn, chosen.info()
         probe = reference_probe(seed)
-        out = Timings({k: np.empty(n_calls) for k in ("wall", "cpu", "ref_wall", "ref_cpu")})
+        switches = _involuntary_switches()
+        keys = ("wall", "cpu", "switched", "ref_wall", "ref_cpu", "ref_switched")
+        out = Timings({k: np.empty(n_calls) for k in keys})
+        out["probe_first"] = np.arange(warmup, warmup + n_calls) % 2 == 1
+        out["round"] = np.concatenate(
+            [np.full(len(part), r) for r, part in enumerate(np.array_split(np.arange(n_calls), max(rounds, 1)))]
+        ).astype(np.int64)
         out.inference = info
+        runnable: list[int | None] = []
         for i in range(n_calls + warmup):
-            wall, cpu = _timed(fn, xt[i : i + 1], mt[i : i + 1])
-            ref_wall, ref_cpu = _timed(probe)
+            if i >= warmup and (i - warmup) % 16 == 0:
+                runnable.append(_runnable_tasks())
+            if i % 2 == 0:
+                model_t = _timed(fn, switches, xt[i : i + 1], mt[i : i + 1])
+                probe_t = _timed(probe, switches)
+            else:
+                probe_t = _timed(probe, switches)
+                model_t = _timed(fn, switches, xt[i : i + 1], mt[i : i + 1])
             if i >= warmup:
-                j = i - warmup
-                out["wall"][j], out["cpu"][j], out["ref_wall"][j], out["ref_cpu"][j] = wall, cpu, ref_wall, ref_cpu
+                for k, v in zip(keys, (*model_t, *probe_t), strict=True):
+                    out[k][i - warmup] = v
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        out.load = {"runnable": [r for r in runnable if r is not None] or None, "cores": cores}
         return out
     finally:
         torch.set_num_threads(previous)

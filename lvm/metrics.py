@@ -380,14 +380,14 @@ def contrastive_accuracy(
 
 
 def latency_ratio(timings: dict) -> dict:
-    """The latency verdict's figures from per-call timings (``evaluation.batch1_latency``).
+    """The latency verdict's figures from per-call timings (one round of ``evaluation.batch1_latency``).
 
     robust_ms = max(P95 of the model's CPU time, P50 of its wall time): CPU time ignores time spent
     waiting for a core (a busy neighbour), the median wall time still counts a model that sleeps or
     waits. ref_ms = P50 of the reference probe's CPU time, timed beside each call in the same
-    process. ratio = robust_ms / ref_ms: the model's cost in units of this machine's speed.
+    thread. ratio = robust_ms / ref_ms: the model's cost in units of this machine's speed.
     """
-    ms = {k: np.asarray(v, dtype=np.float64) * 1e3 for k, v in timings.items()}
+    ms = {k: np.asarray(timings[k], dtype=np.float64) * 1e3 for k in ("cpu", "wall", "ref_cpu", "ref_wall")}
     robust = max(float(np.percentile(ms["cpu"], 95)), float(np.percentile(ms["wall"], 50)))
     ref = float(np.percentile(ms["ref_cpu"], 50))
     return {
@@ -397,6 +397,102 @@ def latency_ratio(timings: dict) -> dict:
         "reference_wall_ms": float(np.percentile(ms["ref_wall"], 50)),
         "ratio": robust / ref if ref > 0 else float("nan"),
     }
+
+
+MAX_DISTURBANCE = 99.0  # a round without an undisturbed probe: its disturbance (JSON has no inf)
+MIN_CLEAN_CALLS = 5  # fewer undisturbed calls of a kind in the chosen round: its figures use every call of it
+
+
+def latency_rounds(timings: dict, load: dict | None = None) -> dict:
+    """The latency verdict from ``evaluation.batch1_latency``'s rounds: the least-disturbed round, its
+    figures and how disturbed it was.
+
+    Inputs (per call, seconds): ``wall``, ``cpu`` (calling thread) and ``switched`` (involuntary
+    context switches) of the model and, prefixed ``ref_``, of the reference probe beside it;
+    ``round``; ``probe_first`` (the probe ran before the model in that pair). Missing keys (a plain
+    dict of the four timings) mean one round, one order, no switches.
+
+    A call is disturbed when the scheduler took its core during it (``switched`` > 0) or, for the
+    probe (which never waits by itself), when its wall time exceeds its CPU time by more than the
+    fastest probe (P10 of all probe walls: it waited for a core at least as long as it ran). A
+    model's own waits (a sleep, I/O) are voluntary: they are not disturbance and stay in its wall
+    time. The probe is timed in two positions (after the model, after a probe), whose speeds differ
+    by the caches (0.077 vs 0.054 ms on an idle Sapphire Rapids core), so each position is compared
+    with itself: floor_o = P10 of its undisturbed wall times over the run (the fastest reference
+    seen, ``reference_fastest_ms`` = the lower floor). Per round r:
+
+        slowdown_r    = max over positions o of P50(undisturbed probe wall in r, o) / floor_o − 1
+                        (a neighbour on the caches, the memory bus, a sibling hyperthread, a clock)
+        preempted_r   = share of the round's model and probe calls that were disturbed
+        disturbance_r = max(slowdown_r, preempted_r)
+
+    The chosen round has the least disturbance (the earliest on a tie); ``load_disturbance`` is its
+    disturbance, which the profile caps ("too busy to time"). Its figures use its undisturbed calls
+    (every call of a kind when fewer than ``MIN_CLEAN_CALLS``): ``latency_percentiles`` of the model's
+    wall times, ``p95_cpu_ms`` and ``robust_ms`` as in ``latency_ratio``, ``reference_ms`` = the mean
+    over positions of the probe's P50 CPU time (``reference_wall_ms`` the same of wall time), and
+    ratio = robust_ms / reference_ms. ``load`` (``Timings.load``) adds ``runnable_per_core``: the
+    other runnable tasks on the machine per core (median of the samples).
+    """
+    ms = {k: np.asarray(timings[k], dtype=np.float64) * 1e3 for k in ("cpu", "wall", "ref_cpu", "ref_wall")}
+    n = len(ms["wall"])
+    rounds = np.asarray(timings.get("round", np.zeros(n)), dtype=np.int64)
+    switched = np.asarray(timings.get("switched", np.zeros(n))) > 0
+    first = np.asarray(timings.get("probe_first", np.zeros(n)), dtype=bool)
+    positions = [o for o in (~first, first) if o.any()]
+    fastest = float(np.percentile(ms["ref_wall"], 10))
+    probe_bad = (np.asarray(timings.get("ref_switched", np.zeros(n))) > 0) | (ms["ref_wall"] - ms["ref_cpu"] > fastest)
+    probe_ok = ~probe_bad
+    floors = [
+        float(np.percentile(ms["ref_wall"][o & probe_ok], 10)) if (o & probe_ok).any() else fastest for o in positions
+    ]
+    ids = np.unique(rounds)
+    by_round = [rounds == r for r in ids]
+    slowdown, preempted = [], []
+    for sel in by_round:
+        slow = 0.0
+        for o, floor in zip(positions, floors, strict=True):
+            clean = sel & o & probe_ok
+            if not clean.any() or floor <= 0:
+                slow = MAX_DISTURBANCE
+                break
+            slow = max(slow, float(np.percentile(ms["ref_wall"][clean], 50)) / floor - 1.0)
+        slowdown.append(min(slow, MAX_DISTURBANCE))
+        preempted.append(float((switched[sel].sum() + probe_bad[sel].sum()) / (2 * sel.sum())))
+    disturbance = [max(s, p) for s, p in zip(slowdown, preempted, strict=True)]
+    best = int(np.argmin(disturbance))
+    sel = by_round[best]
+    model_sel = sel & ~switched if (sel & ~switched).sum() >= MIN_CLEAN_CALLS else sel
+    figures = latency_ratio({k: ms[k][model_sel] / 1e3 for k in ("cpu", "wall", "ref_cpu", "ref_wall")})
+    ref_cpu, ref_wall = [], []
+    for o in positions:
+        clean = sel & o & probe_ok if (sel & o & probe_ok).sum() >= MIN_CLEAN_CALLS else sel & o
+        if clean.any():
+            ref_cpu.append(float(np.percentile(ms["ref_cpu"][clean], 50)))
+            ref_wall.append(float(np.percentile(ms["ref_wall"][clean], 50)))
+    ref = float(np.mean(ref_cpu))
+    figures.update(
+        reference_ms=ref,
+        reference_wall_ms=float(np.mean(ref_wall)),
+        ratio=figures["robust_ms"] / ref if ref > 0 else float("nan"),
+    )
+    out = {
+        **latency_percentiles(ms["wall"][model_sel] / 1e3),
+        **figures,
+        "load_disturbance": disturbance[best],
+        "probe_slowdown": slowdown[best],
+        "preempted_share": preempted[best],
+        "reference_fastest_ms": min(floors),
+        "rounds": len(ids),
+        "chosen_round": int(ids[best]),
+        "round_disturbance": [round(d, 4) for d in disturbance],
+        "n_calls_total": n,
+    }
+    load = load or {}
+    if load.get("runnable"):
+        others = max(float(np.median(load["runnable"])) - 1.0, 0.0)  # the tasks besides this one
+        out["runnable_per_core"] = others / max(int(load.get("cores", 1)), 1)
+    return out
 
 
 def latency_percentiles(seconds: np.ndarray) -> dict:

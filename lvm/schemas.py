@@ -259,22 +259,38 @@ def check_weights(path: Path, state: dict) -> None:
 
 
 class ResultRow(_Open):
+    """One gate result, the one row type of the plugin, the results file, ``lvm compare`` and
+    ``lvm leaderboard``: what the gate found (``lvm.gates.GateResult``'s fields), where it ran
+    (checkpoint name, dataset, split, pytest node id, paths) and how it compares (comparability key,
+    vector sketch, per-sequence scores). Made by ``lvm.report.recorder.Recorder``.
+
+    ``model_card``, ``training_history`` and ``per_sequence_file`` live only in a run: when the file is
+    written the first two move into its ``models`` table and the third is read into ``per_sequence``.
+    Every field but gate and status is optional, so every v1 and v2 file still loads."""
+
     gate: Annotated[str, Field(min_length=1, max_length=200)]
     status: Status
     metrics: dict = Field(default_factory=dict)
     thresholds: list = Field(default_factory=list)
     message: str = ""
     dataset: str | None = None
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # the checkpoint's name (``lvm.report.recorder``: its card's name, or NAME=)
     split: str | None = None
     seconds: float = 0.0
+    spec_version: int | None = None
+    dataset_hash: str | None = None  # provenance (every byte of the data), not part of the comparability key
+    vector_sketch: list[float] | None = None
     comparability: dict | None = None
     comparability_key: str | None = None
+    profile: str | None = None
+    nodeid: str | None = None
+    checkpoint_path: str | None = None  # relative to the results file (v2)
+    dataset_path: str | None = None
     per_sequence: list[float | None] | None = None
     per_sequence_article: list[int] | None = None
-    vector_sketch: list[float] | None = None
-    checkpoint_path: str | None = None
-    dataset_path: str | None = None
+    model_card: dict | None = None  # in a run only (the file's ``models`` table)
+    training_history: dict | None = None  # in a run only (the file's ``models`` table)
+    per_sequence_file: str | None = None  # in a run only: where the per-sequence scores wait
 
     @field_validator("thresholds")
     @classmethod

@@ -1,4 +1,4 @@
-"""Batch-1 inference benchmarks: eager vs the latency gate's fast path (lvm.models.inference).
+"""Batch-1 inference benchmarks: eager vs the latency gate's inference path (lvm.models.inference).
 
 Not part of `make test` (the file name does not match test_*.py). Run:
 
@@ -7,9 +7,12 @@ Not part of `make test` (the file name does not match test_*.py). Run:
 Each case: one architecture at 768-D, ctx 5, batch 1, 1 or 2 threads, 1,000 timed calls after 100
 warm-up calls, on unit contexts whose masks cycle through every padding length; each call is
 followed by the latency gate's reference probe (as in ``evaluation.batch1_latency``) unless
-LVM_BENCH_NO_PROBE=1. ``extra_info`` holds P50/P95/P99 (ms), the path timed and, for the fast
-path, its min cos against eager fp32 on 256 check contexts. Issue 15's budget: AMN fast-path P95
-≤ 0.35 ms on one thread. Figures are recorded, not asserted: a benchmark measures.
+LVM_BENCH_NO_PROBE=1. ``extra_info`` holds P50/P95/P99 (ms), the path timed (for "fast": the first
+fp32 path of the fixed order onnxruntime > torchscript > eager that equals eager, as the gate takes
+it; never int8), its min cos against eager fp32 on 256 check contexts, and the machine-independent
+cost of one call (``cost_flops``, ``cost_weight_bytes``, ``cost_params``: the same on any CPU).
+Issue 15's budget: AMN fast-path P95 ≤ 0.35 ms on one thread. Figures are recorded, not asserted:
+a benchmark measures.
 """
 
 from __future__ import annotations
@@ -53,14 +56,18 @@ def test_bench_inference_batch1_768(benchmark, arch, threads, path):
     """Batch-1 latency at 768-D through eager or the fast path: P50/P95/P99 in extra_info."""
     from lvm.evaluation import reference_probe
     from lvm.metrics import latency_percentiles
-    from lvm.models.inference import check_contexts, fast_inference
+    from lvm.models.inference import call_cost, check_contexts, fast_inference
 
     model = _model(arch)
     info = {"path": "eager", "min_cos": 1.0}
     fn = model
     if path == "fast":
         chosen = fast_inference(model, *check_contexts(*_contexts(256, seed=1)), threads=threads)
-        fn, info = chosen.fn, {"path": chosen.path, "min_cos": chosen.min_cos, "reason": chosen.reason}
+        fn, info = (
+            chosen.fn,
+            {"path": chosen.path, "min_cos": chosen.min_cos, "reason": chosen.reason, "rule": chosen.rule},
+        )
+    info.update(call_cost(model, *(t[:1] for t in _contexts(CTX, seed=3))))
     x, mask = _contexts(256, seed=2)
     probe = (lambda: None) if os.environ.get("LVM_BENCH_NO_PROBE") == "1" else reference_probe()
     calls = iter(range(1 << 30))

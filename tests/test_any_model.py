@@ -54,14 +54,15 @@ ONLY = {"output_sanity": ("nonfinite", "max_norm_error")}  # max_repeat_diff nee
 TIMINGS = ("search_ms_per_query",)  # wall-clock, not a property of the model
 TOL = 1e-4
 
-# labels in the results (the stoplight table's checkpoint column)
+# names in the results (the stoplight table's checkpoint column): a checkpoint is named by its model card
+# (the factory's card and its export and predictions share it, so run A names those with NAME=PATH)
 AMIX_WAYS = {
-    "python": "user_models:attention_mixture",
-    "export": "export/amix",
+    "python": "attention_mixture",
+    "export": "amix_export",
     "predictions": "amix_pred",
-    "imported": "imported",
+    "imported": "seed_run",  # lvm import-checkpoint names the card after the seeds' run folder
 }
-FLAT_WAYS = {"python": "user_models:flat_mlp", "export": "export/flat", "predictions": "flat_pred"}
+FLAT_WAYS = {"python": "flat_mlp", "export": "flat_export", "predictions": "flat_pred"}
 
 BAD_MODELS = """
 import torch
@@ -240,11 +241,11 @@ def world(default_dataset, tmp_path_factory) -> dict:
         f"--dataset={default_dataset}",
         f"--checkpoint={AMIX_PY}",
         f"--model-card={amix_card_file}",
-        f"--checkpoint={tmp / 'export' / 'amix.pt2'}",
+        f"--checkpoint=amix_export={tmp / 'export' / 'amix.pt2'}",
         f"--checkpoint={tmp / 'imported'}",
-        f"--predictions={tmp / 'amix_pred'}",
-        f"--checkpoint={tmp / 'export' / 'flat.pt2'}",
-        f"--predictions={tmp / 'flat_pred'}",
+        f"--predictions=amix_pred={tmp / 'amix_pred'}",
+        f"--checkpoint=flat_export={tmp / 'export' / 'flat.pt2'}",
+        f"--predictions=flat_pred={tmp / 'flat_pred'}",
     )
     outside = tmp / "elsewhere"
     outside.mkdir()
@@ -549,21 +550,21 @@ def test_a_malicious_pickle_is_refused_and_never_runs(world, tmp_path):
 def test_broken_output_is_red_at_output_sanity_not_a_crash(world):
     by_key = rows(world["c"][1])
     n_val = len(world["ds"].sequences("val", 5, 1))
-    for name in ("unnormalised", "nan_output"):
-        assert by_key[(f"bad_models:{name}", "checkpoint_integrity", None)]["status"] == "GREEN"
-    scaled = by_key[("bad_models:unnormalised", "output_sanity", "val")]
+    for name in ("unnormalised", "nan_output"):  # named by the cards their factories return
+        assert by_key[(name, "checkpoint_integrity", None)]["status"] == "GREEN"
+    scaled = by_key[("unnormalised", "output_sanity", "val")]
     assert (
         scaled["status"] == "RED"
         and abs(scaled["metrics"]["max_norm_error"] - 2.0) < 1e-4
         and scaled["metrics"]["nonfinite"] == 0
     )
-    nan = by_key[("bad_models:nan_output", "output_sanity", "val")]
+    nan = by_key[("nan_output", "output_sanity", "val")]
     assert nan["status"] == "RED" and nan["metrics"]["nonfinite"] == n_val and "nonfinite" in nan["message"]
 
 
 def test_the_suite_runs_from_outside_the_repository(world):
     proc, doc = world["b"]
-    assert "user_models:flat_mlp" in proc.stdout
+    assert "flat_mlp" in proc.stdout
     ids = {r["nodeid"] for r in doc["results"] if r.get("nodeid")}
     assert ids and not any(i.startswith("gates/") for i in ids), sorted(ids)[:3]
     assert {r["gate"] for r in doc["results"]} >= {g for g, _ in COMMON}

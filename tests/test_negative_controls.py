@@ -551,18 +551,31 @@ def test_retrieval_random_model(amn_val, random_val, bank_index, baselines_val, 
     )  # measured 0.0017, R@5 0.0004; RED below the floor 0.05 and -0.15 vs ridge
 
 
+def _not_red(result):
+    """A healthy model's latency: GREEN, or AMBER only when the machine was too busy to time."""
+    assert result.status == GREEN or (result.status == AMBER and "too busy to time" in result.message), (
+        result.status,
+        result.message,
+        result.metrics,
+    )
+    return result
+
+
 def test_latency_slow_model(amn_val, amn, val_view, profile):
     timings = batch1_latency(amn, val_view, n_calls=200, warmup=20)
-    green(gates.latency(amn_val, profile, timings=timings))  # measured 4.4 probe units (0.44 ms CPU P95)
+    res = _not_red(gates.latency(amn_val, profile, timings=timings))  # measured 3.3-4.7 probe units, idle to 4 busy
+    assert res.status == AMBER or res.metrics["ratio"] < 14.5
     slow = ModelEval(Slow(amn), val_view, "slow")
-    res = red(
-        gates.latency(slow, profile, timings=batch1_latency(slow.model, val_view, n_calls=100, warmup=10)), "ratio"
-    )
+    res = gates.latency(slow, profile, timings=batch1_latency(slow.model, val_view, n_calls=100, warmup=10))
+    if res.status == AMBER:  # too busy to time: never GREEN on noise (issue 19: it read GREEN under load)
+        assert "too busy to time" in res.message, res.message
+        return
+    red(res, "ratio")
     assert res.metrics["p50_ms"] > 3.0 and res.metrics["ratio"] > 14.5  # 3 ms sleep per call: median wall >= 3 ms
 
 
 def test_latency_holds_under_a_busy_neighbour(amn_val, amn, val_view, profile):
-    """Two processes spinning on both cores while the gate measures: a healthy model stays GREEN."""
+    """Two processes spinning on both cores while the gate measures: a healthy model is not RED."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -570,11 +583,11 @@ def test_latency_holds_under_a_busy_neighbour(amn_val, amn, val_view, profile):
     for p in spinners:
         p.start()
     try:
-        res = green(gates.latency(amn_val, profile, timings=batch1_latency(amn, val_view, n_calls=300, warmup=30)))
+        res = _not_red(gates.latency(amn_val, profile, timings=batch1_latency(amn, val_view, n_calls=300, warmup=30)))
     finally:
         for p in spinners:
             p.terminate()
-    assert res.metrics["ratio"] < 14.5
+    assert res.status == AMBER or res.metrics["ratio"] < 14.5
 
 
 def _spin(seconds: float) -> None:

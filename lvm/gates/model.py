@@ -9,7 +9,7 @@ import numpy as np
 
 from lvm import metrics as M
 from lvm.data.datasets import Dataset
-from lvm.evaluation import ABLATIONS, ModelEval, batch1_latency, predict
+from lvm.evaluation import ABLATIONS, ModelEval, batch1_cost, batch1_latency, predict
 from lvm.gates.status import (
     AMBER,
     GREEN,
@@ -19,6 +19,7 @@ from lvm.gates.status import (
     cap_thin,
     gate_params,
     judge,
+    judge_rule,
     skipped,
     worst,
 )
@@ -282,21 +283,60 @@ def retrieval(
     return judge("retrieval", metrics, profile, unmeasured=unmeasured, **ev.where())
 
 
-def latency(ev: ModelEval, profile: Profile, timings: dict | None = None, threads: int = 1) -> GateResult:
-    """Batch-1 latency in units of a reference probe timed in the same process (``metrics.latency_ratio``),
-    so the verdict holds across machines and busy neighbours; absolute wall P50/P95/P99 are reported.
+LOAD_METRICS = ("load_disturbance",)  # the latency rules that judge the machine, not the model
 
-    The calls go through the fastest inference path whose outputs equal the eager model's
-    (``lvm.models.inference``; eager when none passes, or for user code a trace could change);
-    ``inference_path``, ``inference_min_cos`` and the eager P50/P95 are recorded beside the figures."""
+
+def latency(ev: ModelEval, profile: Profile, timings: dict | None = None, threads: int = 1) -> GateResult:
+    """Two figures of one batch-1 call.
+
+    1. Its machine-independent cost (``evaluation.batch1_cost``): ``cost_flops``,
+       ``cost_weight_bytes``, ``cost_params``, identical on every CPU; what ``lvm compare`` compares
+       across machines (``cost_error`` instead when the model cannot be counted).
+    2. Its wall-clock cost on this machine, in units of a reference probe timed beside every call
+       (``evaluation.batch1_latency``: interleaved probe, alternating order, ``rounds`` rounds), from
+       the least-disturbed round (``metrics.latency_rounds``). When even that round is disturbed beyond
+       the profile's ``load_disturbance`` rule, the machine is too busy to time: AMBER with the
+       disturbance figures, and the ratio is not judged (neither GREEN nor RED on noise).
+
+    The calls go through one inference path chosen by a fixed rule (``lvm.models.inference``):
+    ``inference_path``, ``inference_rule``, ``inference_min_cos`` and the eager P50/P95 are recorded.
+    Timings are judged here only; they are not compared across machines."""
     if not ev.callable:
         return skipped("latency", NOT_CALLABLE, **ev.where())
     params = gate_params(profile, "latency")
     if timings is None:
-        timings = batch1_latency(ev.model, ev.view, params["calls"], params["warmup"], threads)
-    metrics = {**M.latency_percentiles(timings["wall"]), **M.latency_ratio(timings), "threads": threads}
+        timings = batch1_latency(ev.model, ev.view, params["calls"], params["warmup"], threads, rounds=params["rounds"])
+    metrics = {**M.latency_rounds(timings, getattr(timings, "load", None)), "threads": threads}
+    metrics["cpu_clock"] = "thread_time"
     metrics.update(_inference_metrics(timings))
-    return judge("latency", metrics, profile, **ev.where())
+    metrics.update(batch1_cost(ev.model, ev.view))
+    busy = _too_busy(metrics, profile)
+    unmeasured = {
+        r["metric"]: busy for r in profile.gate("latency").get("rules", []) if r["metric"] not in LOAD_METRICS
+    }
+    result = judge("latency", metrics, profile, unmeasured=unmeasured if busy else None, **ev.where())
+    if busy:  # the machine, not the model: no "likely cause" about the model
+        result.message = f"latency {result.status}: {busy}; ratio {metrics['ratio']:.3g} from that round, not judged"
+    if "cost_error" in metrics:
+        annotate(result, f"(cost not counted: {metrics['cost_error']})")
+    return result
+
+
+def _too_busy(metrics: dict, profile: Profile) -> str | None:
+    """Why the machine was too busy to time (a load rule of the profile is not GREEN), else None."""
+    rules = [r for r in profile.gate("latency").get("rules", []) if r["metric"] in LOAD_METRICS]
+    failed = [r for r in rules if judge_rule(metrics[r["metric"]], r) != GREEN]
+    if not failed:
+        return None
+    bounds = ", ".join(f"{r['metric']} {metrics[r['metric']]:.2f} > {r.get('max_green')}" for r in failed)
+    runnable = metrics.get("runnable_per_core")
+    return (
+        f"too busy to time: {bounds} (the least disturbed of {metrics['rounds']} rounds: reference probe "
+        f"{100 * metrics['probe_slowdown']:.0f} % above the fastest seen, {100 * metrics['preempted_share']:.0f} % "
+        "of calls preempted"
+        + (f"; {runnable:.1f} other runnable tasks per core" if runnable is not None else "")
+        + f"; disturbance by round: {', '.join(f'{d:.2f}' for d in metrics['round_disturbance'])})"
+    )
 
 
 def _inference_metrics(timings: dict) -> dict:
@@ -305,9 +345,10 @@ def _inference_metrics(timings: dict) -> dict:
         return {"inference_path": "not recorded"}  # timings from elsewhere (a plain dict)
     info = timings.inference
     if info is None:  # batch1_latency(fast=False)
-        return {"inference_path": "eager", "inference_min_cos": 1.0}
+        return {"inference_path": "eager", "inference_rule": "eager requested (fast=False)", "inference_min_cos": 1.0}
     return {
         "inference_path": info["path"],
+        "inference_rule": info["rule"],
         "inference_min_cos": info["min_cos"],
         "inference_reason": info["reason"],
         "eager_p50_ms": info["eager_p50_ms"],

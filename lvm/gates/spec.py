@@ -52,7 +52,14 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("no_collapse", MODEL, "margin", params={"sample": 4096}),
     GateSpec("context_ablations", MODEL, "delta_cross_article", calls_model=True, params={"sample": 10000}),
     GateSpec("retrieval", MODEL, "contain_at_50", params={"sample": 2000, "k": 50}),
-    GateSpec("latency", MODEL, "ratio", calls_model=True, hardware_bound=True, params={"calls": 500, "warmup": 50}),
+    GateSpec(
+        "latency",
+        MODEL,
+        "ratio",
+        calls_model=True,
+        hardware_bound=True,
+        params={"calls": 500, "warmup": 50, "rounds": 6},
+    ),
     GateSpec("training_health", MODEL, "loss_balance_max"),
     GateSpec("regression", MODEL, None),
 )

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from lvm import gates
-from lvm.pytest_plugin import _label
 
 
 def test_checkpoint_integrity(lvm_model, gate_status):
@@ -70,13 +69,13 @@ def test_latency(val_eval, gate_profile, gate_status, request):
     gate_status(gates.latency(val_eval, gate_profile, threads=request.config.getoption("--latency-threads")))
 
 
-def test_training_health(lvm_model, checkpoint_path, gate_profile, gate_status):
+def test_training_health(lvm_model, checkpoint_name, gate_profile, gate_status):
     loaded, _ = lvm_model
     card = loaded.card if loaded else None
     hist_path = Path(card.history_path) if card and card.history_path else None
     history = json.loads(hist_path.read_text()) if hist_path and hist_path.is_file() else None
     gate_status(
         gates.training_health(
-            history, gate_profile, epoch=card.epoch if card else None, checkpoint=_label(checkpoint_path), dataset=None
+            history, gate_profile, epoch=card.epoch if card else None, checkpoint=checkpoint_name, dataset=None
         )
     )

@@ -1,26 +1,32 @@
-"""Batch-1 inference paths for the latency gate: the fastest callable whose outputs equal eager fp32.
+"""Batch-1 inference paths for the latency gate, and the machine-independent cost of one call.
 
-``fast_inference(model, x, mask)`` builds candidate paths for one loaded model, checks each
-against the model's own eager fp32 outputs on every check context (batch 1, padded masks
-included), times the ones that pass, and returns the fastest with what it chose and why
-(int8 paths must pass with a margin, ``LOSSY_MARGIN``):
+``fast_inference(model, x, mask)`` chooses the path the latency gate times, once per model, by a
+fixed rule (``INFERENCE_RULE``): the first of ``PREFERENCE`` (onnxruntime, torchscript, eager) that
+builds and whose outputs equal the model's own eager fp32 outputs (cos >= ``min_cos``, 0.9999) on
+every check context (batch 1, padded masks included). The rule depends neither on which path
+happened to be faster on this machine nor on CPU-specific rounding: every candidate is fp32 (its
+agreement with eager is ~1e-7 on any CPU), so the same model takes the same path everywhere (given
+the same packages). There is no int8 candidate: int8 agreement varies by CPU (an int8 AMN read cos
+0.99998 on the Sapphire Rapids that chose it and 0.9994-0.99965 on an AMD EPYC, below its bar), so
+two machines timed two different paths and compared their numbers.
 
 - ``onnxruntime``: the model traced and exported to ONNX, run by ONNX Runtime (one intra-op
-  thread per gate thread, graph optimisations on); ``onnxruntime-int8``: the same graph with
-  int8 per-channel dynamic-quantised weights. Needs the ``onnxruntime`` and ``onnx`` packages
-  (imported lazily; without them these candidates are skipped).
-- ``torchscript``: ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference``;
-  ``torchscript-int8``: the Linear layers dynamic-quantised to int8 first.
-- ``eager``: the model as called by the quality gates; the fallback whenever nothing else
-  builds, passes or is faster.
+  thread per gate thread, graph optimisations on). Needs the ``onnxruntime`` and ``onnx`` packages
+  (imported lazily; without them the candidate is skipped, and the path recorded says so).
+- ``torchscript``: ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference``.
+- ``eager``: the model as called by the quality gates; the fallback when nothing else builds or
+  passes, and the only path for user code (below).
 
 AMN is traced in an algebraically fused form (``FusedAMN``): the attention scores are
 ``LN(x_t)·(W_kᵀ q) + (b_k + p_t)·q``, so the keys (T x d) never materialise and the key projection
 is one matrix-vector product.
 
 Only the latency measurement uses these paths; predictions for every quality gate come from the
-eager model. A path is used only when its minimum cosine to the eager outputs is at least
-``min_cos`` (0.9999) on every check context.
+eager model.
+
+``call_cost(model, x, mask)``: FLOPs (``torch.utils.flop_counter.FlopCounterMode``), bytes of the
+weights read and parameter count of one eager call: integers that are the same on every CPU and
+thread count, which is what a comparison across machines can compare.
 
 What a trace may not drop. A trace records tensor operations and nothing else: a model that
 sleeps, waits on I/O or does work in Python would be "optimised" into a model that does not.
@@ -37,32 +43,31 @@ other read as waits too (2 threads on a busy 2-core runner: 24 ms of a 47 ms med
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import math
 import operator
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 DEFAULT_MIN_COS = 0.9999  # issue 15: fast-path outputs equal eager fp32 within this cosine
-CANDIDATES = ("onnxruntime-int8", "onnxruntime", "torchscript-int8", "torchscript")
-LOSSY = ("onnxruntime-int8", "torchscript-int8")  # candidates whose outputs are not fp32's up to rounding
-# A lossy path's error varies by input, so passing on the check contexts must leave room for others:
-# it must reach 1 − LOSSY_MARGIN·(1 − min_cos) there (0.99995 for 0.9999). An int8 AMN passed at
-# 0.999907 on 32 contexts and read 0.999895 on 20 others.
-LOSSY_MARGIN = 0.5
+CANDIDATES = ("onnxruntime", "torchscript")  # compiled fp32 paths, in the order of preference
+PREFERENCE = (*CANDIDATES, "eager")
+INFERENCE_RULE = (
+    "first of onnxruntime > torchscript > eager (fp32 only) that builds and reaches cos >= {min_cos:g} "
+    "to eager fp32 on every check context; user code: eager"
+)
 WAIT_MS = 0.5  # eager wall − CPU above this on 90 % of the check calls: the model waits
 CHECK_WARMUP = 8  # eager check calls not counted in the eager timings
 
@@ -74,8 +79,9 @@ class InferencePath:
     fn: Callable[[Tensor, Tensor], Tensor]  # (1, T, D), (1, T) -> (1, D)
     path: str  # "eager" or one of CANDIDATES
     min_cos: float  # min over check contexts of cos(path output, eager output); 1.0 for eager
-    reason: str  # why this path, and why each other candidate was not taken
-    candidates: dict = field(default_factory=dict)  # name -> {"min_cos", "p50_ms"} or {"error"}
+    reason: str  # why this path, and why each earlier candidate was not taken
+    candidates: dict = field(default_factory=dict)  # name -> {"min_cos"} or {"error"}, in the order tried
+    rule: str = INFERENCE_RULE.format(min_cos=DEFAULT_MIN_COS)  # how the path was chosen
     eager_p50_ms: float = float("nan")  # eager batch-1 wall time over the check calls
     eager_p95_ms: float = float("nan")
     n_checked: int = 0
@@ -84,6 +90,7 @@ class InferencePath:
         """JSON-friendly summary (everything but the callable)."""
         return {
             "path": self.path,
+            "rule": self.rule,
             "min_cos": self.min_cos,
             "reason": self.reason,
             "candidates": self.candidates,
@@ -94,9 +101,11 @@ class InferencePath:
 
 
 class Timings(dict):
-    """``batch1_latency``'s per-call arrays, plus ``inference``: the path they were timed through."""
+    """``batch1_latency``'s per-call arrays, plus ``inference`` (the path they were timed through) and
+    ``load`` (tasks runnable on the machine while they were timed, and its cores)."""
 
     inference: dict | None = None
+    load: dict | None = None
 
 
 # ----------------------------------------------------------------------------- check contexts
@@ -293,12 +302,8 @@ def _trace(module: nn.Module, x: Tensor, mask: Tensor):
     return traced
 
 
-def _build_torchscript(model, x, mask, threads, cache, int8: bool = False):
+def _build_torchscript(model, x, mask, threads, cache):
     module = _traceable(model)
-    if int8:
-        if not any(isinstance(m, nn.Linear) for m in module.modules()):
-            raise RuntimeError("no nn.Linear layers to quantise")
-        module = torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
     frozen = torch.jit.freeze(_trace(module, x, mask).eval())
     with contextlib.suppress(Exception):  # an optional pass: the frozen graph is already a candidate
         frozen = torch.jit.optimize_for_inference(frozen)
@@ -380,22 +385,10 @@ def _onnx_bytes(model, x, mask, cache: dict) -> bytes:
     return cache["onnx"]
 
 
-def _quantize_onnx(data: bytes) -> bytes:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(data)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
-        return dst.read_bytes()
-
-
-def _build_onnxruntime(model, x, mask, threads, cache, int8: bool = False):
+def _build_onnxruntime(model, x, mask, threads, cache):
     import onnxruntime as ort
 
     data = _onnx_bytes(model, x, mask, cache)
-    if int8:
-        data = _quantize_onnx(data)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -414,9 +407,7 @@ def _build_onnxruntime(model, x, mask, threads, cache, int8: bool = False):
 
 
 BUILDERS: dict[str, Callable] = {  # name -> builder(model, x (1, T, D), mask (1, T), threads, cache) -> callable
-    "onnxruntime-int8": functools.partial(_build_onnxruntime, int8=True),
     "onnxruntime": _build_onnxruntime,
-    "torchscript-int8": functools.partial(_build_torchscript, int8=True),
     "torchscript": _build_torchscript,
 }
 
@@ -446,34 +437,6 @@ def _min_cos(fn, x: Tensor, mask: Tensor, ref: list[Tensor]) -> float:
     return worst
 
 
-def _median_ms(fns: dict, x: Tensor, mask: Tensor, rounds: int = 15, per_round: int = 8) -> dict:
-    """Median batch-1 wall ms of each callable, timed in interleaved rounds (fair under drifting load)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for r in range(rounds + 1):
-            for k, fn in fns.items():
-                for j in range(per_round):
-                    i = (r * per_round + j) % len(x)
-                    t0 = time.perf_counter()
-                    fn(x[i : i + 1], mask[i : i + 1])
-                    if r:  # round 0 warms up
-                        times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
-
-
-def _required(name: str, min_cos: float) -> float:
-    """The min cos a candidate must reach on the check contexts (stricter for lossy paths)."""
-    return 1.0 - LOSSY_MARGIN * (1.0 - min_cos) if name in LOSSY else min_cos
-
-
-def _refusal(name: str, result: dict, min_cos: float) -> str:
-    if "error" in result:
-        return result["error"]
-    if not result["min_cos"] >= _required(name, min_cos):
-        return f"min cos {result['min_cos']:.6f} < {_required(name, min_cos):g}"
-    return "slower"
-
-
 def _batch1_only(fast, eager, shape: tuple) -> Callable:
     """The fast path for the shape it was built and checked for; anything else goes to eager."""
 
@@ -494,8 +457,10 @@ def fast_inference(
     candidates: tuple[str, ...] = CANDIDATES,
     trust_code: bool = False,
 ) -> InferencePath:
-    """The fastest batch-1 callable for ``model`` whose outputs equal eager fp32 (cos ≥ ``min_cos``)
-    on every context of ``x`` (N, T, D) / ``mask`` (N, T) (see ``check_contexts``), else eager.
+    """The batch-1 callable the latency gate times for ``model``: the first of ``candidates`` (in
+    that order; ``CANDIDATES`` by default) that builds and whose outputs equal eager fp32 (cos ≥
+    ``min_cos``) on every context of ``x`` (N, T, D) / ``mask`` (N, T) (see ``check_contexts``),
+    else eager. Timing plays no part in the choice (``INFERENCE_RULE``).
 
     ``trust_code=True`` also compiles code ``graph_safety`` refuses (only the wait check guards it);
     for experiments, never for the gate. Runs with ``threads`` torch threads.
@@ -513,15 +478,15 @@ def fast_inference(
 
 
 def _eager_reference(model, x: Tensor, mask: Tensor) -> tuple[list[Tensor], np.ndarray, np.ndarray]:
-    """Eager outputs for every check context, each call timed (wall ms, CPU ms) after a short warm-up:
-    the eager figures and the wait check come with the reference."""
+    """Eager outputs for every check context, each call timed (wall ms, CPU ms of the calling thread)
+    after a short warm-up: the eager figures and the wait check come with the reference."""
     ref, wall, cpu = [], [], []
     with torch.no_grad():
         for i in range(-min(CHECK_WARMUP, len(x)), len(x)):
             j = i % len(x)
-            c0, t0 = time.process_time(), time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             out = model(x[j : j + 1], mask[j : j + 1])
-            w, c = time.perf_counter() - t0, time.process_time() - c0
+            w, c = time.perf_counter() - t0, time.thread_time() - c0
             if i >= 0:
                 ref.append(torch.as_tensor(out).detach().float().clone())
                 wall.append(w)
@@ -537,8 +502,10 @@ def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> Inferen
         "n_checked": len(x),
     }
 
+    rule = INFERENCE_RULE.format(min_cos=min_cos)
+
     def fallback(reason: str, tried: dict | None = None) -> InferencePath:
-        return InferencePath(model, "eager", 1.0, reason, tried or {}, **eager)
+        return InferencePath(model, "eager", 1.0, reason, tried or {}, rule=rule, **eager)
 
     why = graph_safety(model)
     if why and not trust_code:
@@ -551,7 +518,6 @@ def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> Inferen
                 "a compiled graph would not reproduce the wait"
             )
 
-    built: dict[str, Callable] = {}
     tried: dict[str, dict] = {}
     cache: dict = {}
     x1, m1 = x[:1], mask[:1]
@@ -565,23 +531,105 @@ def _choose(model, x, mask, threads, min_cos, candidates, trust_code) -> Inferen
             tried[name] = {"error": f"{type(exc).__name__}: {msg}"}
             continue
         tried[name] = {"min_cos": c}
-        if c >= _required(name, min_cos):
-            built[name] = fn
-    if not built:
-        return fallback(f"eager: no candidate built and passed cos >= {min_cos:g}", tried)
-
-    speed = _median_ms({"eager": model, **built}, x, mask)
-    for name, ms in speed.items():
-        if name in tried:
-            tried[name]["p50_ms"] = ms
-    best = min(built, key=lambda name: speed[name])
-    if speed[best] >= speed["eager"]:
-        return fallback(f"eager: no passing candidate was faster ({best} {speed[best]:.3f} ms)", tried)
-    refused = [f"{k} ({_refusal(k, v, min_cos)})" for k, v in tried.items() if k != best]
-    reason = (
-        f"{best}: min cos {tried[best]['min_cos']:.6f} >= {_required(best, min_cos):g} on {len(x)} contexts, "
-        f"P50 {speed[best]:.3f} ms vs eager {speed['eager']:.3f} ms"
-        + (f"; not taken: {', '.join(refused)}" if refused else "")
+        if c >= min_cos:
+            earlier = [f"{k} ({_refusal(v, min_cos)})" for k, v in tried.items() if k != name]
+            reason = f"{name}: min cos {c:.7f} >= {min_cos:g} on {len(x)} contexts" + (
+                f"; not taken: {', '.join(earlier)}" if earlier else ""
+            )
+            fast = _batch1_only(fn, model, tuple(x1.shape))
+            return InferencePath(fast, name, c, reason, tried, rule=rule, **eager)
+    refused = ", ".join(f"{k} ({_refusal(v, min_cos)})" for k, v in tried.items())
+    return fallback(
+        f"eager: no candidate built and passed cos >= {min_cos:g}" + (f": {refused}" if refused else ""), tried
     )
-    fn = _batch1_only(built[best], model, tuple(x1.shape))
-    return InferencePath(fn, best, tried[best]["min_cos"], reason, tried, **eager)
+
+
+def _refusal(result: dict, min_cos: float) -> str:
+    if "error" in result:
+        return result["error"]
+    return f"min cos {result['min_cos']:.7f} < {min_cos:g}"
+
+
+# ----------------------------------------------------------------------------- cost of one call
+
+COST_METRICS = ("cost_flops", "cost_weight_bytes", "cost_params")
+
+
+class _WeightReads(TorchDispatchMode):
+    """Every tensor an operator reads during one call that is neither an input of the call nor made
+    during it (the model's weights: parameters, buffers, a graph's constants, a closure's tensors),
+    by storage: ``read`` maps a storage key to (bytes, elements)."""
+
+    def __init__(self, inputs: tuple[Tensor, ...]):
+        super().__init__()
+        self.made = {_storage_key(t) for t in inputs}
+        self.read: dict[tuple, tuple[int, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in pytree.tree_leaves((args, kwargs)):
+            if isinstance(a, Tensor):
+                key = _storage_key(a)
+                if key not in self.made and key not in self.read:
+                    self.read[key] = (a.untyped_storage().nbytes(), a.untyped_storage().nbytes() // a.element_size())
+        out = func(*args, **kwargs)
+        for o in pytree.tree_leaves(out):
+            if isinstance(o, Tensor):
+                self.made.add(_storage_key(o))
+        return out
+
+
+def _storage_key(t: Tensor) -> tuple:
+    storage = t.untyped_storage()
+    return (t.device.type, storage.data_ptr(), storage.nbytes())
+
+
+@contextlib.contextmanager
+def _one_dispatch_path():
+    """Kernels that hide their matrix products from ``FlopCounterMode`` switched off while counting, so
+    the count is the same whichever kernel a CPU or build would pick: oneDNN's fused LSTM (its products
+    read as 0 FLOPs; the decomposed cell counts them), the fused multi-head-attention fast path, and
+    the fused SDPA kernels (the math form is plain matrix products)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about TF32 whenever the oneDNN flags are set
+        with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
+            torch.backends.mha.set_fastpath_enabled(False)
+            try:
+                yield
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def call_cost(model, x: Tensor, mask: Tensor) -> dict:
+    """The machine-independent cost of one eager call ``model(x, mask)`` (use batch 1 at the full
+    context, mask all True):
+
+    - ``cost_flops``: floating-point operations of the matrix products, as
+      ``torch.utils.flop_counter.FlopCounterMode`` counts them (2 per multiply-add; element-wise
+      operations are not counted), with fused kernels off (``_one_dispatch_path``);
+    - ``cost_weight_bytes``: bytes of the tensors the call reads that are neither its inputs nor made
+      during it: parameters, buffers, a graph's constants (each storage once);
+    - ``cost_params``: the model's parameter count (each ``nn.Parameter`` once); for a model without
+      parameters (a plain callable, weights kept as buffers) the elements of the weights it reads.
+
+    Integers computed from shapes only: the same on every CPU and at any thread count. A
+    ``torch.export`` program is counted on its module (ATen operators, as it runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inner = _inner(model)
+    if isinstance(model, nn.Module):
+        model.eval()
+    reads = _WeightReads((x, mask))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), _one_dispatch_path(), counter, reads:
+        model(x, mask)
+    params = {id(p): p.numel() for p in inner.parameters()} if isinstance(inner, nn.Module) else {}
+    n_params = sum(params.values()) if params else sum(n for _, n in reads.read.values())
+    return {
+        "cost_flops": int(counter.get_total_flops()),
+        "cost_weight_bytes": int(sum(b for b, _ in reads.read.values())),
+        "cost_params": int(n_params),
+    }

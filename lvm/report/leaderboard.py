@@ -1,17 +1,20 @@
 """The two report entry points: ``lvm leaderboard`` and ``lvm compare``.
 
 ``lvm leaderboard RESULTS... --out DIR`` reads one or more results files (``lvm.report.results``,
-schema ``lvm-gate-results`` v1) into ranked rows (``lvm.report.rows``), draws the plots
-(``lvm.report.plots``) and writes, each atomically (``lvm.report.render``):
+schema ``lvm-gate-results`` v2, typed rows ``lvm.schemas.ResultRow``) into ranked rows
+(``lvm.report.rows``), draws the plots (``lvm.report.plots``) and writes, each atomically
+(``lvm.report.render``):
 
 - ``leaderboard.md``: one table per comparability group, fit for a pull request;
 - ``leaderboard.csv``: every row with every column (one ``gate_<id>`` status column per gate);
 - ``leaderboard.html``: a static, self-contained page with cells coloured by status, the training
   curves, the adjacency-coherence histograms and the offset-sweep profiles.
 
-It never re-runs a gate. ``lvm compare NEW BASELINE`` runs the one regression verdict
-(``lvm.report.regression.check``) with the profile's ``[regression]`` tolerances, prints its
-Markdown and exits with its code: 1 on a RED regression or when NEW itself holds a RED gate.
+It never re-runs a gate. ``lvm compare NEW BASELINE`` reads both files through the same rows and runs
+the one regression verdict (``lvm.report.regression.check``, on their plain dicts) with the profile's
+``[regression]`` tolerances, prints its Markdown and exits with its code: 1 on a RED regression or
+when NEW itself holds a RED gate. Rows line up by checkpoint name (its model card's, see
+``lvm.report.recorder``), not by the folder a checkpoint was gated from.
 """
 
 from __future__ import annotations
@@ -68,8 +71,8 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     and which plots had data.
     """
     paths = [Path(p) for p in results_paths]
-    sources = load_documents(paths)
-    groups, rows, hists = collect_rows(paths)
+    sources = load_documents(paths)  # typed rows (lvm.schemas.ResultRow), read once
+    groups, rows, hists = collect_rows(paths, sources)
     generated = utc_timestamp()
     pngs = (plot_training_curves(rows, groups), plot_coherence(hists), plot_offset_sweep(rows, groups))
     plots = [(title, png, caption) for (title, caption), png in zip(PLOT_CAPTIONS, pngs, strict=False)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from lvm.gates.spec import GATES
 from lvm.gates.status import AMBER, RED
 from lvm.report.rows import BASELINE, COLUMNS, STATUSES, LeaderboardRow
+from lvm.schemas import ResultsDoc
 
 GATE_ORDER = tuple(g.id for g in GATES)
 
@@ -77,8 +78,9 @@ def _gate_columns(rows: list[LeaderboardRow]) -> list[str]:
     return [g for g in GATE_ORDER if g in present] + sorted(present - set(GATE_ORDER))
 
 
-def _commit(doc: dict) -> str:
-    return str((doc.get("provenance") or {}).get("git_commit"))[:10]
+def _commit(doc: ResultsDoc) -> str:
+    prov = getattr(doc, "provenance", None)  # an extra field of the document (not declared by its schema)
+    return str((prov if isinstance(prov, dict) else {}).get("git_commit"))[:10]
 
 
 # ----------------------------------------------------------------------------- markdown and csv
@@ -92,12 +94,12 @@ def _markdown_row(r: LeaderboardRow) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells + [bad]) + " |"
 
 
-def render_markdown(groups: list[dict], sources: list[tuple[Path, dict]], generated: str) -> str:
+def render_markdown(groups: list[dict], sources: list[tuple[Path, ResultsDoc]], generated: str) -> str:
     lines = [
         "# LVM leaderboard",
         "",
         f"Generated {generated} from {len(sources)} results file(s): "
-        + ", ".join(f"`{p}` ({d.get('created_at')}, commit {_commit(d)})" for p, d in sources)
+        + ", ".join(f"`{p}` ({d.created_at}, commit {_commit(d)})" for p, d in sources)
         + ".",
         "",
         "Rows are ranked by val cosine within a group; groups differ in encoder, dataset, profile or hardware "
@@ -162,7 +164,7 @@ def _td(text: str, cls: str | None = None, title: str | None = None) -> str:
     return f"<td{attrs}>{html.escape(text)}</td>"
 
 
-def _html_head(sources: list[tuple[Path, dict]], generated: str) -> list[str]:
+def _html_head(sources: list[tuple[Path, ResultsDoc]], generated: str) -> list[str]:
     return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -171,8 +173,7 @@ def _html_head(sources: list[tuple[Path, dict]], generated: str) -> list[str]:
         "<h1>LVM leaderboard</h1>",
         f'<p class="sources">Generated {html.escape(generated)} from '
         + ", ".join(
-            f"<code>{html.escape(str(p))}</code> ({html.escape(str(d.get('created_at')))}, commit "
-            f"{html.escape(_commit(d))})"
+            f"<code>{html.escape(str(p))}</code> ({html.escape(str(d.created_at))}, commit {html.escape(_commit(d))})"
             for p, d in sources
         )
         + "</p>",
@@ -249,7 +250,7 @@ def render_html(
     groups: list[dict],
     rows: list[LeaderboardRow],
     plots: list[tuple[str, str | None, str]],
-    sources: list[tuple[Path, dict]],
+    sources: list[tuple[Path, ResultsDoc]],
     generated: str,
 ) -> str:
     """The page: ``plots`` are (title, base64 PNG or None, caption)."""

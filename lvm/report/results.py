@@ -10,10 +10,14 @@ Schema ``lvm-gate-results`` v2::
      run: {argv, seconds, gates_ran, gates_missing, selection: {keyword, markexpr, last_failed, deselected}, complete},
      models: {CHECKPOINT: {card: ModelCard, history: {epochs: [...], status, loss_config}}},
      results: [{gate, status, metrics, thresholds, message, dataset, checkpoint, split, seconds,
-                spec_version, comparability: {encoder_fingerprint, dataset_id, profile, profile_version,
-                hardware_class (latency only)}, comparability_key, dataset_hash, vector_sketch,
+                spec_version, dataset_hash, vector_sketch, comparability: {encoder_fingerprint, dataset_id,
+                profile, profile_version, hardware_class (latency only)}, comparability_key, profile, nodeid,
                 checkpoint_path, dataset_path (relative to the results file), per_sequence?, per_sequence_article?}],
      summary: {GREEN, AMBER, RED, SKIP, overall}}
+
+A row is ``lvm.schemas.ResultRow`` (the one typed row; ``lvm.report.recorder`` makes them, ``read_document``
+reads them back); ``checkpoint`` is the checkpoint's name (its model card's, or ``--checkpoint NAME=PATH``),
+so the same model gated from another folder compares with its baseline.
 """
 
 from __future__ import annotations
@@ -163,8 +167,9 @@ def write_results(path: str | Path, doc: dict) -> Path:
     return path
 
 
-def read_results(path: str | Path) -> dict:
-    """A results file, checked against ``lvm.schemas.ResultsDoc`` (types of every row's fields)."""
+def read_document(path: str | Path):
+    """A results file as a checked ``lvm.schemas.ResultsDoc``: typed rows (``ResultRow``), every
+    optional field filled in (metrics {}, thresholds [], ...). One line when it does not fit."""
     from lvm import schemas
 
     p = Path(path)
@@ -178,16 +183,22 @@ def read_results(path: str | Path) -> dict:
             f"{p}: results schema version {doc.get('schema_version')}, "
             f"this lvm reads {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    # the checked document, with every row's optional fields filled in (metrics {}, thresholds [], ...)
-    return schemas.validate(schemas.ResultsDoc, doc, str(p)).model_dump(by_alias=True)
+    return schemas.validate(schemas.ResultsDoc, doc, str(p))
 
 
-def dataset_label(r: dict) -> str | None:
-    """The dataset a result belongs to: its ``dataset`` field, else the name of its ``dataset_path``
-    (``training_health`` records no dataset of its own)."""
-    if r.get("dataset"):
-        return r["dataset"]
-    return Path(r["dataset_path"]).name if r.get("dataset_path") else None
+def read_results(path: str | Path) -> dict:
+    """``read_document`` as plain JSON-like dicts (what ``lvm.report.regression`` reads)."""
+    return read_document(path).model_dump(by_alias=True)
+
+
+def dataset_label(r) -> str | None:
+    """The dataset a result (a ``ResultRow`` or its dict) belongs to: its ``dataset`` field, else the
+    name of its ``dataset_path`` (``training_health`` records no dataset of its own)."""
+    get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
+    dataset, path = get("dataset"), get("dataset_path")
+    if dataset:
+        return dataset
+    return Path(path).name if path else None
 
 
 def __getattr__(name: str):

@@ -20,7 +20,8 @@ from pathlib import Path
 from lvm.errors import LvmError
 from lvm.gates.spec import DATA_GATES
 from lvm.gates.status import AMBER, GREEN, RED, SKIP, worst
-from lvm.report.results import dataset_label, read_results
+from lvm.report.results import dataset_label, read_document
+from lvm.schemas import ResultRow, ResultsDoc
 
 STATUSES = (GREEN, AMBER, RED)
 MODEL, BASELINE = "model", "baseline"  # a row's kind
@@ -160,12 +161,13 @@ def _int_key(k) -> bool:
 # ----------------------------------------------------------------------------- reading
 
 
-def load_documents(paths: list[Path]) -> list[tuple[Path, dict]]:
+def load_documents(paths: list[Path]) -> list[tuple[Path, ResultsDoc]]:
+    """Each results file as a checked document of typed rows (``lvm.schemas.ResultRow``)."""
     if not paths:
         raise LvmError(
             "no results files given (expected one or more gate results JSON files, e.g. reports/gate_results.json)"
         )
-    return [(Path(p), read_results(p)) for p in paths]
+    return [(Path(p), read_document(p)) for p in paths]
 
 
 def _run_folder(checkpoint_path: str | None, results_file: Path) -> tuple[Path | None, dict | None]:
@@ -238,13 +240,13 @@ def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
 # ----------------------------------------------------------------------------- results -> rows
 
 
-def _attribute(r: dict, rows: dict[tuple, list], data: dict[str, list]) -> list:
+def _attribute(r: ResultRow, rows: dict[tuple, list], data: dict[str, list]) -> list:
     """Where a result without checkpoint and dataset (a crash or a setup skip) belongs.
 
     Its pytest node id names the parameters (``[DATASET-CHECKPOINT...]``); a result that cannot be
     placed goes to every row of its file, so that a crash is never hidden.
     """
-    node = r.get("nodeid") or ""
+    node = r.nodeid or ""
     params = node[node.find("[") + 1 :] if "[" in node else ""
 
     def named(
@@ -259,46 +261,46 @@ def _attribute(r: dict, rows: dict[tuple, list], data: dict[str, list]) -> list:
     return hits or list(rows.values())
 
 
-def _cell(results: list[dict], gate: str, split: str | None = None) -> dict | None:
+def _cell(results: list[ResultRow], gate: str, split: str | None = None) -> ResultRow | None:
     """The non-SKIP result of one gate (and split) among a row's results."""
     for r in results:
-        if r["gate"] == gate and r["status"] != SKIP and (split is None or r.get("split") == split):
+        if r.gate == gate and r.status != SKIP and (split is None or r.split == split):
             return r
     return None
 
 
-def _metric(result: dict | None, name: str):
+def _metric(result: ResultRow | None, name: str):
     """A metric of a result that may be missing."""
-    return (result or {}).get("metrics", {}).get(name)
+    return result.metrics.get(name) if result is not None else None
 
 
-def _st(r: dict | None) -> str | None:
-    return r["status"] if r else None
+def _st(r: ResultRow | None) -> str | None:
+    return r.status if r else None
 
 
 def _minus(a, b):
     return a - b if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
 
 
-def _gate_statuses(results: list[dict]) -> dict[str, str]:
+def _gate_statuses(results: list[ResultRow]) -> dict[str, str]:
     """gate id -> worst status over its splits; SKIP only when every result of the gate skipped."""
     by_gate: dict[str, list[str]] = defaultdict(list)
     for r in results:
-        by_gate[r["gate"]].append(r["status"])
+        by_gate[r.gate].append(r.status)
     return {g: (worst(s) if any(x in STATUSES for x in s) else SKIP) for g, s in by_gate.items()}
 
 
-def _group_of(res: list[dict], ds: str | None, data_res: list[dict] | None = None) -> tuple[str, dict]:
+def _group_of(res: list[ResultRow], ds: str | None, data_res: list[ResultRow] | None = None) -> tuple[str, dict]:
     """The comparability group of a row: its val_cosine result's key, else any key among its results
     or its dataset's data gates, else the dataset itself (nothing to compare by)."""
-    order = [r for r in res if r["gate"] == "val_cosine"] + list(res) + list(data_res or [])
+    order = [r for r in res if r.gate == "val_cosine"] + list(res) + list(data_res or [])
     for r in order:
-        if r.get("comparability_key"):
-            return r["comparability_key"], dict(r.get("comparability") or {})
+        if r.comparability_key:
+            return r.comparability_key, dict(r.comparability or {})
     return f"dataset:{ds}", {}
 
 
-def _by_row(results: list[dict]) -> tuple[dict[tuple, list], dict[str, list]]:
+def _by_row(results: list[ResultRow]) -> tuple[dict[tuple, list], dict[str, list]]:
     """(checkpoint, dataset) -> its results, dataset -> its data-gate results; a result with neither
     (a crash, a setup skip) goes where its node id says (``_attribute``)."""
     data: dict[str, list] = defaultdict(list)
@@ -306,9 +308,9 @@ def _by_row(results: list[dict]) -> tuple[dict[tuple, list], dict[str, list]]:
     loose = []
     for r in results:
         ds = dataset_label(r)
-        if r.get("checkpoint"):
-            per_ckpt[(r["checkpoint"], ds)].append(r)
-        elif ds and r["gate"] in DATA_GATES:
+        if r.checkpoint:
+            per_ckpt[(r.checkpoint, ds)].append(r)
+        elif ds and r.gate in DATA_GATES:
             data[ds].append(r)
         else:
             loose.append(r)
@@ -323,14 +325,14 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     out = []
     for ds, res in data.items():
         coh = _cell(res, "coherence")
-        hist = coh["metrics"].get("histogram") if coh else None
+        hist = coh.metrics.get("histogram") if coh else None
         if coh is not None and isinstance(hist, dict) and all(number(v) is not None for v in hist.values()):
             out.append(
                 {
                     "dataset": ds,
                     "group": _group_of(res, ds)[0],
-                    "dataset_hash": coh.get("dataset_hash") or (coh.get("comparability") or {}).get("dataset_hash"),
-                    "histogram": coh["metrics"]["histogram"],
+                    "dataset_hash": coh.dataset_hash or (coh.comparability or {}).get("dataset_hash"),
+                    "histogram": hist,
                     "created_at": created,
                 }
             )
@@ -380,8 +382,8 @@ def _model_row(
     path: Path,
     ckpt: str,
     ds: str | None,
-    res: list[dict],
-    data_res: list[dict],
+    res: list[ResultRow],
+    data_res: list[ResultRow],
     created: str | None,
     models: dict | None = None,
 ) -> tuple[LeaderboardRow, dict | None]:
@@ -390,7 +392,7 @@ def _model_row(
     val, ood = _cell(res, "val_cosine"), _cell(res, "ood_cosine")
     integ, lat, ret = _cell(res, "checkpoint_integrity"), _cell(res, "latency"), _cell(res, "retrieval")
     beats_val = _cell(res, "beats_baselines", "val")
-    ckpt_path = next((r.get("checkpoint_path") for r in res if r.get("checkpoint_path")), None)
+    ckpt_path = next((r.checkpoint_path for r in res if r.checkpoint_path), None)
     meta, config, history = _model_info(path, ckpt, ckpt_path, models or {})
     model_type = (meta or {}).get("model_type") or config.get("model")
     vc, oc = _metric(val, "val_cosine"), _metric(ood, "ood_cosine")
@@ -414,7 +416,7 @@ def _model_row(
         margin_ci_high=_metric(beats_val, "margin_ci_high"),
         best_baseline=_metric(beats_val, "best_baseline"),
         **{k: _metric(ret, k) for k in RETRIEVAL_METRICS},
-        status=worst(r["status"] for r in res + data_res),
+        status=worst(r.status for r in res + data_res),
         epochs=len(trained_epochs(history)) if history else None,
         checkpoint_path=ckpt_path,
         gates=_gate_statuses(res + data_res),
@@ -433,7 +435,7 @@ def _model_row(
     return row, meta
 
 
-def _baseline_rows(row: LeaderboardRow, res: list[dict], meta: dict | None) -> list[LeaderboardRow]:
+def _baseline_rows(row: LeaderboardRow, res: list[ResultRow], meta: dict | None) -> list[LeaderboardRow]:
     """The null baselines ``beats_baselines`` measured beside a checkpoint, one row each."""
     bval = _metric(_cell(res, "beats_baselines", "val"), "baselines") or {}
     bood = _metric(_cell(res, "beats_baselines", "ood"), "baselines") or {}
@@ -474,14 +476,13 @@ def _baseline_rows(row: LeaderboardRow, res: list[dict], meta: dict | None) -> l
     return out
 
 
-def rows_of_document(path: Path, doc: dict) -> tuple[list[LeaderboardRow], list[LeaderboardRow], list[dict]]:
+def rows_of_document(path: Path, doc: ResultsDoc) -> tuple[list[LeaderboardRow], list[LeaderboardRow], list[dict]]:
     """(model rows, baseline rows, coherence histograms) of one results file."""
-    results = [r for r in doc.get("results", []) if isinstance(r, dict) and r.get("gate")]
-    created = doc.get("created_at")
-    per_ckpt, data = _by_row(results)
+    created = doc.created_at
+    per_ckpt, data = _by_row(doc.results)
     rows, baselines = [], []
     for (ckpt, ds), res in per_ckpt.items():
-        row, meta = _model_row(path, ckpt, ds, res, data.get(ds, []), created, doc.get("models"))
+        row, meta = _model_row(path, ckpt, ds, res, data.get(ds, []), created, doc.models)
         rows.append(row)
         baselines += _baseline_rows(row, res, meta)
     return rows, baselines, _histograms(data, created)
@@ -521,13 +522,15 @@ def _rank(g: dict) -> None:
         r.name = r.checkpoint_path if names.count(r.checkpoint) > 1 and r.checkpoint_path else str(r.checkpoint)
 
 
-def collect_rows(results_paths: list[Path]) -> tuple[list[dict], list[LeaderboardRow], list[dict]]:
-    """(groups, ranked rows, coherence histograms) of the given results files.
+def collect_rows(
+    results_paths: list[Path], sources: list[tuple[Path, ResultsDoc]] | None = None
+) -> tuple[list[dict], list[LeaderboardRow], list[dict]]:
+    """(groups, ranked rows, coherence histograms) of the given results files (``sources``: already read).
 
     A group is ``{"number", "key", "comparability", "datasets", "rows"}``.
     """
     models, baselines, hists = [], [], []
-    for path, doc in load_documents(results_paths):
+    for path, doc in sources if sources is not None else load_documents(results_paths):
         m, b, h = rows_of_document(path, doc)
         models += m
         baselines += b
