@@ -414,7 +414,7 @@ def test_no_red_gate_for_the_healthy_model_under_the_calibrated_profile(gated):
     "control, red_at",
     [
         ("copy_last", {("offset_sweep", "val"), ("offset_sweep", "ood"), ("beats_baselines", "val")}),
-        ("constant_model:build", {("no_collapse", "val"), ("retrieval", "val"), ("context_ablations", "val")}),
+        ("constant", {("no_collapse", "val"), ("retrieval", "val"), ("context_ablations", "val")}),
         ("shifted", {("offset_sweep", "val"), ("offset_sweep", "ood")}),
     ],
 )

@@ -329,7 +329,7 @@ def card_from_checkpoint_meta(meta: dict) -> ModelCard:
     hist = path.parent / "training_history.json"
     cfg = meta.get("train_config") or {}
     return ModelCard(
-        name=meta.get("name") or (path.parent.name if path.stem in ("best", "last") else path.stem),
+        name=meta.get("name") or str(meta["model_type"]),  # its identity, not its folder's (issue 19)
         type=str(meta["model_type"]),
         ctx=int(meta["ctx"]),
         min_ctx=int(meta.get("min_ctx", 1)),

@@ -429,7 +429,8 @@ def coverage_problems(new_doc: dict, base_doc: dict) -> list[str]:
     """Why NEW cannot stand for a full run against BASELINE: it is a partial run, or a gate result or
     a checkpoint of BASELINE is missing (or SKIPped) in NEW. One line each."""
     problems = []
-    run = new_doc.get("run") if isinstance(new_doc.get("run"), dict) else {}
+    run = new_doc.get("run")
+    run = run if isinstance(run, dict) else {}
     if run.get("complete") is False:
         sel = run.get("selection") or {}
         how = ", ".join(f"{k}={v}" for k, v in sel.items() if v) or "gates missing"
