@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_regression_power import noised
 
 from conftest import ROOT
 from lvm.data.datasets import open_dataset
 from lvm.models.checkpoints import load_checkpoint, save_checkpoint
 from lvm.train.trainer import TrainConfig, Trainer
-from test_regression_power import noised
 
 pytestmark = pytest.mark.slow
 
