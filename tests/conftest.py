@@ -159,6 +159,24 @@ def run_lvm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
+def sealed_copy(src: Path, dst: Path, vectors: np.ndarray | None = None) -> Path:
+    """A copy of a dataset folder (without its index and cache), optionally with other vectors, its content
+    hash recomputed so that the folder is self-consistent: only the vectors lie (a forged dataset, which the
+    gates must catch; a copy with a stale hash is refused on open instead)."""
+    import shutil
+
+    from lvm.data.datasets import _HASHED_FILES
+    from lvm.io import sha256_files
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("cache", "index.*"))
+    if vectors is not None:
+        np.save(dst / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        meta = json.loads((dst / "meta.json").read_text())
+        meta["content_hash"] = sha256_files([dst / f for f in _HASHED_FILES])
+        (dst / "meta.json").write_text(json.dumps(meta, indent=2))
+    return dst
+
+
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     v = rng.standard_normal((n, d)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)

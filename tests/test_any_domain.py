@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import warnings
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_lvm
+from conftest import ROOT, run_lvm, sealed_copy
 from lvm.errors import LvmError
 from lvm.gates import AMBER, GREEN, RED
 
@@ -177,20 +176,6 @@ def row(doc: dict, gate: str, checkpoint: str | None = None, split: str | None =
     ]
     assert len(found) == 1, (gate, checkpoint, split, dataset, [(r["gate"], r.get("split")) for r in found])
     return found[0]
-
-
-def forged_copy(honest: Path, out: Path, vectors: np.ndarray) -> Path:
-    """A copy of a dataset folder with other vectors and its meta (fingerprint, probe vectors) kept,
-    the content hash recomputed so that the folder is self-consistent: only the vectors lie."""
-    from lvm.data.datasets import _HASHED_FILES
-    from lvm.io import sha256_files
-
-    shutil.copytree(honest, out, ignore=shutil.ignore_patterns("cache", "index.*"))
-    np.save(out / "vectors.npy", np.asarray(vectors, dtype=np.float32))
-    meta = json.loads((out / "meta.json").read_text())
-    meta["content_hash"] = sha256_files([out / f for f in _HASHED_FILES])
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return out
 
 
 # ----------------------------------------------------------------------------- built once
@@ -582,8 +567,8 @@ def forged_run(small_dataset, work) -> dict:
 
     honest = open_dataset(small_dataset)
     cls_vectors = load_encoder(EncoderSpec(pooling="cls")).encode(list(honest.texts))
-    forged = forged_copy(small_dataset, work / "cls-under-mean-meta", cls_vectors)
-    scaled = forged_copy(small_dataset, work / "scaled-1.03", np.asarray(honest.vectors) * 1.03)
+    forged = sealed_copy(small_dataset, work / "cls-under-mean-meta", cls_vectors)
+    scaled = sealed_copy(small_dataset, work / "scaled-1.03", np.asarray(honest.vectors) * 1.03)
     for path in (forged, scaled):
         open_dataset(path).verify()  # self-consistent: the content hash matches the files
     _, doc = gate_run(

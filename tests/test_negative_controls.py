@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import ROOT
+from conftest import ROOT, sealed_copy
 from lvm import gates
 from lvm.data.datasets import Dataset, SequenceView, open_dataset, write_dataset
 from lvm.data.index import build_index, load_index
@@ -195,14 +195,6 @@ def copy_last_val(val_view):
 # ----------------------------------------------------------------------------- broken datasets
 
 
-def copy_dataset(src: Path, dst: Path, vectors: np.ndarray | None = None) -> Path:
-    """Copy a dataset folder (without its index); optionally replace the vectors in the copy."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("index.*"))
-    if vectors is not None:
-        np.save(dst / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-    return dst
-
-
 def replace_chunks_of(ds, articles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The bank with every chunk of ``articles`` replaced by a random chunk of the whole bank."""
     vecs = np.array(ds.vectors)
@@ -256,7 +248,7 @@ def rewritten(
 def test_encoder_fingerprint_pooling_swapped_under_the_data(small_dataset, small_ds, profile, tmp_path):
     green(gates.encoder_fingerprint(small_ds, profile))
     # the dataset now declares CLS pooling: re-encoding with it no longer gives the stored fingerprint
-    copy = copy_dataset(small_dataset, tmp_path / "cls-declared")
+    copy = sealed_copy(small_dataset, tmp_path / "cls-declared")
     meta = json.loads((copy / "meta.json").read_text())
     meta["encoder"]["spec"]["pooling"] = "cls"
     (copy / "meta.json").write_text(json.dumps(meta))
@@ -270,7 +262,7 @@ def test_encoder_fingerprint_checkpoint_from_another_space(small_ds, profile):
 
 def test_normalization_unnormalized_vectors(small_dataset, small_ds, profile, tmp_path):
     green(gates.normalization(small_ds, profile))
-    copy = copy_dataset(small_dataset, tmp_path / "scaled", np.asarray(small_ds.vectors) * 1.5)
+    copy = sealed_copy(small_dataset, tmp_path / "scaled", np.asarray(small_ds.vectors) * 1.5)
     res = red(gates.normalization(open_dataset(copy), profile), "abs_mean_minus_1")
     assert res.metrics["abs_mean_minus_1"] == pytest.approx(0.5, abs=1e-3)  # threshold 0.01
 
@@ -302,7 +294,7 @@ def test_alignment_targets_off_by_one(ds, profile):
 def test_coherence_globally_shuffled_vectors(default_dataset, ds, profile, tmp_path):
     green(gates.coherence(ds, profile))  # measured mean 0.476
     perm = np.random.default_rng(0).permutation(ds.n_chunks)
-    copy = copy_dataset(default_dataset, tmp_path / "shuffled", np.asarray(ds.vectors)[perm])
+    copy = sealed_copy(default_dataset, tmp_path / "shuffled", np.asarray(ds.vectors)[perm])
     res = red(gates.coherence(open_dataset(copy), profile), "mean")
     assert res.metrics["mean"] < 0.2  # measured 0.043 (healthy 0.476); RED below 0.30
 
@@ -316,7 +308,7 @@ def test_coherence_milder_dilution_is_not_green(default_dataset, ds, profile, tm
     rng = np.random.default_rng(1)
     n_art = int(ds.article_id.max()) + 1
     diluted = rng.choice(n_art, size=int(share * n_art), replace=False)
-    copy = copy_dataset(default_dataset, tmp_path / "diluted", replace_chunks_of(ds, diluted, rng))
+    copy = sealed_copy(default_dataset, tmp_path / "diluted", replace_chunks_of(ds, diluted, rng))
     res = gates.coherence(open_dataset(copy), profile)
     assert res.status in expected and "mean" in res.message, (res.status, res.metrics["mean"])
     assert res.metrics["mean"] < 0.40
@@ -327,7 +319,7 @@ def test_coherence_drift_points_at_the_diluted_article_range(default_dataset, ds
     n_art = int(ds.article_id.max()) + 1
     edges = np.linspace(0, n_art, 11).astype(int)  # the gate's ten article-id segments
     lo, hi = int(edges[3]), int(edges[4])  # the 4th tenth (the seeds' "articles 11k-15k")
-    copy = copy_dataset(
+    copy = sealed_copy(
         default_dataset, tmp_path / "drop", replace_chunks_of(ds, np.arange(lo, hi), np.random.default_rng(2))
     )
     res = red(gates.coherence_drift(open_dataset(copy), ds, profile), "mean_drift_rel", "low_share_delta_pp")
@@ -462,6 +454,9 @@ def test_checkpoint_integrity_other_encoder_and_corrupt_weights(amn_run, ds, sma
     res, loaded = _integrity(cls_run, small_ds, profile, "cls")
     red(res, "fingerprint_match")
     assert res.metrics["dims_match"] == 1.0
+    # both fingerprints named, first 12 characters
+    fp_model, fp_data = loaded.card.encoder_fingerprint[:12], small_ds.encoder_fingerprint[:12]
+    assert f"encoder fingerprint {fp_model} (model) vs {fp_data} (dataset)" in res.message, res.message
     red(
         gates.encoder_fingerprint(small_ds, profile, checkpoint_fingerprints={"cls": loaded.card.encoder_fingerprint}),
         "checkpoints_match",
@@ -473,6 +468,15 @@ def test_checkpoint_integrity_other_encoder_and_corrupt_weights(amn_run, ds, sma
     res, loaded = _integrity(corrupt, ds, profile, "corrupt")
     red(res, "loads")
     assert loaded is None
+    assert "weights changed since the card was written" in res.message and "other encoder" not in res.message
+    # a card of another dimension names both dims
+    from dataclasses import replace
+
+    from lvm.models.adapters import load_model
+
+    res = gates.checkpoint_integrity(replace(load_model(amn_run).card, input_dim=768), ds, profile, "other_dim")
+    red(res, "dims_match")
+    assert "dims 768 vs 384 (model vs dataset)" in res.message, res.message
 
 
 def test_output_sanity_non_unit_and_nan(amn_val, val_view, profile):

@@ -29,24 +29,48 @@ CARD_REQUIRED = ("name", "type", "ctx", "input_dim", "encoder_fingerprint")
 NOT_CALLABLE = "predictions only: there is no model to call"
 
 
+def _load_failure_cause(load_error: str | None, default: str) -> str:
+    """The likely cause of a model that did not load, from the loader's one-line reason."""
+    text = load_error or ""
+    if "do not match the SHA-256" in text:
+        return "weights changed since the card was written (the weights file was replaced or edited after it was saved)"
+    if "pickled checkpoints are not loaded" in text:
+        return (
+            "a pickled checkpoint (the seeds' best_model.pt): import it once with `lvm import-checkpoint FILE "
+            "--factory py:models.py:YourClass --out DIR` and gate DIR"
+        )
+    if "missing" in text or "not found" in text:
+        return "the checkpoint is incomplete: a file it needs is missing"
+    return default
+
+
+def _fp(v) -> str:
+    return str(v)[:12] if v else "none"
+
+
 def checkpoint_integrity(card, ds: Dataset, profile: Profile, name: str, load_error: str | None = None) -> GateResult:
     """The model (any adapter's ``ModelCard``) belongs to this data: it loaded, its card is complete,
-    its input dim and encoder fingerprint match the dataset. ``load_error`` is why it did not load."""
+    its input dim and encoder fingerprint match the dataset. ``load_error`` is why it did not load.
+
+    The message names the exact failure: weights changed since the card was written, dims "384 vs 768",
+    both fingerprints (first 12 characters), the card fields missing."""
     where = {"dataset": ds.path.name, "checkpoint": name}
+    default_cause = profile.gate("checkpoint_integrity").get("cause", "")
     if card is None:
         # nothing else can be checked on a model that does not load: one failure, not four
-        cause = profile.gate("checkpoint_integrity").get("cause", "")
         return GateResult(
             "checkpoint_integrity",
             RED,
             {"loads": 0.0},
             [],
-            f"checkpoint_integrity RED: loads = 0: {load_error}. Likely cause: {cause}",
+            f"checkpoint_integrity RED: loads = 0: {load_error}. "
+            f"Likely cause: {_load_failure_cause(load_error, default_cause)}",
             **where,
         )
+    missing = [k for k in CARD_REQUIRED if getattr(card, k) is None]
     metrics = {
         "loads": 1.0,
-        "metadata_complete": float(all(getattr(card, k) is not None for k in CARD_REQUIRED)),
+        "metadata_complete": float(not missing),
         "dims_match": float(card.input_dim == ds.dim),
         "fingerprint_match": float(card.encoder_fingerprint == ds.encoder_fingerprint),
         "same_dataset": float(card.dataset_hash == ds.content_hash),
@@ -55,6 +79,18 @@ def checkpoint_integrity(card, ds: Dataset, profile: Profile, name: str, load_er
         "gated_min_ctx": card.gated_min_ctx,
     }
     result = judge("checkpoint_integrity", metrics, profile, **where)
+    found = []
+    if missing:
+        found.append(f"model card lacks {', '.join(missing)}")
+    if not metrics["dims_match"]:
+        found.append(f"dims {card.input_dim} vs {ds.dim} (model vs dataset): trained on another encoder's vectors")
+    if not metrics["fingerprint_match"] and card.encoder_fingerprint is not None:
+        found.append(
+            f"encoder fingerprint {_fp(card.encoder_fingerprint)} (model) vs {_fp(ds.encoder_fingerprint)} "
+            "(dataset): trained on vectors of another encoder or pipeline (pooling, normalisation, max length)"
+        )
+    if found and result.status != GREEN:  # the exact failure instead of the profile's generic cause
+        result.message = result.message.split(". Likely cause:")[0] + ". Found: " + "; ".join(found)
     if card.encoder_fingerprint is None:
         result.message += (
             " (the model card has no encoder_fingerprint: add the dataset's, printed by `lvm inspect DATASET`)"
