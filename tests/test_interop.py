@@ -190,3 +190,56 @@ def test_training_on_imported_windows_uses_their_context_unless_told(tmp_path):
     assert res.returncode == 0, res.stderr
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["ctx"], cfg["min_ctx"]) == (CTX, CTX)
+
+
+def left_padded_rows(ds, n_articles: int = 150, ctx: int = CTX):
+    """Real text's windows as the seeds' exporter writes them with min_ctx = 1: every target from position 1
+    on, its context left-padded with zero vectors at the article's start; no positions in the file."""
+    ctxs, tgts, arts, bank = [], [], [], {}
+    for row in ds.articles[:n_articles]:
+        first, n = row["first_chunk"], row["n_chunks"]
+        if n < 2:
+            continue
+        vecs = np.asarray(ds.vectors[first : first + n], dtype=np.float32)
+        bank[len(bank)] = vecs
+        for p in range(1, n):
+            window = np.zeros((ctx, vecs.shape[1]), np.float32)
+            real = vecs[max(0, p - ctx) : p]
+            window[ctx - len(real) :] = real
+            ctxs.append(window)
+            tgts.append(vecs[p])
+            arts.append(100 + len(bank) - 1)
+    return bank, np.stack(ctxs), np.stack(tgts), np.array(arts)
+
+
+@pytest.mark.slow
+def test_left_padded_rows_of_real_text_import_without_positions(tmp_path, default_dataset):
+    """Issue 21: a clean .npz of left-padded contexts (short contexts at article starts) was refused with
+    "article 0 has gaps in its chunk positions"; the order is rebuilt from the windows instead."""
+    bank, c, t, a = left_padded_rows(open_dataset(default_dataset))
+    np.savez(tmp_path / "padded.npz", context_sequences=c, target_vectors=t, article_ids=a)
+    meta = import_npz(tmp_path / "padded.npz", tmp_path / "ds", progress=False)
+    ds = open_dataset(tmp_path / "ds")
+    assert meta["counts"]["chunks"] == ds.n_chunks == sum(len(v) for v in bank.values())
+    for i, vecs in bank.items():
+        row = ds.articles[i]
+        assert row["n_chunks"] == len(vecs)
+        np.testing.assert_array_equal(ds.vectors[row["first_chunk"] : row["first_chunk"] + len(vecs)], vecs)
+    assert len(ds.sequences("all", CTX, 1)) == len(t)  # every row is a sequence again
+
+    # truly ambiguous: a padded row placed after a full one of the same article
+    ids, counts = np.unique(a, return_counts=True)
+    rows = np.flatnonzero(a == ids[np.argmax(counts)])  # the longest article
+    assert len(rows) > CTX + 1
+    swapped = np.arange(len(a))
+    swapped[rows[0]], swapped[rows[-1]] = rows[-1], rows[0]
+    np.savez(tmp_path / "bad.npz", context_sequences=c[swapped], target_vectors=t[swapped], article_ids=a[swapped])
+    with pytest.raises(LvmError, match="not consecutive sliding windows|left-padding and row order disagree"):
+        import_npz(tmp_path / "bad.npz", tmp_path / "bad", progress=False)
+    # padding that is not on the left
+    inner = c.copy()
+    inner[rows[-1], 1] = 0.0
+    np.savez(tmp_path / "inner.npz", context_sequences=inner, target_vectors=t, article_ids=a)
+    with pytest.raises(LvmError, match="padding .* is not on the left"):
+        import_npz(tmp_path / "inner.npz", tmp_path / "inner", progress=False)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "inner").exists()

@@ -118,22 +118,46 @@ def _dense_ids(raw: np.ndarray) -> tuple[np.ndarray, list]:
 
 
 def _derive_positions(article: np.ndarray, contexts: np.ndarray, targets: np.ndarray, ctx: int) -> np.ndarray:
-    """Without positions, rows of one article must be consecutive sliding windows in file order."""
+    """Without positions, rows of one article must be consecutive sliding windows in file order.
+
+    A row's padding (all-zero context slots) must be on the left: a left-padded row is a short context at
+    its article's start, so the article's first row targets the chunk at position (its real context
+    slots), and each later row the next one. Every row's real slots must then equal min(position, ctx):
+    padding and order that disagree (a padded row after a full one, padding inside a context) are
+    refused, saying which row and why."""
     n = len(article)
+    real = np.abs(contexts).sum(axis=2) > 0  # (N, ctx): zero vectors are padding
+    n_real = real.sum(axis=1)
+    inner = np.flatnonzero((real[:, :-1] & ~real[:, 1:]).any(axis=1) | ~real[:, -1])
+    if len(inner):
+        raise LvmError(
+            f"row {int(inner[0])}: its padding (zero context vectors) is not on the left, or its last context "
+            "slot is padding: only left-padded windows can be placed without target positions; provide "
+            "target_positions in the .npz"
+        )
     order = np.argsort(article, kind="stable")
     a = article[order]
     start = np.ones(n, dtype=bool)
     start[1:] = a[1:] != a[:-1]
     run_start = np.maximum.accumulate(np.where(start, np.arange(n), 0))
     rank = np.arange(n) - run_start
+    first_real = n_real[order][run_start]  # the real context slots of each row's article's first row
     pos = np.empty(n, dtype=np.int64)
-    pos[order] = ctx + rank
+    pos[order] = first_real + rank
     follow = order[1:][~start[1:]]  # row that follows its predecessor in the same article
     prev = order[:-1][~start[1:]]
     if len(follow) and not np.allclose(contexts[follow, -1], targets[prev], atol=_SAME_VECTOR_ATOL):
         raise LvmError(
             "rows of an article are not consecutive sliding windows (a row's last context is not "
             "the previous row's target): provide target positions (target_positions) in the .npz"
+        )
+    odd = np.flatnonzero(n_real != np.minimum(pos, ctx))
+    if len(odd):
+        r = int(odd[0])
+        raise LvmError(
+            f"row {r} (article {article[r]!r}) has {int(n_real[r])} real context chunks where its place in the "
+            f"article's windows gives {int(min(pos[r], ctx))}: left-padding and row order disagree (a padded "
+            "row after a full one?), so the chunk order is ambiguous; provide target_positions in the .npz"
         )
     return pos
 
