@@ -13,8 +13,10 @@ A run writes one folder::
                                (plain tensors and numbers; read with weights_only=True)
 
 Kill switches (the gate profile's ``training.val_cosine`` and ``training.ood_sentinel`` rules) run
-after every epoch; an abort records gate, value and threshold in the history, keeps every
-checkpoint and ends with exit code ``EXIT_KILL_SWITCH``.
+after every epoch through ``lvm.train.epoch_gates.EpochGates`` (the class any other training loop,
+``lvm watch`` and the Lightning callback use, so none can disagree with this trainer); an abort
+records gate, value and threshold in the history, keeps every checkpoint and ends with exit code
+``EXIT_KILL_SWITCH``.
 
 Distributed: the same code under ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU). The
 batch size is global: every rank takes its slice of each global batch, DDP averages gradients, so
@@ -46,8 +48,9 @@ from lvm.models.checkpoints import (
     make_model,
     save_checkpoint,
 )
-from lvm.profiles import Profile, profile_for_dataset
+from lvm.profiles import profile_for_dataset
 from lvm.train.config import TrainConfig
+from lvm.train.epoch_gates import Decision, EpochGates, check_kill_switches, triage_text
 from lvm.train.sampler import article_capped_batches
 from lvm.train.schedule import EMA, lr_lambda
 
@@ -89,27 +92,6 @@ def to_torch(batch, device):
     return (torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device), torch.from_numpy(y).to(device))
 
 
-def check_kill_switches(
-    profile: Profile, epoch: int, val_cos: float, ood_cos: float | None, samples_per_epoch: int | None = None
-) -> tuple[list[dict], dict | None]:
-    """Events (one per epoch rule broken, warnings included) and the first abort event (or None)."""
-    row = {"epoch": epoch, "val_cosine": val_cos, "ood_cosine": ood_cos}
-    events = [
-        {
-            "gate": f"training.{v['metric']}",
-            "epoch": epoch,
-            "value": round(float(v["value"]), 6),
-            "threshold": v["threshold"],
-            "action": v["action"],
-            "status": v["status"],
-            "why": v["why"],
-            "profile": profile.name,
-        }
-        for v in profile.schedule_violations([row], samples_per_epoch=samples_per_epoch)
-    ]
-    return events, next((e for e in events if e["action"] == "abort"), None)
-
-
 @dataclass
 class RunState:
     """What the steps of one training run share."""
@@ -123,6 +105,7 @@ class RunState:
     adaptive: AdaptiveLambda | None
     history: dict
     start_epoch: int = 1
+    gates: EpochGates | None = None  # the profile's epoch rules (None: kill switches off)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -369,6 +352,8 @@ class Trainer:
             self._restore(run)
         elif self.is_main:
             write_json_atomic(self.out / "config.json", cfg.to_dict())
+        if self.profile is not None:
+            run.gates = EpochGates(self.profile, len(self.train_view), start_epoch=run.start_epoch)
         self.log.info(
             f"training {cfg.model} ({count_parameters(model):,} params) on {len(self.train_view)} sequences "
             f"(ctx={cfg.ctx}, min_ctx={cfg.min_ctx}), {cfg.epochs} epochs, device {self.device}, world {self.world}"
@@ -378,9 +363,9 @@ class Trainer:
 
     def _warn_unreached(self, run: RunState) -> None:
         """A dataset too small for the kill-switch schedule gets a warning, not an abort at epoch 1."""
-        if self.profile is None or not self.cfg.kill_switches:
+        if run.gates is None:
             return
-        unreached = self.profile.unreached(self.cfg.epochs, len(self.train_view))
+        unreached = run.gates.unreached(self.cfg.epochs)
         run.history["schedule_unreached"] = unreached
         for u in unreached:
             self.log.info(
@@ -520,10 +505,7 @@ class Trainer:
         else:
             run.eval_model.load_state_dict(run.model.state_dict())
         val = evaluate(run.eval_model, self.val_view, cfg.loss, cfg.eval_batch_size, self.device)
-        sentinel = (
-            bool(self.profile and self.profile.rules_at("ood_sentinel", epoch, len(self.train_view)))
-            and len(self.ood_view) > 0
-        )
+        sentinel = run.gates is not None and run.gates.needs_ood(epoch) and len(self.ood_view) > 0
         ood = evaluate(run.eval_model, self.ood_view, None, cfg.eval_batch_size, self.device) if sentinel else None
         return val, ood
 
@@ -576,18 +558,20 @@ class Trainer:
 
     def _check_kill_switches(self, run: RunState, epoch: int, val: dict, ood: dict | None) -> dict | None:
         """Judge the profile's epoch rules: record and log every event; the abort event, if any."""
-        if self.profile is None:
+        if run.gates is None:
             return None
-        events, abort = check_kill_switches(
-            self.profile, epoch, val["cosine"], ood["cosine"] if ood else None, len(self.train_view)
+        decision: Decision = run.gates.after_epoch(
+            epoch, val_cosine=val["cosine"], ood_cosine=ood["cosine"] if ood else None
         )
-        run.history["events"].extend(events)
-        for e in events:
+        run.history["events"].extend(decision.events)
+        for e in decision.events:
             self.log.info(
                 f"  {e['status']} {e['gate']}: {e['value']:.4f} < {e['threshold']} at epoch {epoch} "
                 f"({e['action']}): {e['why']}"
             )
-        return abort
+        if decision.triage:
+            self.log.info("  " + triage_text())
+        return decision.abort
 
     def _save_epoch(self, run: RunState, epoch: int, metrics: dict, improved: bool, abort: dict | None) -> None:
         """Rank 0: last (and best) checkpoints of the EMA weights, the history, then resume.pt."""
