@@ -456,10 +456,14 @@ def dataset_meta_mutation(draw, meta: dict, n: int, dim: int) -> Mutation:
     return Mutation(f"meta.json: {label}", apply, EITHER if valid else REFUSE)
 
 
+HASHED_SIDE_FILES = ("texts.jsonl", "articles.jsonl")  # under the content hash: any change must be refused
+
+
 @st.composite
 def dataset_file_mutation(draw, folder_files: dict[str, bytes]) -> Mutation:
-    """A side file (texts, articles, index, probes, marker) damaged, retyped or missing; the folder
-    as a whole is still a dataset (meta.json and arrays untouched), so any outcome but a crash is fine."""
+    """A side file (texts, articles, index, probes, marker) damaged, retyped or missing. The texts and the
+    article table are under the content hash: a changed or missing one must be refused; for the others
+    (derived or optional) any outcome but a crash is fine."""
     name = draw(st.sampled_from(sorted(folder_files)))
     data = folder_files[name]
     kind = draw(
@@ -501,7 +505,8 @@ def dataset_file_mutation(draw, folder_files: dict[str, bytes]) -> Mutation:
         elif new is not None:
             p.write_bytes(new)
 
-    return Mutation(label, apply, EITHER)
+    changed = kind in ("missing", "dir") or new != data
+    return Mutation(label, apply, REFUSE if name in HASHED_SIDE_FILES and changed else EITHER)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -964,6 +969,357 @@ def train_options(draw, ctx: int = 5) -> tuple[list[str], str, str]:
     ctx_ok = not bad.get("--ctx") and not bad.get("--min-ctx")
     invalid = any(bad.values()) or (ctx_ok and not 1 <= values["--min-ctx"] <= values["--ctx"])
     return argv, "; ".join(labels), REFUSE if invalid else EITHER
+
+
+# ----------------------------------------------------------------------------- extreme numbers (any JSON, any TOML)
+
+# Values that stand where a number goes: the largest finite doubles, non-finite numbers, integers past any
+# machine width, negative zero, the smallest subnormal, and things that are not numbers at all.
+EXTREME_VALUES = [1e308, -1e308, math.nan, math.inf, -math.inf, 10**400, -(10**400), -0.0, 5e-324, 2**63, 2**64]
+EXTREME_VALUES += [-(2**63) - 1, True, False, "1.0", "NaN", "1e400", "", None, [], {}]
+# JSON number tokens written as such (Python's json reads 1e999 as inf and refuses > 4300-digit integers)
+RAW_NUMBERS = ["1e999", "-1e999", "1" + "0" * 400, "-1" + "0" * 400, "1" + "0" * 5000, "NaN", "Infinity"]
+RAW_NUMBERS += ["-Infinity", "-0", "-0.0", "1e-400", "1.7976931348623157e+308", "0." + "0" * 400 + "1"]
+_RAW = "@@lvm-fuzz-raw@@"
+UNPARSEABLE = object()  # what Python's json makes of a document it refuses
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def finite_number(v) -> bool:
+    """A JSON number that is a finite double (10**400 is a number but no double)."""
+    if not is_number(v):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def parse_json(data: bytes):
+    """What Python's json makes of ``data`` (NaN/Infinity accepted), or ``UNPARSEABLE``."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return UNPARSEABLE
+
+
+def numeric_paths(doc) -> list[tuple]:
+    return [p for p in json_paths(doc, max_depth=9, max_items=8) if p and is_number(get_path(doc, p))]
+
+
+@st.composite
+def extreme_value(draw) -> tuple[object, str | None]:
+    """(the value as Python reads it, the raw JSON token written instead of it, or None)."""
+    if draw(st.integers(0, 3)) == 0:
+        tok = draw(st.sampled_from(RAW_NUMBERS))
+        return parse_json(tok.encode()), tok
+    return draw(st.sampled_from(EXTREME_VALUES)), None
+
+
+@st.composite
+def extreme_edit(draw, doc, focus: tuple = (), paths: list | None = None) -> tuple[bytes, tuple, object, str]:
+    """One number of ``doc`` (now and then any value) replaced by an extreme one, written as JSON:
+    (bytes, path, the old value, label). ``focus``: top-level keys drawn more often; ``paths``: the
+    values that matter most (drawn half of the time when given)."""
+    doc = json.loads(json.dumps(doc))
+    nums = numeric_paths(doc)
+    focused = [p for p in nums if p[0] in focus]
+    pool = focused if focused and draw(st.booleans()) else nums
+    if paths and draw(st.booleans()):
+        pool = paths
+    if not pool or draw(st.integers(0, 5)) == 0:
+        pool = [p for p in json_paths(doc) if p] or [()]
+    path = draw(st.sampled_from(pool))
+    old = get_path(doc, path)
+    value, raw = draw(extreme_value())
+    doc = set_path(doc, path, _RAW if raw is not None else value)
+    text = dumps(doc)
+    if raw is not None:
+        text = text.replace(json.dumps(_RAW), raw)
+    shown = f"{raw[:24]}{'...' if len(raw) > 24 else ''} (a {len(raw)}-character JSON number)" if raw else short(value)
+    return text.encode(), path, old, f"{'/'.join(map(str, path)) or '(root)'} = {shown} (was {short(old)})"
+
+
+@st.composite
+def extreme_toml(draw, doc: dict) -> tuple[bytes, tuple, object, object, str]:
+    """A TOML document with one number (now and then any value) replaced by an extreme one:
+    (bytes, path, old, new, label). TOML has nan/inf but no null (None is not drawn)."""
+    doc = json.loads(json.dumps(doc))
+    nums = numeric_paths(doc)
+    pool = nums if nums and draw(st.integers(0, 4)) else [p for p in json_paths(doc) if p]
+    path = draw(st.sampled_from(pool))
+    old = get_path(doc, path)
+    value = draw(st.sampled_from([v for v in EXTREME_VALUES if v is not None] + [-5, -1, 0, 1.5]))
+    set_path(doc, path, value)
+    return to_toml(doc).encode(), path, old, value, f"{'/'.join(map(str, path))} = {short(value)} (was {short(old)})"
+
+
+def number_broken(old, new) -> bool:
+    """A number of a settings file replaced by something that is not a usable number of its kind:
+    not a number, not finite, past 64 bits, or a fraction where an integer was."""
+    if not is_number(old):
+        return False
+    if not finite_number(new) or abs(new) >= 2**63:
+        return True
+    return isinstance(old, int) and isinstance(new, float) and not float(new).is_integer()
+
+
+# ----------------------------------------------------------------------------- deep nesting (any JSON reader)
+
+DEEP_DEPTHS = (10_000, 50_000, 100_000)
+
+
+def deep_text(depth: int, kind: str) -> str:
+    if kind == "object":
+        return '{"a":' * depth + "0" + "}" * depth
+    if kind == "mixed":
+        return '[{"a":' * (depth // 2) + "1" + "}]" * (depth // 2)
+    if kind == "unclosed":
+        return "[" * depth
+    return "[" * depth + "]" * depth
+
+
+@st.composite
+def deep_edit(draw, doc) -> tuple[bytes, tuple, str]:
+    """``doc`` as JSON with one value (or the whole document) replaced by arrays/objects nested
+    10k-100k deep: (bytes, path, label). Python's json cannot read any of them (RecursionError)."""
+    depth = draw(st.sampled_from(DEEP_DEPTHS))
+    kind = draw(st.sampled_from(["array", "object", "mixed", "unclosed"]))
+    blob = deep_text(depth, kind)
+    paths = [p for p in json_paths(doc) if p]
+    if not paths or draw(st.integers(0, 2)) == 0:
+        return blob.encode(), (), f"whole document: {kind} nested {depth} deep"
+    path = draw(st.sampled_from(paths))
+    doc = set_path(json.loads(json.dumps(doc)), path, _RAW)
+    text = dumps(doc).replace(json.dumps(_RAW), blob)
+    return text.encode(), path, f"{'/'.join(map(str, path))} = {kind} nested {depth} deep"
+
+
+@st.composite
+def deep_toml(draw, text: str) -> tuple[bytes, str]:
+    """A TOML profile with a key whose value is an array or inline table nested 10k-100k deep."""
+    depth = draw(st.sampled_from(DEEP_DEPTHS))
+    kind = draw(st.sampled_from(["array", "table", "unclosed"]))
+    if kind == "array":
+        value = "[" * depth + "1" + "]" * depth
+    elif kind == "table":
+        value = "{a = " * depth + "1" + "}" * depth
+    else:
+        value = "[" * depth
+    where = draw(st.sampled_from(["top", "table"]))
+    line = f"deep = {value}\n"
+    data = line + text if where == "top" else text.replace("[profile]\n", "[profile]\n" + line, 1)
+    return data.encode(), f"TOML {kind} nested {depth} deep ({where})"
+
+
+# ----------------------------------------------------------------------------- .npy headers (parser limits)
+
+
+def npy_with_header(header, body: bytes, version: bytes = b"\x01\x00", hlen: int | None = None) -> bytes:
+    raw = header.encode("latin1") if isinstance(header, str) else header
+    raw += b" " * (-(len(raw) + 11) % 64) + b"\n"
+    n = len(raw) if hlen is None else hlen
+    size = struct.pack("<H", min(n, 0xFFFF)) if version[0] == 1 else struct.pack("<I", n)
+    return b"\x93NUMPY" + version + size + raw + body
+
+
+def _npy_headers(descr: str, shape: str, marker: str, n: int) -> dict:
+    q3 = "'" * 3
+    start = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': "
+    return {
+        "unbalanced": start + "((((((",
+        "deep-tuple": start + "(" * n + ")" * n + "}",
+        "deep-dict": "{'descr': " + "{'a': " * n + "1" + "}" * n + "}",
+        "unterminated": "{'descr': '" + descr,
+        "triple-quote": "{'descr': " + q3 + descr,
+        "huge-shape": start + f"({10**400},)}}",
+        "digits": start + "(" + "9" * 5000 + ",)}",
+        "negative-shape": start + "(-1, 8)}",
+        "float-shape": start + "(1.5,)}",
+        "descr-repeat": f"{{'descr': {descr * 2000!r}, 'fortran_order': False, 'shape': {shape}}}",
+        "descr-record": f"{{'descr': {[('a', '<f4')] * 3000!r}, 'fortran_order': False, 'shape': {shape}}}",
+        "descr-object": f"{{'descr': '|O', 'fortran_order': False, 'shape': {shape}}}",
+        "descr-void0": f"{{'descr': '|V0', 'fortran_order': False, 'shape': {shape}}}",
+        "code": f"__import__('os').system('touch {marker}')",
+        "code-in-shape": start + f"(open({marker!r}, 'w'),)}}",
+        "fstring": "f'{1}'",
+        "not-ascii": b"{'descr': '\xff\xfe', 'fortran_order': False, 'shape': (1,)}",
+        "hlen-lie": start + shape + "}",
+        "version": start + shape + "}",
+        "fortran-junk": f"{{'descr': {descr!r}, 'fortran_order': 'yes', 'shape': {shape}}}",
+        "extra-keys": start + shape + ", 'x': 1}",
+    }
+
+
+@st.composite
+def npy_header_attack(draw, arr: np.ndarray, marker: str) -> tuple[bytes, str, bool]:
+    """A .npy file of ``arr``'s data whose header is garbage: unbalanced or deeply nested brackets,
+    unterminated (triple-quoted) strings, shapes of 10**400 or negative, odd descr, code that must never
+    run (it would create ``marker``), lengths and versions that lie: (bytes, label, whether it is in fact
+    a valid .npy of ``arr``: format versions 2.0 and 3.0 are)."""
+    descr = np.lib.format.dtype_to_descr(arr.dtype)
+    body = np.ascontiguousarray(arr).tobytes()
+    headers = _npy_headers(descr, repr(tuple(arr.shape)), marker, draw(st.sampled_from([1_000, 100_000])))
+    kind = draw(st.sampled_from(sorted(headers)))
+    header = headers[kind]
+    if kind == "hlen-lie":
+        hlen = draw(st.sampled_from([0, 1, 0xFFFF]))
+        return npy_with_header(header, body, hlen=hlen), f".npy header length {hlen} (a lie)", False
+    if kind == "version":
+        v = draw(st.sampled_from([b"\x02\x00", b"\x03\x00", b"\x09\x09", b"\x00\x00"]))
+        return npy_with_header(header, body, version=v), f".npy version {v!r}", v in (b"\x02\x00", b"\x03\x00")
+    version = b"\x02\x00" if len(header) > 60_000 else b"\x01\x00"
+    return npy_with_header(header, body, version=version), f".npy header {kind}", False
+
+
+# ----------------------------------------------------------------------------- numeric command-line flags
+
+
+def flag_bound(action, cmd: str):
+    """(kind, lo, hi, lo_open, hi_open, where declared) of a numeric option: from ``lvm.bounds.number``
+    (``type.bound``), else, for ``lvm train``, from the pydantic schema its config is validated with;
+    None when the option is not numeric."""
+    t = action.type
+    b = getattr(t, "bound", None)
+    if b is not None:
+        return b.kind, b.lo, b.hi, b.lo_open, False, "lvm.bounds"
+    if t not in (int, float):
+        return None
+    if cmd == "train":
+        got = _schema_bound(action.dest)
+        if got is not None:
+            return (t, *got, "schema")
+    return t, None, None, False, False, "undeclared"
+
+
+def _schema_bound(dest: str):
+    import typing
+
+    from lvm import schemas
+
+    for model in (schemas.TrainSettings, schemas.LossSettings):
+        f = model.model_fields.get(dest)
+        if f is None:
+            continue
+        meta = list(f.metadata)
+        for arg in typing.get_args(f.annotation):
+            for m in getattr(arg, "__metadata__", ()):
+                meta += list(getattr(m, "metadata", [m]))
+        lo = hi = None
+        lo_open = hi_open = False
+        for m in meta:
+            if getattr(m, "ge", None) is not None:
+                lo = m.ge
+            if getattr(m, "gt", None) is not None:
+                lo, lo_open = m.gt, True
+            if getattr(m, "le", None) is not None:
+                hi = m.le
+            if getattr(m, "lt", None) is not None:
+                hi, hi_open = m.lt, True
+        return lo, hi, lo_open, hi_open
+    return None
+
+
+# Independent of what the CLI declares: what a value of these options must be to make sense at all.
+SEMANTIC_BOUNDS = {  # option: (lo, hi, lo_open, hi_open); None = no limit on that side
+    "--batch-size": (1, None, False, False),
+    "--eval-batch-size": (1, None, False, False),
+    "--max-length": (1, None, False, False),
+    "--min-chars": (0, None, False, False),
+    "--target-chars": (1, None, False, False),
+    "--nlist": (1, None, False, False),
+    "--nprobe": (1, None, False, False),
+    "--ctx": (1, None, False, False),
+    "--min-ctx": (1, None, False, False),
+    "--input-dim": (1, None, False, False),
+    "--dim": (1, None, False, False),
+    "--n-chunks": (1, None, False, False),
+    "--epochs": (1, None, False, False),
+    "--segment-width": (1, None, False, False),
+    "--threads": (1, None, False, False),
+    "--latency-threads": (1, 4096, False, False),
+    "--seed": (0, None, False, False),
+    "--seeds": (0, None, False, False),
+    "--chunks-per-article": (1, None, False, False),
+    "--ood-fraction": (0, 1, False, True),
+    "--val-fraction": (0, 1, False, True),
+    "--duplicates": (0, 1, False, True),
+    "--coherence": (-1, 1, False, False),
+    "--coherence-std": (0, None, False, False),
+    "--min-coherence": (-1, 1, False, False),
+    "--lr": (0, None, True, False),
+    "--tau": (0, None, True, False),
+    "--warm-start-lr-scale": (0, None, True, False),
+    "--warmup-frac": (0, 1, False, False),
+    "--min-lr-ratio": (0, 1, False, False),
+    "--ema-decay": (0, 1, False, True),
+    "--adaptive-decay": (0, 1, False, False),
+    "--weight-decay": (0, None, False, False),
+    "--grad-clip": (0, None, False, False),
+    "--max-per-article": (0, None, False, False),
+    "--variance-floor-ratio": (0, None, False, False),
+    "--lambda-mse": (0, None, False, False),
+    "--lambda-cos": (0, None, False, False),
+    "--lambda-info": (0, None, False, False),
+    "--lambda-moment": (0, None, False, False),
+    "--lambda-variance": (0, None, False, False),
+    "--adaptive-base": (0, None, False, False),
+    "--adaptive-min": (0, None, False, False),
+    "--adaptive-max": (0, None, False, False),
+}
+
+
+def _within(v: float, lo, hi, lo_open, hi_open) -> bool:
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        return False
+    return not (hi is not None and (v >= hi if hi_open else v > hi))
+
+
+def flag_value_ok(opt: str, text: str, bound) -> bool:
+    """Whether ``text`` is an acceptable value of ``opt``: a finite number of the option's kind (as
+    Python reads it), inside the declared bounds and inside the semantic ones."""
+    kind, lo, hi, lo_open, hi_open, _ = bound
+    try:
+        v = kind(text)
+    except (ValueError, OverflowError):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:
+        return False
+    if not math.isfinite(f) or not _within(v, lo, hi, lo_open, hi_open):
+        return False
+    sem = SEMANTIC_BOUNDS.get(opt)
+    return sem is None or _within(v, *sem)
+
+
+def _edges(x, kind) -> list:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return []
+    if kind is int:
+        return [int(x) - 1, int(x), int(x) + 1]
+    x = float(x)
+    return [math.nextafter(x, -math.inf), x, math.nextafter(x, math.inf), x - 1, x + 1]
+
+
+FLAG_EXTREMES = ["0", "-1", "1", "-0", "nan", "inf", "-inf", "1e400", "-1e400", "1e308", "-1e308", str(10**400)]
+FLAG_EXTREMES += [str(2**31), str(2**63), str(-(2**63) - 1), "1e3", "0x10", "1.5", "", " 3", "1_000", "\u0663"]
+FLAG_EXTREMES += ["+2", "5e-324", "1e-400", "NaN", "Infinity", "-0.0", "2.0"]
+
+
+@st.composite
+def flag_value(draw, opt: str, bound) -> str:
+    """A value for a numeric option: at and just beyond its declared and semantic bounds, or extreme."""
+    kind, lo, hi, *_ = bound
+    sem = SEMANTIC_BOUNDS.get(opt, (None, None, False, False))
+    edges = _edges(lo, kind) + _edges(hi, kind) + _edges(sem[0], kind) + _edges(sem[1], kind)
+    if edges and draw(st.integers(0, 2)):
+        v = draw(st.sampled_from(edges))
+        return str(v) if kind is int else repr(v)
+    return draw(st.sampled_from(FLAG_EXTREMES))
 
 
 __all__ = [
