@@ -291,6 +291,17 @@ def test_alignment_targets_off_by_one(ds, profile):
     assert res.metrics["skip_margin"] <= 0  # the similarity evidence alone also says off by one (healthy +0.018)
 
 
+def test_order_chunks_shuffled_within_articles(ds, profile, tmp_path):
+    """Texts and vectors shuffled together within every article, positions renumbered: coherence, drift and
+    alignment still read GREEN (the chunks of one article stay on topic); the order gate does not."""
+    from test_data_verdicts import rebuilt, shuffled_rows
+
+    green(gates.order(ds, profile))  # measured: order signal +0.0252 [+0.0226, +0.0276] over the permutation null
+    rows, _ = shuffled_rows(ds, 1.0)
+    res = red(gates.order(rebuilt(ds, tmp_path / "shuffled", rows, rows), profile), "order_signal_ci_low")
+    assert res.metrics["order_signal_ci_low"] <= 0  # measured +0.0009 [-0.0017, +0.0033]: 96 % read as shuffled
+
+
 def test_coherence_globally_shuffled_vectors(default_dataset, ds, profile, tmp_path):
     green(gates.coherence(ds, profile))  # measured mean 0.476
     perm = np.random.default_rng(0).permutation(ds.n_chunks)
@@ -746,6 +757,7 @@ def test_gate_suite_fails_a_copy_last_checkpoint(default_dataset, tmp_path):
         "normalization",
         "oracle_recall",
         "alignment",
+        "order",
         "coherence",
         "split_hygiene",
         "batch_hygiene",

@@ -19,6 +19,7 @@ from lvm.gates.data import (
     encoder_fingerprint,
     normalization,
     oracle_recall,
+    order,
     segment_breakdown,
     split_hygiene,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "normalization",
     "offset_sweep",
     "oracle_recall",
+    "order",
     "output_sanity",
     "retrieval",
     "segment_breakdown",

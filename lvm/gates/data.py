@@ -15,6 +15,7 @@ from lvm.gates.status import (
     RED,
     GateResult,
     annotate,
+    cap_thin,
     gate_params,
     judge,
     skipped,
@@ -64,7 +65,9 @@ def encoder_fingerprint(ds: Dataset, profile: Profile, checkpoint_fingerprints: 
         "mismatched_checkpoints": mismatched,
         **_stored_vectors_check(ds, encoder, gate_params(profile, "encoder_fingerprint")["text_sample"]),
     }
-    return judge("encoder_fingerprint", metrics, profile, **where)
+    result = judge("encoder_fingerprint", metrics, profile, **where)
+    step = _step_note(metrics)
+    return _note(result, f"{step} The encoder is not at fault: alignment and order judge the step.") if step else result
 
 
 def _synthetic_fingerprint(ds: Dataset, stored: str, mismatched: list, where: dict) -> GateResult:
@@ -93,30 +96,152 @@ def _synthetic_fingerprint(ds: Dataset, stored: str, mismatched: list, where: di
     )
 
 
-def _stored_vectors_check(ds: Dataset, encoder, n: int, seed: int = 0) -> dict:
-    """Re-encode a seeded sample of the stored texts and compare with the stored vectors: the probes
-    prove the encoder, this proves the vectors came from it (a bank built with another pooling and
-    its meta copied from an honest build passes the probe check, not this one)."""
+STEPS = (-1, 0, 1)  # offsets at which a stored vector is compared with re-encoded texts (i-1, i, i+1)
+STEP_MATCH_COS = 0.999  # a stored vector "is" the encoding of a text at or above this cosine (same pipeline: 1.0000)
+_STORED_SAMPLE: dict[tuple, dict] = {}  # (dataset, content hash, encoder spec, n, seed) -> the re-encoded sample
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _stored_sample(ds: Dataset, encoder, n: int, seed: int = 0) -> dict:
+    """A seeded sample of ``n`` stored texts re-encoded, each stored vector scored against the re-encoded
+    texts of its chunk and of its neighbours in the article (``STEPS``). Computed once per dataset and
+    encoder in a process: ``encoder_fingerprint`` judges the encoder on it, ``alignment`` and ``order``
+    the step between texts and vectors.
+
+    Per sampled chunk i: cos_s(i) = cos(stored v_i, encode(text_{i+s})), its best offset b(i) (0 on a
+    tie within 1e-6, then the smallest |s|) and best cosine c(i) = max_s cos_s(i). The neighbours
+    (s != 0) are encoded only for the chunks whose own text does not give their vector (cos_0 <
+    ``STEP_MATCH_COS``; none on built data, so a healthy dataset costs no extra encoding); cos_s is NaN
+    where not computed, where chunk i+s is not in the article or has no text. A chunk is *out of step*
+    when c(i) >= ``STEP_MATCH_COS`` at b(i) != 0: its vector encodes a neighbour's text, not its own.
+    """
+    key = (str(ds.path), ds.content_hash, repr(getattr(encoder, "spec", None)), n, seed)
+    if key in _STORED_SAMPLE:
+        return _STORED_SAMPLE[key]
     texts = ds.texts
     have = np.flatnonzero([bool(t) for t in texts])
     if not len(have) or n <= 0:
-        return {"stored_sample_min_cos": float("nan"), "stored_sample": 0}
+        return {"sample": np.zeros(0, dtype=np.int64)}
     idx = np.sort(np.random.default_rng(seed).choice(have, size=min(n, len(have)), replace=False))
-    fresh = encoder.encode([texts[i] for i in idx])
-    stored = np.asarray(ds.vectors[idx], dtype=np.float64)
+    cos = np.full((len(idx), len(STEPS)), np.nan)
+    stored = _unit(ds.vectors[idx])  # a direction test: norms are the normalization gate's business
+    zero = STEPS.index(0)
+    cos[:, zero] = (stored * _unit(encoder.encode([texts[i] for i in idx]))).sum(axis=1)
+    # the neighbours' texts only for the chunks whose own text does not give their vector (none on built data)
+    need = np.flatnonzero(~(cos[:, zero] >= STEP_MATCH_COS))
+    rows = {}
+    for s in STEPS:
+        j, ok = M.neighbour_indices(idx[need], ds.article_id, s)
+        rows[s] = (j, ok & np.array([bool(texts[x]) for x in j], dtype=bool))
+    wanted = np.unique(np.concatenate([rows[s][0][rows[s][1]] for s in STEPS if s]))
+    fresh = dict(zip(wanted.tolist(), _unit(encoder.encode([texts[i] for i in wanted])), strict=True))
+    for c, s in enumerate(STEPS):
+        j, ok = rows[s]
+        if s and ok.any():
+            cos[need[ok], c] = (stored[need[ok]] * np.stack([fresh[x] for x in j[ok].tolist()])).sum(axis=1)
+    filled = np.where(np.isnan(cos), -np.inf, cos)
+    best_cos = filled.max(axis=1)
+    # the best offset; 0 wins a tie (a text repeated next to itself), then the nearest
+    rank = np.array([(-abs(s) if s else 1) for s in STEPS], dtype=np.float64) * 1e-9
+    best = np.array(STEPS)[np.argmax(np.where(filled >= best_cos[:, None] - 1e-6, 1.0 + rank, 0.0), axis=1)]
+    out_of_step = (best != 0) & (best_cos >= STEP_MATCH_COS) & ~(cos[:, zero] >= STEP_MATCH_COS)
+    result = {"sample": idx, "cos": cos, "best": best, "best_cos": best_cos, "out_of_step": out_of_step}
+    _STORED_SAMPLE[key] = result
+    return result
 
-    def unit(v):  # a direction test: norms are the normalization gate's business, not this one's
-        v = np.asarray(v, dtype=np.float64)
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
-    cos = M.rowwise_cos(unit(stored), unit(fresh))
-    worst = int(idx[int(np.argmin(cos))])
+def _stored_vectors_check(ds: Dataset, encoder, n: int, seed: int = 0) -> dict:
+    """Re-encode a seeded sample of the stored texts and compare with the stored vectors: the probes
+    prove the encoder, this proves the vectors came from it (a bank built with another pooling and
+    its meta copied from an honest build passes the probe check, not this one). A vector that is the
+    exact encoding of a neighbour's text came from this encoder too: its cosine is taken at that
+    offset, and the step between texts and vectors is the alignment gate's finding, not this one's."""
+    got = _stored_sample(ds, encoder, n, seed)
+    idx = got["sample"]
+    if not len(idx):
+        return {"stored_sample_min_cos": float("nan"), "stored_sample": 0}
+    zero = STEPS.index(0)
+    worst = int(np.argmin(got["best_cos"]))
+    step0 = got["cos"][:, zero]
     return {
-        "stored_sample_min_cos": float(cos.min()),
-        "stored_sample_mean_cos": float(cos.mean()),
+        "stored_sample_min_cos": float(got["best_cos"].min()),
+        "stored_sample_mean_cos": float(got["best_cos"].mean()),
         "stored_sample": int(len(idx)),
-        "stored_sample_worst_chunk": worst,
+        "stored_sample_worst_chunk": int(idx[worst]),
+        "stored_sample_step0_min_cos": float(np.nanmin(step0)) if not np.isnan(step0).all() else float("nan"),
+        **_step_metrics(ds, got),
     }
+
+
+def _step_metrics(ds: Dataset, got: dict) -> dict:
+    """The step between texts and vectors found in the stored-text sample (see ``_stored_sample``)."""
+    idx, off = got["sample"], got["out_of_step"]
+    steps = got["best"][off]
+    step = int(np.bincount(steps - min(STEPS)).argmax() + min(STEPS)) if len(steps) else 0
+    examples = [
+        f"chunk {int(i)} (article {int(ds.article_id[i])}) holds chunk {int(i + b)}'s vector"
+        for i, b in zip(idx[off][:3], got["best"][off][:3], strict=True)
+    ]
+    return {
+        "text_vector_step": step,
+        "out_of_step_share": float(off.mean()) if len(idx) else 0.0,
+        "out_of_step_chunks": int(off.sum()),
+        "step_sample": int(len(idx)),
+        "out_of_step_examples": examples,
+    }
+
+
+def _note(result: GateResult, *notes: str) -> GateResult:
+    """``annotate`` with the non-empty ``notes``, after a full stop (a profile's cause has none)."""
+    text = " ".join(n for n in notes if n)
+    if text and result.message and not result.message.rstrip().endswith((".", "!", "?")):
+        result.message = result.message.rstrip() + "."
+    return annotate(result, text) if text else result
+
+
+def _step_note(m: dict) -> str:
+    k = m.get("text_vector_step", 0)
+    if not m.get("out_of_step_chunks"):
+        return ""
+    return (
+        f"Texts and vectors out of step by {k:+d}: the vector stored at chunk i encodes the text of chunk "
+        f"i{k:+d} ({m['out_of_step_chunks']} of {m['step_sample']} re-encoded chunks; "
+        + "; ".join(m["out_of_step_examples"])
+        + "). The vectors are the declared encoder's; the texts and vectors were paired with an offset."
+    )
+
+
+def _given_step(ds: Dataset, profile: Profile, step: dict | None) -> tuple[dict, str | None]:
+    """The step metrics given to a gate, else measured (``text_vector_step``); (metrics, why unmeasured)."""
+    if step is None:
+        return text_vector_step(ds, profile)
+    return step, None if "out_of_step_share" in step else "no text-vector step given"
+
+
+def text_vector_step(ds: Dataset, profile: Profile, seed: int = 0) -> tuple[dict, str | None]:
+    """(step metrics, None) from the stored-text sample re-encoded with the dataset's declared encoder
+    (the same sample as ``encoder_fingerprint``'s, computed once), or ({}, why it cannot be measured)."""
+    from lvm.data.encoders import EncoderSpec, load_encoder
+
+    enc_meta = ds.meta.get("encoder") or {}
+    if ds.meta.get("synthetic"):
+        return {}, "synthetic data has no texts to re-encode"
+    if not enc_meta.get("fingerprint"):
+        return {}, "the dataset records no encoder fingerprint"
+    try:
+        encoder = load_encoder(EncoderSpec.from_dict(enc_meta.get("spec") or {}))
+        if encoder.fingerprint != enc_meta["fingerprint"]:
+            return {}, "the declared encoder does not reproduce the dataset's fingerprint (see encoder_fingerprint)"
+        got = _stored_sample(ds, encoder, gate_params(profile, "encoder_fingerprint")["text_sample"], seed)
+    except LvmError as exc:
+        return {}, f"declared encoder not available here ({exc})"
+    if not len(got["sample"]):
+        return {}, "no stored texts"
+    return _step_metrics(ds, got), None
 
 
 def normalization(ds: Dataset, profile: Profile) -> GateResult:
@@ -154,8 +279,12 @@ def oracle_recall(ds: Dataset, index, profile: Profile, sample: int | None = Non
     return judge("oracle_recall", metrics, profile, dataset=ds.path.name)
 
 
-def alignment(view: SequenceView, profile: Profile, sample: int | None = None, seed: int = 0) -> GateResult:
-    """Targets must be the chunk right after the last context chunk (structure and similarity)."""
+def alignment(
+    view: SequenceView, profile: Profile, sample: int | None = None, seed: int = 0, step: dict | None = None
+) -> GateResult:
+    """Targets must be the chunk right after the last context chunk (structure and similarity); texts and
+    vectors in step (``text_vector_step``, or ``step`` when given); no vector repeated within an article
+    under another text (``within_article_duplicates``)."""
     params = gate_params(profile, "alignment")
     n = min(sample or params["sample"], len(view))
     if n == 0:
@@ -183,8 +312,168 @@ def alignment(view: SequenceView, profile: Profile, sample: int | None = None, s
         "peak_at_next": float(declared >= peak[1] - tie),
         "direction_delta": declared - prof.get(-1, float("nan")),
         "sample": int(n),
+        **within_article_duplicates(ds),
     }
-    return judge("alignment", metrics, profile, dataset=ds.path.name, split=view.split)
+    step_metrics, why = _given_step(ds, profile, step)
+    metrics.update(step_metrics)
+    unmeasured = {"out_of_step_share": why} if why else None
+    result = judge("alignment", metrics, profile, split=view.split, unmeasured=unmeasured, dataset=ds.path.name)
+    notes = [_step_note(metrics)]
+    if metrics["within_article_duplicate_vectors"]:
+        notes.append(
+            f"{metrics['within_article_duplicate_vectors']} chunk vector(s) repeat an earlier chunk of their article "
+            f"({metrics['within_article_duplicate_vectors_other_text']} under another text): "
+            + "; ".join(metrics["within_article_duplicate_examples"])
+            + "."
+        )
+    return _note(result, *notes)
+
+
+def within_article_duplicates(ds: Dataset, most: int = 5) -> dict:
+    """Chunks whose vector is byte-identical to an earlier chunk of the same article (by ``row_hashes``).
+
+    A sentence repeated in one article legitimately repeats its vector; a vector repeated under another
+    text cannot come from a deterministic encoder: vectors copied or shifted within the article (a
+    loader that pairs chunk i with chunk i+1's vector leaves the last two chunks with one vector).
+    Texts are compared case- and whitespace-folded (the default encoder is uncased)."""
+    h, art = ds.row_hashes, np.asarray(ds.article_id)
+    if len(h) < 2:
+        return {
+            "within_article_duplicate_vectors": 0,
+            "within_article_duplicate_vectors_other_text": 0,
+            "within_article_duplicate_examples": [],
+        }
+    order = np.lexsort((np.arange(len(h)), h, art))
+    same = (art[order][1:] == art[order][:-1]) & (h[order][1:] == h[order][:-1])
+    starts = np.r_[True, ~same]  # runs of one vector within one article, earliest chunk first
+    first_of = order[starts][np.cumsum(starts) - 1]
+    later, earlier = order[1:][same], first_of[1:][same]
+    other_text = 0
+    found: dict[bool, list[str]] = {True: [], False: []}
+    if len(later):
+        texts = ds.texts
+        fold = lambda t: " ".join(t.lower().split())  # noqa: E731
+        for a, b in zip(earlier.tolist(), later.tolist(), strict=True):
+            differs = fold(texts[a]) != fold(texts[b])
+            other_text += differs
+            if len(found[differs]) < most:
+                found[differs].append(
+                    f"article {int(art[b])}: chunk {b} = chunk {a}" + (" (other text)" if differs else " (same text)")
+                )
+    examples = (found[True] + found[False])[:most]  # those under another text first
+    return {
+        "within_article_duplicate_vectors": int(len(later)),
+        "within_article_duplicate_vectors_other_text": int(other_text),
+        "within_article_duplicate_examples": examples,
+    }
+
+
+MAX_ORDER_CHUNKS = 64  # chunks of one article the order gate reads: its (L, L) cosines stay small
+
+
+def _order_grams(ds: Dataset, articles: list[dict], cap: int = MAX_ORDER_CHUNKS) -> dict:
+    """{L: (article ids, (A, L, L) cosines within each article's first L chunks)}, one entry per length."""
+    lengths = np.array([min(a["n_chunks"], cap) for a in articles], dtype=np.int64)
+    out = {}
+    for length in np.unique(lengths).tolist():
+        group = [a for a, n in zip(articles, lengths.tolist(), strict=True) if n == length]
+        rows = (np.array([a["first_chunk"] for a in group])[:, None] + np.arange(length)).ravel()
+        v = _unit(ds.vectors[rows]).reshape(len(group), length, -1)  # a direction test, as coherence
+        out[length] = (np.array([a["article_id"] for a in group]), np.einsum("ald,amd->alm", v, v))
+    return out
+
+
+def order(ds: Dataset, profile: Profile, seed: int = 0, step: dict | None = None) -> GateResult:
+    """Does the chunk order within articles carry signal?
+
+    The adjacent-vs-distant margin of every anchor chunk (``metrics.anchor_order_margins``:
+    cos(c_i, c_{i+1}) − mean cos(c_i, c_{i+k}), k = 2…``max_offset``, within the article), its mean
+    with an article-cluster CI, against the within-article permutation null (``permutations``
+    shuffles of every article: 0 in expectation). Topic alone keeps the chunks of a shuffled article
+    similar to one another, so the comparison never leaves the article. ``order_signal`` = the mean
+    minus the null's mean; RED when its CI reaches 0 (the order cannot be told from shuffled). With
+    the profile's ``reference_signal`` (the signal of its corpus in order) ``in_order_share`` =
+    signal / reference estimates the share of articles still in order (a shuffled article adds 0 in
+    expectation). Also judged: the step between texts and vectors (``text_vector_step``)."""
+    params = gate_params(profile, "order")
+    where = {"dataset": ds.path.name}
+    eligible = [a for a in ds.articles if a["n_chunks"] >= 3]
+    rng = np.random.default_rng(seed)
+    if len(eligible) > params["sample"]:
+        eligible = [eligible[i] for i in np.sort(rng.choice(len(eligible), size=params["sample"], replace=False))]
+    if not eligible:
+        return skipped("order", "no article has 3 or more chunks: their order cannot be measured", **where)
+    k_max, n_perm = int(params["max_offset"]), int(params["permutations"])
+    margins, clusters, null_sums, per_article = [], [], np.zeros(n_perm), []
+    for length, (ids, gram) in _order_grams(ds, eligible).items():
+        d = M.anchor_order_margins(gram, k_max)
+        margins.append(d.ravel())
+        clusters.append(np.repeat(ids, d.shape[1]))
+        sums, above = M.order_permutation_null(gram, k_max, n_perm, rng)
+        null_sums += sums
+        per_article += list(zip(ids.tolist(), [length] * len(ids), (above / n_perm).tolist(), strict=True))
+    d, cl = np.concatenate(margins), np.concatenate(clusters)
+    null = null_sums / len(d)  # the mean margin under each shuffle
+    ci = M.cluster_bootstrap(d, cl, seed=seed)
+    null_mean = float(null.mean())
+    null_sd = float(null.std(ddof=1)) if n_perm > 1 else float("nan")
+    signal = ci["mean"] - null_mean
+    p_art = np.array([p for _, _, p in per_article])
+    # examples: the articles whose real order reads least ordered against their own shuffles, longest first
+    # (a 3-chunk article has 3 distinct orders; a long article that most shuffles beat is real evidence)
+    titles = {a["article_id"]: a.get("title", "") for a in eligible}
+    least = sorted(per_article, key=lambda t: (-t[2], -t[1]))[:5]
+    metrics = {
+        "order_signal": signal,
+        "order_signal_ci_low": ci["ci_low"] - null_mean,
+        "order_signal_ci_high": ci["ci_high"] - null_mean,
+        "adjacent_minus_distant": ci["mean"],
+        "null_mean": null_mean,
+        "null_sd": null_sd,
+        "null_z": signal / null_sd if null_sd > 0 else float("nan"),
+        "null_p": float((1 + (null >= ci["mean"]).sum()) / (1 + n_perm)),
+        "articles": len(per_article),
+        "anchors": int(len(d)),
+        "max_offset": k_max,
+        "permutations": n_perm,
+        "articles_p_above_half": float((p_art > 0.5).mean()),
+        "least_ordered_articles": [
+            {"article_id": a, "title": titles.get(a, ""), "chunks": n, "p_shuffled": round(p, 3)} for a, n, p in least
+        ],
+    }
+    reference = params["reference_signal"]
+    if reference:
+        # a share s of shuffled articles reads (1 - s) x the reference signal of the profile's corpus in order
+        lo, hi = metrics["order_signal_ci_low"] / reference, metrics["order_signal_ci_high"] / reference
+        metrics.update(
+            reference_signal=float(reference),
+            in_order_share=signal / reference,
+            shuffled_share_est=float(np.clip(1 - signal / reference, 0.0, 1.0)),
+            shuffled_share_ci=[float(np.clip(1 - hi, 0.0, 1.0)), float(np.clip(1 - lo, 0.0, 1.0))],
+        )
+    step_metrics, why = _given_step(ds, profile, step)
+    metrics.update(step_metrics)
+    unmeasured = {"out_of_step_share": why} if why else None
+    result = judge("order", metrics, profile, unmeasured=unmeasured, **where)
+    result = cap_thin(result, len(per_article), params["min_articles"], "articles of 3 or more chunks")
+    notes = []
+    if "order_signal_ci_low" in result.message or "in_order_share" in result.message:
+        share = (
+            f"an estimated {100 * metrics['shuffled_share_est']:.0f} % of the articles "
+            f"(CI {100 * metrics['shuffled_share_ci'][0]:.0f}-{100 * metrics['shuffled_share_ci'][1]:.0f} %) "
+            f"read as shuffled (signal {signal:+.4f} against {reference:+.4f} for the profile's corpus in order)"
+            if reference
+            else f"the order signal is {signal:+.4f} (permutation null {null_mean:+.4f} ± {null_sd:.4f})"
+        )
+        named = ", ".join(
+            f"{t['article_id']} {t['title']!r} ({t['chunks']} chunks)" for t in metrics["least_ordered_articles"]
+        )
+        notes.append(
+            f"Chunk order within articles: {share}; {len(per_article)} articles judged. "
+            f"Least ordered against their own shuffles: {named}."
+        )
+    notes.append(_step_note(metrics))
+    return _note(result, *notes)
 
 
 def coherence_stats(ds: Dataset, split_code: int | None = None) -> dict:
@@ -285,16 +574,20 @@ def _article_keys(ds: Dataset, split: str | None = None) -> dict[str, set]:
     return keys
 
 
-def _leaked_pairs(groups: dict[str, dict[str, set]]) -> set[tuple[str, str]]:
-    """(article, article it repeats) across groups (splits), by source id or by text hash."""
-    owner: dict = {}
+def _leaked_pairs(groups: dict[str, dict[str, set]], apart: frozenset = frozenset()) -> set[tuple[str, str]]:
+    """(article, article it repeats) across groups (splits), by source id or by text hash. Groups named
+    together in ``apart`` (pairs of group names) are not compared with each other."""
+    owners: dict = {}  # key -> [(group, article)], the first article of each group that holds it
     pairs: set[tuple[str, str]] = set()
     for group, articles in groups.items():
         for art, keys in articles.items():
             for key in keys:
-                first = owner.setdefault(key, (group, art))
-                if first[0] != group:
-                    pairs.add((art, first[1]))
+                seen = owners.setdefault(key, [])
+                twin = next((a for g, a in seen if g != group and frozenset((g, group)) not in apart), None)
+                if twin is not None:
+                    pairs.add((art, twin))
+                if all(g != group for g, _ in seen):
+                    seen.append((group, art))
     return pairs
 
 
@@ -314,6 +607,23 @@ def _search_few_lists(index, q: np.ndarray, k: int, nprobe: int):
     finally:
         if before is not None:
             index.nprobe = before
+
+
+NEAR_CANDIDATES = 4  # candidates per near-identical query: the query itself, a twin, and room to skip a few
+
+
+def _as_cosines(ds: Dataset, sims: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Inner products of unit queries with stored rows ``found`` turned into cosines: divided by the
+    stored rows' norms (a bank scaled by 1.5 scored pairs at cos 0.69-0.83 as 1.04-1.25, above 0.9999)."""
+    ids = np.unique(found[found >= 0])
+    if not len(ids):
+        return sims
+    norms = np.empty(len(ids))
+    for s in range(0, len(ids), M.BLOCK):  # scattered rows, a block at a time
+        norms[s : s + M.BLOCK] = M.vector_norms(np.asarray(ds.vectors[ids[s : s + M.BLOCK]]))
+    at = np.searchsorted(ids, np.maximum(found, 0))
+    out = np.asarray(sims, dtype=np.float64) / np.maximum(norms[at], 1e-12)
+    return np.where(found >= 0, out, -np.inf)
 
 
 def _spread(first: int, n: int, most: int) -> list[int]:
@@ -346,14 +656,16 @@ def _near_identical_pairs(ds: Dataset, index, ood: Dataset | None, params: dict,
         at = np.array([i for i, (s_, _, _) in enumerate(rows) if s_ is src])
         q[at] = src.vectors[np.array([rows[i][2] for i in at])]
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    sims, found = _search_few_lists(index, q, 2, params["leak_nprobe"])
+    sims, found = _search_few_lists(index, q, NEAR_CANDIDATES, params["leak_nprobe"])
+    sims = _as_cosines(ds, sims, found)  # the index holds the stored vectors as they are: unit or not
     hits: dict[str, list] = {}
     for (src, a, j), sim, idx in zip(rows, sims, found, strict=True):
-        # the best match that is not the query itself, in another split than the query's article
-        for s_, i_ in zip(sim, idx, strict=True):
-            if i_ < 0 or (src is ds and i_ == j):
+        # the best match that is not the query itself, in another split than the query's article (a separate
+        # OOD dataset is compared with train and val only: the main dataset's own OOD split is not used with it)
+        for s_, i_ in sorted(zip(sim.tolist(), idx.tolist(), strict=True), reverse=True):
+            other_split = SPLIT_NAMES[int(ds.split[i_])] if i_ >= 0 else ""
+            if i_ < 0 or (src is ds and i_ == j) or (src is not ds and other_split == "ood"):
                 continue
-            other_split = SPLIT_NAMES[int(ds.split[i_])]
             if s_ >= params["near_identical_cos"] and (src is not ds or other_split != a["split"]):
                 hits.setdefault(f"{src.path.name}:{a['split']}:{a['article_id']}", []).append(
                     (
@@ -375,7 +687,9 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None, ind
     """No article in two of train / val / OOD: not by id, not by source id, not by the same text, not
     by near-identical vectors (cos >= 0.9999, when the index is given).
 
-    With a separate OOD dataset, its articles are checked against every split of ``ds``.
+    With a separate OOD dataset, its articles are checked against the train and val splits of ``ds``
+    (and the splits of ``ds`` against one another, as always); not against the OOD split of ``ds``,
+    which it replaces.
     """
     from lvm.data.splits import OOD, SPLIT_NAMES, TRAIN
 
@@ -383,7 +697,10 @@ def split_hygiene(ds: Dataset, profile: Profile, ood: Dataset | None = None, ind
     groups = {name: _article_keys(ds, name) for name in SPLIT_NAMES}
     if ood is not None:
         groups["ood-dataset"] = _article_keys(ood)
-    pairs = _leaked_pairs(groups) | _near_identical_pairs(ds, index, ood, params)
+    # a separate OOD dataset replaces the main one's OOD split (the OOD gates score it instead): sharing articles
+    # with that split is no leak, sharing one with train or val is
+    apart = frozenset({frozenset(("ood", "ood-dataset"))})
+    pairs = _leaked_pairs(groups, apart) | _near_identical_pairs(ds, index, ood, params)
     article_code = np.array([SPLIT_NAMES.index(a["split"]) for a in ds.articles], dtype=np.int8)
     outside = np.flatnonzero(ds.split != article_code[ds.article_id])  # chunks in another split than their article
     # exact duplicate chunk vectors between train and OOD (counted: repeated sentences happen)

@@ -213,7 +213,15 @@ def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int 
 
 
 def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
-    """Per-sequence cos(ŷ, target) − cos(ŷ, chunk at the k > 0 of highest P(k)), article-cluster CI."""
+    """The CI of the forward margin as reported, P(0) − P(k*), k* = the k > 0 of highest P(k).
+
+    k* is fixed on the whole sample (the offset the margin names), not re-chosen per resample. P(0)
+    is a mean over every sequence and P(k*) over the sequences whose target has a chunk k* steps on,
+    as in the profile; both are recomputed on each article-cluster resample (the same articles on both
+    sides: ``metrics.cluster_bootstrap_difference``), so the CI is that of the reported value (a paired
+    CI on the subset with a chunk k* on, which it was, belongs to another number when k* > 1).
+    ``forward_n_eff`` is the paired difference's effective sample size, as before.
+    """
     ds = ev.view.dataset
     ahead = {k: v for k, v in prof.items() if k > 0 and not math.isnan(v)}
     if not ahead:
@@ -222,12 +230,15 @@ def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
     j, ok = M.neighbour_indices(ev.view.targets, ds.article_id, k)
     if not ok.any():
         return {"forward_margin_ci_low": float("nan"), "forward_margin_ci_high": float("nan"), "forward_n_eff": 0.0}
-    d = ev.cos[ok] - M.rowwise_cos(ev.pred, ds.vectors, np.flatnonzero(ok), j[ok])
-    ci = M.cluster_bootstrap(d, ev.view.article_ids[ok])
+    at0 = M.rowwise_cos(ev.pred, ds.vectors, None, ev.view.targets)  # the terms of P(0), as the profile has them
+    atk = M.rowwise_cos(ev.pred, ds.vectors, np.flatnonzero(ok), j[ok])  # ... and of P(k*)
+    art = ev.view.article_ids
+    ci = M.cluster_bootstrap_difference(at0, art, atk, art[ok])
+    paired = M.cluster_bootstrap(at0[ok] - atk, art[ok])
     return {
         "forward_margin_ci_low": ci["ci_low"],
         "forward_margin_ci_high": ci["ci_high"],
-        "forward_n_eff": ci["n_eff"],
+        "forward_n_eff": paired["n_eff"],
         "forward_offset": int(k),
     }
 

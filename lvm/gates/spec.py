@@ -32,6 +32,12 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("normalization", DATA, "abs_mean_minus_1"),
     GateSpec("oracle_recall", DATA, "recall_at_5", params={"sample": 1000, "ks": [1, 5, 1000]}),
     GateSpec("alignment", DATA, "skip_margin", params={"sample": 5000, "tie_tolerance": 0.0, "ctx": 5, "min_ctx": 1}),
+    GateSpec(
+        "order",
+        DATA,
+        "order_signal",
+        params={"sample": 20000, "max_offset": 3, "permutations": 100, "min_articles": 100, "reference_signal": 0.0},
+    ),
     GateSpec("coherence", DATA, "mean"),
     GateSpec("coherence_drift", DATA, "mean_drift_rel", params={"segments": 10, "segment_by": "article_range"}),
     GateSpec(

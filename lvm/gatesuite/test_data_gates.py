@@ -32,6 +32,10 @@ def test_alignment(gate_session, lvm_dataset, gate_profile, gate_status):
     gate_status(_worst_over_contexts(gates.alignment, gate_session, lvm_dataset, gate_profile))
 
 
+def test_order(lvm_dataset, gate_profile, gate_status):
+    gate_status(gates.order(lvm_dataset, gate_profile))
+
+
 def test_coherence(lvm_dataset, gate_profile, gate_status):
     gate_status(gates.coherence(lvm_dataset, gate_profile))
 
