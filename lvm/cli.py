@@ -676,9 +676,16 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_export(args) -> int:
-    from lvm.models.adapters import export_model, load_model
+    from lvm.models.adapters import ExportUntraceable, export_model, load_model, parse_model_args
 
-    card = export_model(load_model(args.model, args.model_card), args.out)
+    loaded = load_model(args.model, args.model_card, parse_model_args(args.model_args))
+    try:
+        card = export_model(loaded, args.out)
+    except ExportUntraceable as exc:
+        how = f"--checkpoint={args.model}" + (f" --model-card={args.model_card}" if args.model_card else "")
+        raise LvmError(
+            f"{exc}: no {args.out} written; gate it eagerly with {how} (the latency gate times the eager model)"
+        ) from None
     print(
         f"{args.out}: torch.export program of {card['name']} "
         f"({card['type']}, ctx {card['ctx']}, dim {card['input_dim']}, "
@@ -705,6 +712,7 @@ def cmd_sequences(args) -> int:
 
 
 def cmd_import_checkpoint(args) -> int:
+    from lvm.models.adapters import parse_model_args
     from lvm.models.legacy import import_checkpoint
 
     fp = args.encoder_fingerprint
@@ -723,13 +731,18 @@ def cmd_import_checkpoint(args) -> int:
         name=args.name,
         accepts_mask=not args.no_mask,
         export=not args.no_export,
+        model_args=parse_model_args(args.model_args),
     )
+    exported = not args.no_export and not card.get("torch_export")
     print(
         f"{args.out}: {card['type']} ({card['n_params']:,} params, ctx {card['ctx']}, dim {card['input_dim']}) -> "
         f"model.safetensors + model.json"
-        + ("" if args.no_export else " + model.pt2")
+        + (" + model.pt2" if exported else "")
+        + ("" if card.get("accepts_mask", True) else f"; takes no mask: gated on full windows (min_ctx {card['ctx']})")
         + ("" if fp else "; no encoder fingerprint recorded (pass --dataset DIR): checkpoint_integrity will be RED")
     )
+    if not exported:
+        print(f"gate it eagerly with --checkpoint={args.factory} --model-card={Path(args.out) / 'model.json'}")
     return 0
 
 
@@ -785,6 +798,13 @@ def _add_model_commands(sub) -> None:
     )
     p.add_argument("--out", required=True, help="NAME.pt2 to write (its card goes to NAME.json)")
     p.add_argument("--model-card", default=None, help="JSON card for a py: factory that does not return one")
+    p.add_argument(
+        "--model-args",
+        nargs="+",
+        default=None,
+        metavar="K=V",
+        help="keyword arguments for the py: factory or class (values read as JSON, else strings)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -809,7 +829,15 @@ def _add_model_commands(sub) -> None:
     p.add_argument(
         "--factory",
         required=True,
-        help="py:file.py:Class or py:pkg.module:factory, called with the file's model_config",
+        help="py:file.py:Class or py:pkg.module:factory, called with the file's model_config as keyword arguments; "
+        "a forward(x) or forward(x, return_raw=False) gets no mask and is gated on full windows",
+    )
+    p.add_argument(
+        "--model-args",
+        nargs="+",
+        default=None,
+        metavar="K=V",
+        help="keyword arguments added to (or replacing) the file's model_config (values read as JSON, else strings)",
     )
     p.add_argument("--out", required=True, help="folder for model.safetensors, model.json and model.pt2")
     p.add_argument("--dataset", default=None, help="dataset the model was trained on: records its encoder fingerprint")

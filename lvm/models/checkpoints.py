@@ -65,14 +65,21 @@ def save_checkpoint(stem: Path, model: nn.Module, meta: dict) -> dict:
     return full
 
 
+PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")  # torch.save / pickle files: never unpickled here
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its best checkpoint; a file may be given as .json or .safetensors."""
+    """A run folder means its best checkpoint; a file may be given as .json or .safetensors. A pickled
+    file (or a folder that holds only one, the seeds' run folder) is returned as is, to be refused."""
     p = Path(path)
     if p.is_dir():
+        pickled = sorted(f for f in p.glob("*") if f.suffix in PICKLED_SUFFIXES and f.is_file())
         p = p / "best.json"
+        if not p.is_file() and pickled:
+            return next((f for f in pickled if f.name == "best_model.pt"), pickled[0])
     elif p.suffix == ".safetensors":
         p = p.with_suffix(".json")
-    if p.suffix in (".pt", ".pth", ".pkl", ".bin"):
+    if p.suffix in PICKLED_SUFFIXES:
         return p
     if not p.is_file():
         raise LvmError(f"checkpoint {path} not found (expected a run folder, NAME.json or NAME.safetensors)")
@@ -120,10 +127,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
     from safetensors.torch import load_file
 
     p = resolve_checkpoint(path)
-    if p.suffix in (".pt", ".pth", ".pkl", ".bin"):
+    if p.suffix in PICKLED_SUFFIXES:
         raise LvmError(
-            f"{p}: pickled checkpoints are not loaded (they can execute code); "
-            "lvm checkpoints are NAME.safetensors + NAME.json"
+            f"{p}: pickled checkpoints are not loaded (they can execute code): run `lvm import-checkpoint {p} "
+            "--factory py:models.py:YourClass --out DIR --dataset DATA` once and gate DIR"
         )
     meta = read_checkpoint_meta(p)
     weights = p.with_suffix(".safetensors")

@@ -2,14 +2,19 @@
 ``model_state_dict``, ``model_config``, ``epoch``, ``args``, ...) -> safetensors + a JSON model card
 + a ``torch.export`` program. The file is read with ``torch.load(weights_only=True)``: tensors and
 plain data only, plus an allow-list of the harmless types their ``args`` may hold; anything else
-(a ``__reduce__`` payload, an unknown class) is refused before any of it runs. The user's class,
-named by ``--factory py:...``, is built from the file's ``model_config`` and loaded strictly.
+(a ``__reduce__`` payload, an unknown class) is refused before any of it runs. The user's class (or
+factory), named by ``--factory py:...``, is built from the file's ``model_config`` (its constructor's
+keyword arguments, updated with ``--model-args``) and loaded strictly; it is called by its signature
+(``lvm.models.adapters.adapt``): the seeds' ``forward(x, return_raw=False)`` gets no mask and is gated
+on full windows. A model ``torch.export`` cannot trace is imported without ``model.pt2`` (one line
+says so) and gated eagerly through its factory.
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,11 +23,13 @@ import torch
 from lvm.errors import LvmError
 from lvm.io import atomic_dir, refuse_foreign_folder, sha256_file, write_atomic, write_json_atomic
 from lvm.models.adapters import (
+    ExportUntraceable,
     LoadedModel,
     ModelCard,
-    Predictor,
     _import_factory,
-    _split_factory_result,
+    adapt,
+    apply_adapter_fields,
+    call_factory,
     count_params,
     export_model,
 )
@@ -110,16 +117,10 @@ def _plain(obj):
 
 
 def _build_and_load(factory: str, config: dict, state: dict, pt_path) -> tuple[torch.nn.Module, Path | None]:
-    """The user's class built with the file's ``model_config``, the state dict loaded strictly (eval mode)."""
+    """The user's class (or factory) built with the constructor arguments ``config``, the state dict
+    loaded strictly (eval mode)."""
     fn, source = _import_factory(factory)
-    try:
-        model, _ = _split_factory_result(fn(**config), factory)
-    except LvmError:
-        raise
-    except Exception as exc:
-        raise LvmError(
-            f"{factory}: building it from the file's model_config {sorted(config)} raised {type(exc).__name__}: {exc}"
-        ) from None
+    model, _ = call_factory(fn, factory, config)
     if not isinstance(model, torch.nn.Module):
         raise LvmError(
             f"{factory}: returned {type(model).__name__}, not a torch.nn.Module (weights cannot be loaded into it)"
@@ -140,9 +141,15 @@ def import_checkpoint(
     name: str | None = None,
     accepts_mask: bool = True,
     export: bool = True,
+    model_args: dict | None = None,
+    log=None,
 ) -> dict:
     """Convert a seeds' checkpoint into ``out/model.safetensors``, ``out/model.json`` (card) and
-    ``out/model.pt2``; returns the card. Nothing from the ``.pt`` file runs; the factory's code does."""
+    ``out/model.pt2``; returns the card. Nothing from the ``.pt`` file runs; the factory's code does.
+
+    ``model_args`` update the file's ``model_config`` (the card records the result). When torch.export
+    cannot trace the model, no ``model.pt2`` is written, the card's ``torch_export`` says why and
+    ``log`` (default: stderr) gets one line."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -152,6 +159,7 @@ def import_checkpoint(
     if not isinstance(config, dict):
         raise LvmError(f"{pt_path}: model_config must be a dict of constructor arguments; got {type(config).__name__}")
     args = _plain(obj.get("args") or {})
+    config = {**config, **(model_args or {})}
     model, source = _build_and_load(factory, config, obj["model_state_dict"], pt_path)
     sources = [config, args if isinstance(args, dict) else {}]
     card = ModelCard(
@@ -173,6 +181,10 @@ def import_checkpoint(
     if card.ctx == 0 or card.input_dim == 0:
         raise LvmError(f"{pt_path}: ctx / input_dim not found in model_config or args; pass --ctx and --input-dim")
     card.validate(str(pt_path))
+    predictor, fields = adapt(model, card.ctx, card.input_dim)
+    apply_adapter_fields(card, fields)
+    if not card.accepts_mask and min_ctx is None:
+        card.min_ctx = card.ctx  # full windows: what it is gated on
     data = {
         **card.to_dict(),
         "format": "lvm-model-card",
@@ -187,7 +199,16 @@ def import_checkpoint(
         write_atomic(tmp / "model.safetensors", lambda t: save_file(state, str(t)))
         if export:  # model.pt2 + its card model.json: gated without the factory's source
             kept = ("format", "factory", "weights", "factory_source_sha256", "imported_from", "imported_sha256")
-            exported = export_model(LoadedModel(card, Predictor(model)), tmp / "model.pt2")
-            data = {**exported, **{k: data[k] for k in kept}, "source": str(out / "model.pt2")}
+            try:
+                exported = export_model(LoadedModel(card, predictor), tmp / "model.pt2")
+            except ExportUntraceable as exc:
+                data["torch_export"] = f"could not trace: {exc.reason}"
+                (log or _stderr)(f"{exc}: gated eagerly; the latency gate times the eager model")
+            else:
+                data = {**exported, **{k: data[k] for k in kept}, "source": str(out / "model.pt2")}
         write_json_atomic(tmp / CARD_FILE, data)
     return data
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
