@@ -669,6 +669,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compare)
     _add_model_commands(sub)
+    _add_watch_command(sub)
     return parser
 
 
@@ -849,6 +850,88 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--no-mask", action="store_true", help="the model cannot take padding (accepts_mask = false)")
     p.add_argument("--no-export", action="store_true", help="do not write model.pt2")
     p.set_defaults(func=cmd_import_checkpoint)
+
+
+# ----------------------------------------------------------------------------- a trainer lvm does not own
+
+
+def cmd_watch(args) -> int:
+    import signal
+
+    from lvm.train.watch import Watcher
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    watcher = Watcher(
+        args.run_dir,
+        dataset=args.dataset,
+        fallback_dataset=DEFAULT_DATASET,
+        profile=args.gate_profile,
+        factory=args.factory,
+        ctx=args.ctx,
+        min_ctx=args.min_ctx,
+        samples_per_epoch=args.samples_per_epoch,
+        settle=args.settle,
+        device=args.device,
+        pid=args.pid,
+        sig=getattr(signal, f"SIG{args.signal}"),
+        out=lambda line: print(line, flush=True),
+        err=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    return watcher.run(once=args.once, interval=args.interval, idle_timeout=args.idle_timeout)
+
+
+def _add_watch_command(sub) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="gate each new checkpoint a foreign trainer writes in RUN_DIR (epoch_N.pt, best_model.pt, an lvm "
+        "run's last.json) with the profile's epoch rules, as lvm train does; on a kill: RUN_DIR/KILL, exit 3",
+    )
+    p.add_argument("run_dir", help="the folder the trainer writes its checkpoints into")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=f"dataset the val/OOD cosines are scored on (default: an lvm run's own, else {DEFAULT_DATASET})",
+    )
+    p.add_argument("--gate-profile", default=None, help="profile name or .toml path (default: the dataset's)")
+    p.add_argument(
+        "--factory",
+        default=None,
+        help="py:models.py:Class (or py:pkg.module:factory) built from a .pt file's model_config (runs that code)",
+    )
+    p.add_argument("--ctx", type=CTX, default=None, help="context length (default: from the checkpoint)")
+    p.add_argument("--min-ctx", type=CTX, default=None, help="shortest context (default: the checkpoint's, else 1)")
+    p.add_argument(
+        "--samples-per-epoch",
+        type=COUNT,
+        default=None,
+        help="training sequences the trainer sees per epoch: scales the schedule (default: the dataset's train split)",
+    )
+    p.add_argument(
+        "--interval", type=number(float, 0.05, 86_400), default=30.0, help="seconds between looks (default %(default)s)"
+    )
+    p.add_argument("--once", action="store_true", help="judge what is there now (waiting for files being written)")
+    p.add_argument(
+        "--settle",
+        type=number(float, 0.0, 3600),
+        default=1.0,
+        help="a file younger than this many seconds may still be being written: retried (default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=number(float, 0.0, 31_536_000),
+        default=None,
+        help="stop (exit 0) after this many seconds without a new checkpoint (default: never)",
+    )
+    p.add_argument("--pid", type=number(int, 1, 2**31 - 1), default=None, help="signal this process on a kill")
+    p.add_argument(
+        "--signal", choices=("TERM", "INT", "KILL", "USR1", "USR2"), default="TERM", help="(default %(default)s)"
+    )
+    p.add_argument("--device", default=None, help="where to score: cpu (default), cuda, cuda:N")
+    p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch CPU threads for scoring")
+    p.set_defaults(func=cmd_watch)
 
 
 def _cross_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
