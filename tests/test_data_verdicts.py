@@ -248,3 +248,41 @@ def test_offset_sweep_margin_lies_inside_its_own_ci(ds, profile):
     m = gates.offset_sweep(ev, profile).metrics
     assert m["forward_offset"] == 2, m["profile"]
     assert m["forward_margin_ci_low"] <= m["forward_margin"] <= m["forward_margin_ci_high"], m
+
+
+# ----------------------------------------------------------------------------- the statistics
+
+
+def test_anchor_margins_and_their_permutation_null():
+    from lvm.metrics import anchor_order_margins, order_permutation_null
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((50, 5, 8))
+    v /= np.linalg.norm(v, axis=2, keepdims=True)
+    gram = np.einsum("ald,amd->alm", v, v)
+    d = anchor_order_margins(gram, max_offset=3)
+    assert d.shape == (50, 3)
+    # anchor 0: next vs mean of 2 and 3 steps on; anchor 2: next vs 2 steps on only (4 is the last chunk)
+    assert d[7, 0] == pytest.approx(gram[7, 0, 1] - (gram[7, 0, 2] + gram[7, 0, 3]) / 2)
+    assert d[7, 2] == pytest.approx(gram[7, 2, 3] - gram[7, 2, 4])
+    reverse = np.tile(np.arange(5)[::-1], (50, 1))
+    assert anchor_order_margins(gram, 3, reverse)[7, 0] == pytest.approx(
+        gram[7, 4, 3] - (gram[7, 4, 2] + gram[7, 4, 1]) / 2
+    )
+    # under within-article shuffles every term compares three distinct chunks of one article: mean 0
+    sums, above = order_permutation_null(gram, 3, 400, np.random.default_rng(1))
+    assert abs(sums.mean() / d.size) < 4 * sums.std() / d.size / np.sqrt(400)
+    assert above.shape == (50,) and above.min() >= 0 and above.max() <= 400
+
+
+def test_the_difference_bootstrap_is_that_of_the_difference_it_reports():
+    from lvm.metrics import cluster_bootstrap_difference
+
+    rng = np.random.default_rng(0)
+    ca = rng.integers(0, 300, 3000)
+    a = 0.6 + 0.1 * rng.standard_normal(3000) + 0.05 * np.sin(ca)
+    keep = rng.random(3000) < 0.4  # b scored on a subset of the items, as P(+3) is
+    b = 0.55 + 0.1 * rng.standard_normal(int(keep.sum()))
+    out = cluster_bootstrap_difference(a, ca, b, ca[keep])
+    assert out["mean"] == pytest.approx(a.mean() - b.mean())
+    assert out["ci_low"] < out["mean"] < out["ci_high"] and out["ci_high"] - out["ci_low"] < 0.03
