@@ -232,10 +232,10 @@ def test_watch_stops_a_foreign_loop_at_the_epoch_lvm_train_kills_the_same_run(sm
 @pytest.mark.slow
 def test_the_default_profile_kills_a_run_that_does_not_learn_at_the_same_epoch(default_dataset, tmp_path):
     """The shipped minilm profile on the default data, a learning rate too low to learn (1e-7): `lvm train`
-    kills its GRU at epoch 1 (val cosine < 0.40), and `lvm watch` stops the foreign loop at epoch 1 too."""
+    kills its (small) GRU at epoch 1 (val cosine < 0.40), and `lvm watch` stops the foreign loop at epoch 1 too."""
     res = run_lvm(
         "train", "--dataset", str(default_dataset), "--model", "gru", "--lr", "1e-7", "--epochs", "3",
-        "--out", str(tmp_path / "lvm_run"), "--quiet",
+        "--model-config", '{"hidden_dim": 32, "n_layers": 1}', "--out", str(tmp_path / "lvm_run"), "--quiet",
     )  # fmt: skip
     assert res.returncode == EXIT_KILL_SWITCH, res.stderr
     hist = json.loads((tmp_path / "lvm_run" / "training_history.json").read_text())

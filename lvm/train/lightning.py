@@ -65,7 +65,7 @@ def _build_class() -> type:
         ):
             super().__init__()
             self.gates = gates if gates is not None else EpochGates(**gate_kwargs)
-            self.val_key, self.ood_key, self.model_fn, self.log = val_key, ood_key, model_fn, log
+            self.val_key, self.ood_key, self.model_fn, self.report = val_key, ood_key, model_fn, log
             self.decisions: list[Decision] = []
             self.killed: Decision | None = None
 
@@ -78,8 +78,8 @@ def _build_class() -> type:
             model = (self.model_fn(pl_module) if self.model_fn else pl_module) if needs_model else None
             decision = self.gates.after_epoch(trainer.current_epoch + 1, model=model, val_cosine=val, ood_cosine=ood)
             self.decisions.append(decision)
-            if self.log and (decision.action != "continue" or getattr(trainer, "is_global_zero", True)):
-                self.log(f"{decision.status} {decision.message}")
+            if self.report and getattr(trainer, "is_global_zero", True):
+                self.report(f"{decision.status} {decision.message}")
             if decision.kill:
                 self.killed = decision
                 trainer.should_stop = True

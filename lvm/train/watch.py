@@ -222,6 +222,7 @@ class Watcher:
         )
 
     def _load_seed(self, p: Path) -> Loaded:
+        from lvm.models.adapters import adapt
         from lvm.models.legacy import CTX_KEYS, DIM_KEYS, _build_and_load, _first, _plain, read_seed_checkpoint
 
         try:
@@ -242,15 +243,10 @@ class Watcher:
         ctx = self.ctx or _first([config, args], CTX_KEYS)
         dim = _first([config, args], DIM_KEYS)
         min_ctx = args.get("min_ctx") if isinstance(args.get("min_ctx"), int) else None
-        try:  # the seeds' forward(x) takes no mask: called by its signature, on full windows (adapters)
-            from lvm.models.adapters import adapt  # type: ignore[attr-defined]
-        except ImportError:
-            pass
-        else:
-            if ctx and dim:
-                model, fields = adapt(model, ctx, dim)
-                if fields.get("accepts_mask") is False:
-                    min_ctx = ctx
+        if ctx and dim:  # the seeds' forward(x) takes no mask: called by its signature, on full windows
+            model, fields = adapt(model, ctx, dim)
+            if fields.get("accepts_mask") is False:
+                min_ctx = ctx
         return Loaded(
             model=model,
             epoch=_epoch_of(obj, p),
