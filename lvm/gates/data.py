@@ -18,6 +18,7 @@ from lvm.gates.status import (
     cap_thin,
     gate_params,
     judge,
+    judge_rule,
     skipped,
 )
 from lvm.profiles import Profile
@@ -203,6 +204,24 @@ def _note(result: GateResult, *notes: str) -> GateResult:
     return annotate(result, text) if text else result
 
 
+STEP_RULES = ("out_of_step_share", "within_article_duplicate_vectors_other_text")
+STEP_CAUSE = (
+    "texts and vectors paired with an offset (a writer or loader that shifted one column against the other), "
+    "not another encoder and not a lost order"
+)
+
+
+def _step_cause(result: GateResult, profile: Profile) -> GateResult:
+    """When the step fired (direct evidence: stored vectors are their neighbours' texts), or only the rules of
+    its symptoms (``STEP_RULES``), the likely cause is the step, not the gate's own (a step also repeats
+    a vector at each article's edge, which can move the similarity profile's peak)."""
+    fired = [r["metric"] for r in result.thresholds if judge_rule(result.metrics.get(r["metric"]), r) != GREEN]
+    cause = profile.gate(result.gate).get("cause")
+    if fired and ("out_of_step_share" in fired or set(fired) <= set(STEP_RULES)) and cause:
+        result.message = result.message.replace(f"Likely cause: {cause}", f"Likely cause: {STEP_CAUSE}")
+    return result
+
+
 def _step_note(m: dict) -> str:
     k = m.get("text_vector_step", 0)
     if not m.get("out_of_step_chunks"):
@@ -317,7 +336,9 @@ def alignment(
     step_metrics, why = _given_step(ds, profile, step)
     metrics.update(step_metrics)
     unmeasured = {"out_of_step_share": why} if why else None
-    result = judge("alignment", metrics, profile, split=view.split, unmeasured=unmeasured, dataset=ds.path.name)
+    result = _step_cause(
+        judge("alignment", metrics, profile, split=view.split, unmeasured=unmeasured, dataset=ds.path.name), profile
+    )
     notes = [_step_note(metrics)]
     if metrics["within_article_duplicate_vectors"]:
         notes.append(
@@ -454,7 +475,7 @@ def order(ds: Dataset, profile: Profile, seed: int = 0, step: dict | None = None
     step_metrics, why = _given_step(ds, profile, step)
     metrics.update(step_metrics)
     unmeasured = {"out_of_step_share": why} if why else None
-    result = judge("order", metrics, profile, unmeasured=unmeasured, **where)
+    result = _step_cause(judge("order", metrics, profile, unmeasured=unmeasured, **where), profile)
     result = cap_thin(result, len(per_article), params["min_articles"], "articles of 3 or more chunks")
     notes = []
     if "order_signal_ci_low" in result.message or "in_order_share" in result.message:
