@@ -220,8 +220,9 @@ def test_watch_stops_a_foreign_loop_at_the_epoch_lvm_train_kills_the_same_run(sm
     kill = json.loads((run / KILL_FILE).read_text())
     assert kill["epoch"] == 2 and kill["exit_code"] == EXIT_KILL_SWITCH and kill["file"] == "epoch_2.pt"
 
-    # the lvm run itself, watched from outside: the same kill, the same value as the trainer recorded
-    res = run_lvm("watch", str(tmp_path / "lvm_run"), "--once", "--settle", "0", "--gate-profile", str(profile))
+    # the lvm run itself, watched from outside (under the profile it trained with): the same kill, the same
+    # value as the trainer recorded
+    res = run_lvm("watch", str(tmp_path / "lvm_run"), "--once", "--settle", "0")
     assert res.returncode == EXIT_KILL_SWITCH, res.stderr + res.stdout
     (rec,) = [r for r in read_log(tmp_path / "lvm_run" / WATCH_LOG) if r["kind"] == "decision"]
     assert rec["epoch"] == 2 and rec["action"] == "kill"

@@ -270,8 +270,10 @@ class Watcher:
             min_ctx = self.min_ctx or loaded.min_ctx
             if ctx and min_ctx and min_ctx > ctx:
                 min_ctx = ctx
+            # an lvm run is judged by the profile it trained under, unless one is given
+            run_profile = ((loaded.meta or {}).get("training") or {}).get("gate_profile")
             self.gates = EpochGates(
-                self.profile,
+                self.profile or run_profile,
                 self.samples_per_epoch,
                 ds,
                 ctx=ctx,
