@@ -351,6 +351,28 @@ def test_a_kill_writes_KILL_and_signals_the_trainers_pid(small_dataset, tmp_path
     assert res.returncode == 2 and "--factory" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_watcher_ends_with_the_run_and_judges_each_epoch_once(small_dataset, tmp_path):
+    profile = write_profile(tmp_path / "p.toml", rule("val_cosine", 1, -1.0, "abort"))
+    (tmp_path / "models.py").write_text(MODELS_PY)
+    run = tmp_path / "run"
+    run.mkdir()
+    model = tiny_model()
+    for name, epoch in (("epoch_1.pt", 1), ("best_model.pt", 1), ("final_model.pt", 1)):
+        save_seed_checkpoint(run / name, model, epoch)
+    lines: list[str] = []
+    w = Watcher(
+        run, dataset=str(small_dataset), profile=str(profile), factory=f"py:{tmp_path / 'models.py'}:TinyLVM",
+        settle=0.0, out=lines.append, err=lines.append,
+    )  # fmt: skip
+    assert w.run(interval=0.1) == 0  # final_model.pt: the seeds' trainer is done
+    assert [(r["kind"], r["file"]) for r in read_log(run / WATCH_LOG)] == [
+        ("decision", "epoch_1.pt"),
+        ("skip", "best_model.pt"),
+        ("skip", "final_model.pt"),
+    ]
+    assert lines[0].startswith("GREEN epoch_1.pt") and lines[-1].startswith("done")
+
+
 def test_watch_flags_are_bounded():
     res = run_lvm("watch", ".", "--interval", "0")
     assert res.returncode == 2 and "--interval" in res.stderr and len(res.stderr.strip().splitlines()) == 1
