@@ -582,11 +582,13 @@ def _datasets(paths: list[str]) -> list[str]:
     return out
 
 
-def _execute(engine, tasks: list[Task], opts: TaskOptions, progress: bool) -> dict[str, dict]:
-    """Run the tasks: everything but latency in parallel, then the latency phase; task id -> outcome."""
+def _execute(engine, tasks: list[Task], opts: TaskOptions, progress: bool) -> tuple[dict[str, dict], dict]:
+    """Run the tasks: everything but latency in parallel, then the latency phase; (task id -> outcome,
+    seconds per phase)."""
     from tqdm.auto import tqdm
 
     outcomes: dict[str, dict] = {}
+    phases: dict[str, float] = {}
     with tqdm(total=len(tasks), desc="sweep", unit="task", disable=not progress) as bar:
 
         def done(out: dict) -> None:
@@ -594,9 +596,11 @@ def _execute(engine, tasks: list[Task], opts: TaskOptions, progress: bool) -> di
             bar.set_postfix_str(out["id"][:40])
             bar.update(1)
 
-        engine.run([t for t in tasks if t.kind != "latency"], opts, done)
-        engine.run([t for t in tasks if t.kind == "latency"], opts, done, serial=True)
-    return outcomes
+        for phase, serial in (("parallel", False), ("latency", True)):
+            t0 = time.perf_counter()
+            engine.run([t for t in tasks if (t.kind == "latency") == serial], opts, done, serial=serial)
+            phases[phase] = round(time.perf_counter() - t0, 3)
+    return outcomes, phases
 
 
 def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> int:
@@ -618,7 +622,7 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> int:
     engine = make_engine(cfg.engine, cfg.workers)
     try:
         log(f"sweep: {len(tasks)} tasks on {engine.name} ({engine.where}), {engine.workers} worker(s); latency last")
-        outcomes = _execute(engine, tasks, opts, cfg.progress)
+        outcomes, phases = _execute(engine, tasks, opts, cfg.progress)
         attempts = engine.attempts()
     finally:
         engine.close()
@@ -633,6 +637,7 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> int:
             "workers": engine.workers,
             "tasks": len(tasks),
             "latency": "serial phase after all other tasks; one task per node, holding all its CPUs",
+            "phase_seconds": phases,
             "retried": retried,
             "failed": [{"task": o["id"], "reason": o["reason"], "log_tail": o.get("log_tail", [])} for o in failed],
         },
