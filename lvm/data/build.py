@@ -21,7 +21,7 @@ import numpy as np
 
 from lvm import __version__
 from lvm.data.chunking import ChunkerConfig, chunk_text
-from lvm.data.corpora import DEFAULT_CORPUS, Corpus, load_corpus
+from lvm.data.corpora import DEFAULT_CORPUS, Corpus, first_articles, load_corpus
 from lvm.data.datasets import FORMAT_VERSION, write_dataset
 from lvm.data.encoders import EncoderSpec, backend_key, load_encoder, resolve_model_dir, weights_digest
 from lvm.data.index import DEFAULT_NPROBE, build_and_save_index
@@ -42,6 +42,7 @@ class BuildConfig:
     nlist: int | None = None
     nprobe: int = DEFAULT_NPROBE
     batch_size: int = 64
+    max_articles: int | None = None  # only the corpus's first N articles (its own order); None: all
 
 
 @dataclass
@@ -208,12 +209,14 @@ def build_dataset(
     out = Path(out)
     seconds: dict[str, float] = {}
     corpus = load_corpus(cfg.corpus)
+    if cfg.max_articles is not None:
+        corpus = first_articles(corpus, cfg.max_articles)
     table = chunk_corpus(corpus, cfg.chunker)
     seconds["chunk"] = time.perf_counter() - t0
     vectors_key = _sha("vectors", encoder_key(cfg.encoder), chunks_digest(table))
     build_key = _sha(
         "dataset", FORMAT_VERSION, vectors_key, corpus.source_hash, cfg.split.to_dict(), cfg.index_kind, cfg.nlist,
-        cfg.nprobe,
+        cfg.nprobe, *(() if cfg.max_articles is None else (cfg.max_articles,)),
     )  # fmt: skip
     clear_stale_temps(out)  # a build killed mid-swap: its folder moved aside is put back first
     partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"

@@ -159,3 +159,12 @@ def load_corpus(spec: str = DEFAULT_CORPUS) -> Corpus:
     if not corpus.articles:
         raise LvmError(f"corpus {spec!r} is empty: no article with any text")
     return corpus
+
+
+def first_articles(corpus: Corpus, n: int) -> Corpus:
+    """The corpus cut to its first ``n`` articles in its own stable order (the default corpus: file order,
+    alphabetical by title; JSONL: line order; a folder: sorted paths); recorded in its info."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise LvmError(f"max_articles must be a positive integer, got {n!r}")
+    info = {**corpus.info, "max_articles": n, "articles_in_source": len(corpus.articles)}
+    return Corpus(corpus.name, corpus.articles[:n], corpus.source_hash, info)

