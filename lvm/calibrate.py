@@ -364,14 +364,14 @@ def calibrate(
 def _training_config(reference: str) -> dict:
     """The training settings of an lvm run (its ``config.json``, or the ``training`` table of a
     checkpoint's NAME.json): what ``--seeds`` retrains."""
-    import json
+    from lvm.schemas import read_json
 
     path = Path(reference)
     src = path / "config.json" if path.is_dir() else path
-    try:
-        data = json.loads(src.read_text()) if src.suffix == ".json" and src.is_file() else None
-    except (OSError, ValueError) as exc:
-        raise LvmError(f"{src}: cannot read the reference's training config: {exc}") from None
+    try:  # unreadable, not JSON, nested too deep: one line
+        data = read_json(src, "the reference's training config") if src.suffix == ".json" and src.is_file() else None
+    except LvmError as exc:
+        raise LvmError(f"cannot read the reference's training config: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("training"), dict):
         data = data["training"]
     if not isinstance(data, dict) or "model" not in data:

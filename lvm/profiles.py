@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tomllib
 
+from lvm.bounds import Bound, check_number
 from lvm.errors import LvmError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -133,6 +134,46 @@ def _rules(data: dict, key: str, path: Path) -> list[EpochRule]:
     return rules
 
 
+# The ``[regression]`` table (read by ``lvm.report.regression``): each number's range, declared once.
+# A key holding a table (``min_effect``, ``seed_spread``, ``tolerances``) bounds each of its values.
+REGRESSION_BOUNDS = {
+    "default_tolerance": Bound(float, 0),  # absolute drop allowed in a metric without per-sequence scores
+    "cost_tolerance": Bound(float, 0),  # relative rise allowed in a latency cost count
+    "min_effect_factor": Bound(float, 1),  # minimum effect = this x the seed spread (at least the spread)
+    "spread_seeds": Bound(int, 1),  # trainings the spread was measured on (recorded by lvm calibrate)
+    "min_effect": Bound(float, 0),  # per cosine gate: the smallest drop that can be a regression
+    "seed_spread": Bound(float, 0),  # per cosine gate: sd of the mean cosine over retrains
+    "tolerances": Bound(float, 0),  # per metric (or gate_metric): its own tolerance
+}
+REGRESSION_TABLES = ("min_effect", "seed_spread", "tolerances")
+
+
+def check_values(data: dict, where: str) -> None:
+    """Every number of a profile within its declared range, when it loads (``LvmError``, one line
+    naming the file and the key): the gate parameters (``lvm.gates.spec``: ``GateSpec.bounds``) and
+    the ``[regression]`` table (``REGRESSION_BOUNDS``). Rule thresholds are finite numbers
+    (``lvm.schemas.Rule``)."""
+    from lvm.gates.spec import check_params
+
+    for gate, table in (data.get("gates") or {}).items():
+        check_params(gate, table, where)
+    regression = data.get("regression") or {}
+    unknown = sorted(str(k) for k in set(regression) - set(REGRESSION_BOUNDS))
+    if unknown:
+        raise LvmError(
+            f"{where}: [regression] has unknown key(s) {', '.join(unknown)}; known: {', '.join(REGRESSION_BOUNDS)}"
+        )
+    for key, value in regression.items():
+        bound = REGRESSION_BOUNDS[key]
+        if key in REGRESSION_TABLES:
+            if not isinstance(value, dict):
+                raise LvmError(f"{where}: regression.{key} must be a table of numbers; got {value!r:.60}")
+            for name, v in value.items():
+                check_number(v, bound, f"{where}: regression.{key}.{name}")
+        else:
+            check_number(value, bound, f"{where}: regression.{key}")
+
+
 def shipped_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
@@ -150,6 +191,7 @@ def load_profile(name_or_path: str, _chain: tuple = ()) -> Profile:
     from lvm import schemas
 
     schemas.validate(schemas.ProfileDoc, data, str(path))
+    check_values(data, str(path))
     head = data.get("profile", {})
     if head.get("extends"):
         # a profile overrides whole tables of the profile it extends: gates.<id>, training, regression

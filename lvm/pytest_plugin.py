@@ -96,6 +96,7 @@ def _check_options(config) -> None:
     """Misused options fail the session before any gate runs, in one line."""
     opt = config.getoption
     _check_paths_exist(opt)
+    _check_results_path(opt)
     _check_files_load(opt)
     for name in ("--nprobe", "--latency-threads"):
         if opt(name) is not None and opt(name) < 1:
@@ -117,17 +118,32 @@ def _check_paths_exist(opt) -> None:
             raise pytest.UsageError(f"--dataset/--predictions: folder {d} not found")
 
 
+def _check_results_path(opt) -> None:
+    """``--results`` names a file that can be written: not a folder, not inside a file, not inside a
+    dataset (or any lvm output) folder; checked before any gate runs (the default path only when
+    something is gated: a session without gate options writes no results file)."""
+    from lvm.errors import LvmError
+    from lvm.report.results import check_results_path
+
+    if not (opt("--results") or opt("--dataset") or opt("--checkpoint") or opt("--predictions")):
+        return
+    try:
+        check_results_path(Path(opt("--results") or DEFAULT_RESULTS))
+    except LvmError as exc:
+        raise pytest.UsageError(f"--results: {exc}") from None
+
+
 def _check_profile_fits(profile, datasets: list) -> None:
     """A profile calibrated for another encoder or dimension than a --dataset's is a misused option."""
-    import json
-
+    from lvm.errors import LvmError
     from lvm.profiles import check_fits
+    from lvm.schemas import read_json
 
     for d in datasets:
         try:
-            meta = json.loads((Path(d) / "meta.json").read_text())
-        except (OSError, ValueError):
-            continue  # an unreadable dataset is its gates' RED, with the reason
+            meta = read_json(Path(d) / "meta.json", "a dataset's meta.json")
+        except LvmError:
+            continue  # an unreadable dataset (not JSON, nested too deep) is its gates' RED, with the reason
         if isinstance(meta, dict):
             check_fits(profile, meta)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tokenize
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,18 +37,70 @@ class _Open(BaseModel):
 
 
 def read_json(path: Path, what: str) -> Any:
-    """JSON from a file; one line when it is missing, too large, not UTF-8, not JSON or too deep."""
+    """JSON from a file a user may have written; one line (``LvmError``) when it is missing, a
+    folder, unreadable, too large, not UTF-8, not JSON, or nested too deep. Every reader of a
+    user's JSON file goes through here (or ``parse_json`` for JSON text)."""
+    path = Path(path)
+    if path.is_dir():
+        raise LvmError(f"{path} is a folder, not a file ({what})")
+    if not path.is_file():
+        raise LvmError(f"{path} not found ({what})")
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise LvmError(f"{path}: {size:,} bytes is too large for {what}")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LvmError(f"{path}: not UTF-8 text ({what})") from None
+    except OSError as exc:
+        raise LvmError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__}) ({what})") from None
+    return parse_json(text, f"{path}: ", what)
+
+
+def parse_json(text: str, where: str, what: str) -> Any:
+    """JSON text (a file's, an option's) parsed; one line when it is not JSON or is nested too deep
+    (``RecursionError``: Python's parser recurses once per level)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise LvmError(f"{where}JSON nested too deeply for {what}") from None
+    except MemoryError:
+        raise LvmError(f"{where}JSON too large to parse for {what}") from None
+    except ValueError as exc:  # JSONDecodeError, and an integer of more than 4300 digits
+        raise LvmError(f"{where}not valid JSON ({str(exc)[:120]}) for {what}") from None
+
+
+# What a damaged or hostile .npy header raises while numpy parses it (``allow_pickle=False``: no
+# pickle is ever read): a bad magic or dtype (ValueError), a header that is not a Python literal
+# (SyntaxError, tokenize.TokenError), one nested too deep (RecursionError), a shape too large to
+# allocate (MemoryError), a truncated file (EOFError), an unreadable one (OSError).
+NPY_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    SyntaxError,
+    tokenize.TokenError,
+    MemoryError,
+    RecursionError,
+    EOFError,
+    OSError,
+    TypeError,
+    OverflowError,
+)
+
+
+def read_npy(path: Path, what: str, mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """A user's ``.npy`` array (never a pickle); one line (``LvmError``) when it cannot be parsed."""
     path = Path(path)
     if not path.is_file():
         raise LvmError(f"{path} not found ({what})")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise LvmError(f"{path}: {path.stat().st_size:,} bytes is too large for {what}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise LvmError(f"{path}: JSON nested too deeply for {what}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LvmError(f"{path}: not valid JSON ({str(exc)[:120]}) for {what}") from None
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge shape overflows numpy's size product
+            arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except NPY_ERRORS as exc:
+        why = (str(exc).splitlines() or [""])[0][:120]
+        raise LvmError(f"{path}: not a readable .npy array ({type(exc).__name__}: {why}) ({what})") from None
+    if not isinstance(arr, np.ndarray):  # np.load of an .npz gives an NpzFile
+        raise LvmError(f"{path}: expected one .npy array, not an .npz archive ({what})")
+    return arr
 
 
 def read_json_object(path: Path, what: str) -> dict:
@@ -321,12 +374,17 @@ class ResultsDoc(_Open):
 # ----------------------------------------------------------------------------- gate profiles
 
 
+# A threshold in a profile: a finite number as TOML writes it (an integer or a float; not a string,
+# a bool, nan or inf, which would otherwise be coerced or compare false forever).
+Threshold = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class Rule(_Open):
     metric: Annotated[str, Field(min_length=1)]
-    min_green: float | None = None
-    min_amber: float | None = None
-    max_green: float | None = None
-    max_amber: float | None = None
+    min_green: Threshold | None = None
+    min_amber: Threshold | None = None
+    max_green: Threshold | None = None
+    max_amber: Threshold | None = None
     worst: Literal["GREEN", "AMBER", "RED"] = "RED"
     split: str | None = None
     why: str = ""
@@ -349,7 +407,7 @@ class GateTable(_Open):
 
 class EpochRuleModel(_Open):
     epoch: Annotated[int, Field(ge=0, strict=True)]
-    min: float
+    min: Threshold
     action: Literal["abort", "warn"]
     why: str = ""
 
@@ -518,6 +576,13 @@ class LossSettings(_Open):
     def _clamps(self):
         if self.adaptive_min > self.adaptive_max:
             raise ValueError(f"adaptive_min ({self.adaptive_min}) must not exceed adaptive_max ({self.adaptive_max})")
+        weights = [self.lambda_mse, self.lambda_cos, self.lambda_info, self.lambda_moment, self.lambda_variance]
+        adaptive = self.adaptive_info and self.adaptive_max > 0  # λ_info then comes from the adaptive clamp
+        if not any(w > 0 for w in weights) and not adaptive:
+            raise ValueError(
+                "no loss term has a positive weight (lambda_mse, lambda_cos, lambda_info, lambda_moment, "
+                "lambda_variance are all 0): nothing would be trained; give one a weight > 0"
+            )
         return self
 
 

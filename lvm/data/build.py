@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lvm import __version__
-from lvm.data.chunking import ChunkerConfig, chunk_text
+from lvm.data.chunking import ChunkerConfig, chunk_text, has_word
 from lvm.data.corpora import DEFAULT_CORPUS, Corpus, first_articles, load_corpus
 from lvm.data.datasets import FORMAT_VERSION, write_dataset
 from lvm.data.encoders import EncoderSpec, backend_key, load_encoder, resolve_model_dir, weights_digest
@@ -66,6 +66,11 @@ def chunk_corpus(corpus: Corpus, cfg: ChunkerConfig) -> ChunkTable:
         pos.extend(range(len(chunks)))
     if not texts:
         raise LvmError(f"corpus {corpus.name!r} produced no chunks")
+    if not any(has_word(t) for t in texts if isinstance(t, str)):
+        raise LvmError(
+            f"corpus {corpus.name!r}: none of its {len(texts)} chunk(s) holds a letter or a digit "
+            "(only punctuation, symbols or spaces): nothing to encode"
+        )
     return ChunkTable(texts, np.asarray(aid, dtype=np.int64), np.asarray(pos, dtype=np.int32), articles)
 
 

@@ -78,6 +78,15 @@ _ABBREVIATIONS = frozenset(
 _BOUNDARY = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
 
 
+_WORD = re.compile(r"[^\W_]")  # a letter or a digit, in any script
+
+
+def has_word(text: str) -> bool:
+    """``text`` holds at least one letter or digit (a chunk of only punctuation, symbols or spaces
+    carries nothing to encode)."""
+    return _WORD.search(text) is not None
+
+
 @dataclass(frozen=True)
 class ChunkerConfig:
     min_chars: int = 20  # shorter sentences are merged into a neighbour

@@ -12,7 +12,7 @@ order (``ivf-flat-ip``, a full float32 copy, remains available).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -112,16 +112,44 @@ def build_and_save_index(folder: Path, vectors: np.ndarray, dataset_hash: str, *
     return index, params
 
 
+def read_index_params(meta_path: Path) -> IndexParams:
+    """``index.json``, checked: one line (``LvmError``) when it is not JSON, nested too deep, not an
+    object, or a field is missing, unknown or of the wrong type or range (a damaged index is then
+    rebuilt by ``load_or_build_index``, or refused)."""
+    from lvm.schemas import read_json_object
+
+    raw = read_json_object(meta_path, "the index parameters")
+    names = {f.name for f in fields(IndexParams)}
+    unknown = sorted(str(k) for k in set(raw) - names)
+    missing = sorted(n for n in ("kind", "ntotal", "dim") if n not in raw)
+    if unknown or missing:
+        what = f"unknown field(s) {', '.join(unknown)}" if unknown else f"missing field(s) {', '.join(missing)}"
+        raise LvmError(f"{meta_path}: damaged index parameters ({what})")
+    params = IndexParams(**raw)
+    ints = {"ntotal": 0, "dim": 1, "nlist": 1, "nprobe": 1, "train_size": 1, "seed": 0}
+    for name, low in ints.items():
+        v = getattr(params, name)
+        optional = name in ("nlist", "nprobe", "train_size")
+        if (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool) and low <= v < 2**63):
+            continue
+        raise LvmError(f"{meta_path}: damaged index parameters ({name} must be an integer >= {low}; got {v!r:.40})")
+    if params.kind not in KINDS[1:]:
+        raise LvmError(f"{meta_path}: damaged index parameters (kind {params.kind!r:.40} is not one of {KINDS[1:]})")
+    if params.kind in IVF_KINDS and (params.nlist is None or params.nprobe is None):
+        raise LvmError(f"{meta_path}: damaged index parameters (an IVF index needs nlist and nprobe)")
+    if not isinstance(params.dataset_hash, str):
+        raise LvmError(f"{meta_path}: damaged index parameters (dataset_hash must be a string)")
+    return params
+
+
 def load_index(dataset: Dataset, nprobe: int | None = None):
     """Load the dataset's saved index; refuses one built for other vectors. Returns (index, params)."""
-    import json
-
     import faiss
 
     path, meta_path = dataset.path / "index.faiss", dataset.path / "index.json"
     if not path.is_file() or not meta_path.is_file():
         raise LvmError(f"{dataset.path} has no index (run `lvm build-index {dataset.path}`)")
-    params = IndexParams(**json.loads(meta_path.read_text()))
+    params = read_index_params(meta_path)
     if params.dataset_hash != dataset.content_hash or params.ntotal != dataset.n_chunks:
         raise LvmError(f"{path} was built for other vectors (stale index): rebuild it with `lvm build-index`")
     try:
@@ -188,10 +216,13 @@ class RerankedIndex:
 
 
 def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress: bool = False, **kw):
-    """The cached index if it matches the dataset, else build and save one."""
+    """The cached index if it matches the dataset, else (missing, stale or damaged: ``index.json`` or
+    ``index.faiss``) build and save one; one line when it cannot be saved there."""
     try:
         return load_index(dataset, nprobe=nprobe)
     except LvmError:
+        pass
+    try:
         return build_and_save_index(
             dataset.path,
             dataset.vectors,
@@ -200,3 +231,6 @@ def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress
             progress=progress,
             **kw,
         )
+    except OSError as exc:  # e.g. index.json is a folder, or the dataset folder is read-only
+        why = exc.strerror or type(exc).__name__
+        raise LvmError(f"{dataset.path}: its index is missing or damaged and cannot be rebuilt there ({why})") from None

@@ -1,11 +1,12 @@
 """Model gates (per checkpoint × dataset). Thresholds come from the gate profile."""
 
-import json
 from pathlib import Path
 
 import pytest
 
 from lvm import gates
+from lvm.errors import LvmError
+from lvm.schemas import read_json
 
 
 def test_checkpoint_integrity(lvm_model, gate_status):
@@ -73,7 +74,10 @@ def test_training_health(lvm_model, checkpoint_name, gate_profile, gate_status):
     loaded, _ = lvm_model
     card = loaded.card if loaded else None
     hist_path = Path(card.history_path) if card and card.history_path else None
-    history = json.loads(hist_path.read_text()) if hist_path and hist_path.is_file() else None
+    try:  # a history that is not JSON (or nested too deep) is RED with the one-line reason
+        history = read_json(hist_path, "the training history") if hist_path and hist_path.is_file() else None
+    except LvmError as exc:
+        pytest.fail(f"training history cannot be read: {exc}", pytrace=False)
     gate_status(
         gates.training_health(
             history, gate_profile, epoch=card.epoch if card else None, checkpoint=checkpoint_name, dataset=None

@@ -18,6 +18,7 @@ import numpy as np
 from lvm.errors import LvmError
 from lvm.io import atomic_dir, sha256_file, write_json_atomic
 from lvm.models.adapters import LoadedModel, ModelCard, read_card_file
+from lvm.schemas import read_json_object, read_npy
 
 MANIFEST = "manifest.json"
 MANIFEST_KIND = "lvm-sequence-manifest"
@@ -55,8 +56,6 @@ def write_manifest(ds, ctx: int, min_ctx: int, out: str | Path, splits=SPLITS) -
 
 
 def _read_json(path: Path, what: str) -> dict:
-    from lvm.schemas import read_json_object
-
     return read_json_object(path, what)
 
 
@@ -85,10 +84,7 @@ def load_predictions(folder: str | Path, card_path: str | Path | None = None) ->
         f = folder / f"{split}.npy"
         if not f.is_file():
             continue
-        try:
-            arr = np.load(f, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise LvmError(f"{f}: not a .npy array ({str(exc)[:120]})") from None
+        arr = read_npy(f, f"the {split} predictions", mmap_mode="r")
         n = info.get("n") if isinstance(info, dict) else None
         if (
             arr.ndim != 2
@@ -119,7 +115,7 @@ def check_alignment(loaded: LoadedModel, view, folder: str | Path) -> None:
         )
     targets = Path(folder) / f"{view.split}_targets.npy"
     if targets.is_file():
-        stored = np.load(targets, allow_pickle=False)
+        stored = read_npy(targets, "the sequence manifest's targets")
         if stored.shape != view.targets.shape or not np.array_equal(stored, view.targets):
             raise LvmError(
                 f"{folder}: {view.split} predictions are aligned to other sequences than this dataset's "

@@ -27,7 +27,7 @@ from lvm.io import utc_timestamp, write_text_atomic
 from lvm.report.plots import plot_coherence, plot_offset_sweep, plot_training_curves
 from lvm.report.regression import check
 from lvm.report.render import COLUMNS, DISPLAY, GATE_ORDER, render_csv, render_html, render_markdown
-from lvm.report.results import read_results
+from lvm.report.results import check_output_folder, read_results
 from lvm.report.rows import RETRIEVAL_METRICS, LeaderboardRow, collect_rows, load_documents, loss_summary
 
 __all__ = [
@@ -70,18 +70,27 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     and baselines, ranked within their group, as ``LeaderboardRow.to_dict()``), the paths written,
     and which plots had data.
     """
+    out_dir = check_output_folder(out_dir, "leaderboard")  # before any work: one line when it cannot be written
     paths = [Path(p) for p in results_paths]
     sources = load_documents(paths)  # typed rows (lvm.schemas.ResultRow), read once
     groups, rows, hists = collect_rows(paths, sources)
     generated = utc_timestamp()
     pngs = (plot_training_curves(rows, groups), plot_coherence(hists), plot_offset_sweep(rows, groups))
     plots = [(title, png, caption) for (title, caption), png in zip(PLOT_CAPTIONS, pngs, strict=False)]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html"}
-    write_text_atomic(files["md"], render_markdown(groups, sources, generated))
-    write_text_atomic(files["csv"], render_csv(rows))
-    write_text_atomic(files["html"], render_html(groups, rows, plots, sources, generated))
+    texts = {
+        "md": render_markdown(groups, sources, generated),
+        "csv": render_csv(rows),
+        "html": render_html(groups, rows, plots, sources, generated),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, text in texts.items():
+            if files[kind].is_dir():
+                raise LvmError(f"{files[kind]} is a folder; the leaderboard writes a file there")
+            write_text_atomic(files[kind], text)
+    except OSError as exc:
+        raise LvmError(f"{out_dir}: the leaderboard cannot be written ({exc.strerror or type(exc).__name__})") from None
     return {
         "groups": [{k: g[k] for k in ("number", "key", "comparability", "datasets")} for g in groups],
         "rows": [r.to_dict() for r in rows],

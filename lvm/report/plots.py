@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lvm.report.rows import MODEL, LeaderboardRow, number, trained_epochs
+from lvm.report.results import finite
+from lvm.report.rows import MODEL, LeaderboardRow, trained_epochs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +32,22 @@ DPI = 100
 ABLATIONS = ("shuffle", "reverse", "leave_one_out", "repeat_pad", "cross_article")  # delta_<name> metrics
 SWEEP_RULES = ("copy_gap", "forward_margin", "margin")  # offset_sweep metrics drawn as bands
 AMBER_FILL, RED_FILL = "#f5b942", "#e0584a"
+# What a plot draws is a value its axis can hold: a cosine (or a difference of cosines, a threshold
+# relative to one) within ±COSINE_SPAN, a share within [0, 1]. Anything else a results file holds
+# (NaN, ±inf, 1e308, a string) is skipped, never drawn and never a crash.
+COSINE_SPAN = 2.0
+
+
+def _cosine(v) -> float | None:
+    """``v`` as a plottable cosine (or difference of cosines); None when it is not one."""
+    f = finite(v)
+    return f if f is not None and abs(f) <= COSINE_SPAN else None
+
+
+def _share(v) -> float | None:
+    """``v`` as a plottable share (0–1); None when it is not one."""
+    f = finite(v)
+    return f if f is not None and 0.0 <= f <= 1.0 else None
 
 
 def png_base64(fig: Figure) -> str:
@@ -92,10 +108,20 @@ def coherence_histogram(
     return fig
 
 
+def _points(epochs: list[dict], key: str) -> list[tuple[int, float]]:
+    """(epoch, value) of one per-epoch cosine, its unplottable values skipped."""
+    out = []
+    for e in epochs:
+        y = _cosine(e.get(key))
+        if y is not None:
+            out.append((e["epoch"], y))
+    return out
+
+
 def plot_training_curves(rows: list[LeaderboardRow], groups: list[dict]) -> str | None:
     """Train (dashed) and val (solid) cosine per epoch of every trained run."""
     runs = [(r, trained_epochs(r.history)) for r in rows if r.kind == MODEL and r.history]
-    runs = [(r, ep) for r, ep in runs if ep]
+    runs = [(r, ep) for r, ep in runs if any(_cosine(e.get("val_cosine")) is not None for e in ep)]
     if not runs:
         return None
     from matplotlib.ticker import MaxNLocator
@@ -103,12 +129,12 @@ def plot_training_curves(rows: list[LeaderboardRow], groups: list[dict]) -> str 
     fig, ax = _figure()
     for i, (r, ep) in enumerate(runs):
         colour = f"C{i % 10}"
-        x = [e["epoch"] for e in ep]
-        ax.plot(x, [e.get("val_cosine") for e in ep], "-o", color=colour, label=f"{_label(r, groups)} val")
-        if any("train_cosine" in e for e in ep):
+        val, train = (_points(ep, key) for key in ("val_cosine", "train_cosine"))
+        ax.plot([x for x, _ in val], [y for _, y in val], "-o", color=colour, label=f"{_label(r, groups)} val")
+        if train:
             ax.plot(
-                x,
-                [e.get("train_cosine") for e in ep],
+                [x for x, _ in train],
+                [y for _, y in train],
                 "--",
                 color=colour,
                 alpha=0.7,
@@ -125,11 +151,12 @@ def plot_training_curves(rows: list[LeaderboardRow], groups: list[dict]) -> str 
 
 def plot_coherence(hists: list[dict]) -> str | None:
     """Adjacency coherence cos(c_t, c_t+1) within articles: share of pairs per 0.1 bin, one series per dataset."""
+    hists = [h for h in hists if any(_share(v) is not None for v in h["histogram"].values())]
     if not hists:
         return None
     bins = list(dict.fromkeys(b for h in hists for b in h["histogram"]))
     series = [
-        (f"{h['dataset']} ({str(h['dataset_hash'] or '')[:8]})", [h["histogram"].get(b) or 0.0 for b in bins])
+        (f"{h['dataset']} ({str(h['dataset_hash'] or '')[:8]})", [_share(h["histogram"].get(b)) or 0.0 for b in bins])
         for h in hists
     ]
     return png_base64(coherence_histogram(bins, series))
@@ -143,9 +170,12 @@ def _results_doc(path: str | None, cache: dict) -> dict | None:
     if not path:
         return None
     if path not in cache:
+        from lvm.errors import LvmError
+        from lvm.schemas import read_json
+
         try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
+            doc = read_json(Path(path), "a gate results file")
+        except LvmError:
             doc = None
         cache[path] = doc if isinstance(doc, dict) else None
     return cache[path]
@@ -209,22 +239,11 @@ def rules_for(r: LeaderboardRow, gate: str, split: str = "val", cache: dict | No
     return keep, (source if keep else "none")
 
 
-def _finite(v) -> float | None:
-    """``v`` as a finite float; None for anything else (results files may have been edited)."""
-    if number(v) is None:
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _offsets(sweep: dict | None) -> list[tuple[int, float]]:
     """The sweep's (k, P(k)) points in k order, finite values and sane offsets only."""
     pts = []
     for k, v in (sweep or {}).items():
-        k, v = int(k), _finite(v)  # keys are integers (LeaderboardRow keeps only those)
+        k, v = int(k), _cosine(v)  # keys are integers (LeaderboardRow keeps only those)
         if v is not None and abs(k) <= 100:
             pts.append((k, v))
     return sorted(pts)
@@ -233,7 +252,7 @@ def _offsets(sweep: dict | None) -> list[tuple[int, float]]:
 def _limits(rule: dict) -> tuple[float | None, float | None]:
     """(GREEN limit, AMBER limit) of a rule, as finite numbers (None when absent)."""
     lo = "min" if "min_green" in rule else "max"
-    return _finite(rule.get(f"{lo}_green")), _finite(rule.get(f"{lo}_amber"))
+    return _cosine(rule.get(f"{lo}_green")), _cosine(rule.get(f"{lo}_amber"))
 
 
 def _levels(sweep: dict | None, rules: list[dict]) -> list[tuple[list[tuple[float, float]], float, float, str]]:
@@ -282,7 +301,7 @@ def _ablation_panel(ax, ablated: list[tuple[LeaderboardRow, dict, list[dict], st
     j = ABLATIONS.index("cross_article")
     for i, (r, metrics, rules, colour) in enumerate(ablated):
         xs = [k - 0.4 + width * (i + 0.5) for k in range(len(ABLATIONS))]
-        ys = [_finite(metrics.get(f"delta_{a}")) for a in ABLATIONS]
+        ys = [_cosine(metrics.get(f"delta_{a}")) for a in ABLATIONS]
         ax.bar(xs, [y if y is not None else 0.0 for y in ys], width=width, color=colour, label=_label(r, groups))
         rule = next((x for x in rules if x["metric"] == "delta_cross_article"), None)
         green, amber = _limits(rule) if rule else (None, None)
@@ -319,7 +338,7 @@ def plot_offset_sweep(rows: list[LeaderboardRow], groups: list[dict]) -> str | N
     ablated = []
     for i, r in enumerate(sweeps):
         metrics = (gate_result(r, "context_ablations", "val", cache) or {}).get("metrics") or {}
-        if any(_finite(metrics.get(f"delta_{a}")) is not None for a in ABLATIONS):
+        if any(_cosine(metrics.get(f"delta_{a}")) is not None for a in ABLATIONS):
             ablated.append((r, metrics, rules_for(r, "context_ablations", "val", cache)[0], f"C{i % 10}"))
     fig = Figure(figsize=WIDE_FIGSIZE if ablated else FIGSIZE)
     FigureCanvasAgg(fig)

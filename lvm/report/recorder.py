@@ -129,17 +129,20 @@ def checkpoint_names(entries: list[tuple[str | None, str]], model_card: str | Pa
 
 def history_summary(path: str | None) -> dict | None:
     """What the leaderboard needs of a run's training_history.json (per-epoch scalars, status, loss)."""
+    from lvm.schemas import read_json
+
     if not path or not Path(path).is_file():
         return None
     try:
-        hist = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        hist = read_json(Path(path), "a training history")
+    except LvmError:  # unreadable, not JSON, nested too deep: no history to show (training_health says why)
         return None
     if not isinstance(hist, dict):
         return None
+    listed = hist.get("epochs")
     epochs = [
         {k: v for k, v in e.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        for e in hist.get("epochs", [])
+        for e in (listed if isinstance(listed, list) else [])
         if isinstance(e, dict)
     ]
     return {
@@ -341,10 +344,12 @@ class Recorder:
         """The results file; a partial run never replaces a complete one: it is written beside it."""
         if complete or not target.is_file():
             return target
+        from lvm.schemas import read_json
+
         try:
-            existing = json.loads(target.read_text())
+            existing = read_json(target, "a gate results file")
             existing_complete = (existing.get("run") or {}).get("complete", True)
-        except (OSError, ValueError, AttributeError):
+        except (LvmError, AttributeError):
             existing_complete = False  # unreadable: nothing worth keeping
         if existing_complete:
             self.partial_note = f"partial run: written beside {target} (kept, it holds a complete run)"
@@ -383,7 +388,7 @@ class Recorder:
         """The run fails beyond its tests: a regression, or a regression check that could not run."""
         return bool((self.verdict is not None and self.verdict.regressed) or self.finish_error)
 
-    def finish(self, fin: Finish) -> Path:
+    def finish(self, fin: Finish) -> Path | None:
         """The results file: run record, portable rows, ``models``, the regression rows; written atomically,
         also when the regression check cannot run (``finish_error`` says why)."""
         from lvm.report.results import build_document, json_safe, write_results
@@ -399,7 +404,10 @@ class Recorder:
             doc["results"] += [dump(r) for r in self.regressions]
         except LvmError as exc:  # the regression check could not run: say so, still write what ran
             self.finish_error = f"regression check failed: {exc}"
-        self.results_path = write_results(target, doc)
+        try:
+            self.results_path = write_results(target, doc)
+        except LvmError as exc:  # checked when the run started; the folder changed since
+            self.finish_error = f"results file not written: {exc}"
         return self.results_path
 
     def write_summary(self, tr) -> None:
@@ -444,19 +452,22 @@ def write_stoplights(tr, rows: list[ResultRow]) -> None:
 def headline(r: ResultRow) -> str:
     """The one number a reader wants per gate."""
     from lvm.gates.spec import spec
+    from lvm.report.results import as_float, as_text, format_number
 
     m = r.metrics
     if r.status in ("AMBER", "RED") and r.message:
         return r.message.split(": ", 1)[-1][:110]
     if r.gate in ("val_cosine", "ood_cosine"):
         v, lo, hi = (m.get(r.gate + s) for s in ("", "_ci_low", "_ci_high"))
-        if all(isinstance(x, (int, float)) for x in (v, lo, hi)):
-            return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
+        if all(as_float(x) is not None for x in (v, lo, hi)):
+            return f"{format_number(v)} [{format_number(lo)}, {format_number(hi)}]"
     gs = spec(r.gate)
     k = gs.headline if gs else None
     if k and m.get(k) is not None:
         v = m[k]
-        return f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+        if isinstance(v, float):
+            return f"{k}={format_number(v, '.4g')}"
+        return f"{k}={as_text(v) if isinstance(v, (list, dict)) else v}"
     if r.status == "SKIP":
         return r.message[:100]
     return ""

@@ -17,7 +17,7 @@ import numpy as np
 from lvm.data.datasets import SKETCH_TOLERANCE
 from lvm.gates.spec import HARDWARE_BOUND_GATES
 from lvm.gates.status import AMBER, GREEN, RED, SKIP, GateResult, worst
-from lvm.report.results import PAIRED_BOOTSTRAP_METRICS, dataset_label
+from lvm.report.results import PAIRED_BOOTSTRAP_METRICS, as_number, dataset_label
 
 # absolute tolerance of a metric the profile's [regression] table does not name
 DEFAULT_TOLERANCE = 0.01
@@ -72,18 +72,6 @@ def _sketch_differs(r: dict, b: dict) -> str | None:
             f"(sketch differs by {gap:.2g} > {SKETCH_TOLERANCE:g})"
         )
     return None
-
-
-def as_number(v) -> float | None:
-    """A metric value as a float: None when it is not a number at all (absent, a string, a bool, a
-    list), NaN for a number that is not finite (NaN, ±inf, an integer beyond float range)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:  # an integer such as 10**400
-        return math.nan
-    return f if math.isfinite(f) else math.nan
 
 
 def _tolerance(gate: str, metric: str, tolerances: dict, baseline_value: float) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lvm.gates.spec import GATES
 from lvm.gates.status import AMBER, RED
+from lvm.report.results import finite, format_number
 from lvm.report.rows import BASELINE, COLUMNS, STATUSES, LeaderboardRow
 from lvm.schemas import ResultsDoc
 
@@ -21,30 +22,34 @@ GATE_ORDER = tuple(g.id for g in GATES)
 
 
 def _f(v, fmt: str = ".4f") -> str:
-    return "" if v is None else (format(v, fmt) if isinstance(v, (int, float)) else str(v))
+    """A cell: "" when absent, "nan" / "inf" when not finite (``format_number``)."""
+    return format_number(v, fmt)
 
 
 def _params(n) -> str:
-    if not isinstance(n, (int, float)):
-        return ""
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(int(n))
+    f = finite(n)
+    if f is None:
+        return format_number(n)
+    return f"{f / 1e6:.2f}M" if f >= 1e6 else f"{f / 1e3:.1f}k" if f >= 1e3 else str(int(f))
 
 
 def _ci(v: float | None, lo: float | None, hi: float | None) -> str:
     if v is None:
         return ""
-    return f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else f"{v:.4f}"
+    if lo is None or hi is None:
+        return _f(v)
+    return f"{_f(v)} [{_f(lo)}, {_f(hi)}]"
 
 
 def _margin(r: LeaderboardRow) -> str:
-    return "" if r.margin is None else f"{r.margin:+.4f} ({r.best_baseline or '?'})"
+    return "" if r.margin is None else f"{_f(r.margin, '+.4f')} ({r.best_baseline or '?'})"
 
 
 def _heading(g: dict) -> str:
     """A comparability group's title: encoder, datasets, hardware, profile."""
     c = g["comparability"]
-    fp = (c.get("encoder_fingerprint") or "?")[:12]
-    dh = (c.get("dataset_id") or c.get("dataset_hash") or "?")[:12]
+    fp = str(c.get("encoder_fingerprint") or "?")[:12]
+    dh = str(c.get("dataset_id") or c.get("dataset_hash") or "?")[:12]
     prof = f"{c.get('profile')} v{c.get('profile_version')}" if c.get("profile") else "?"
     return (
         f"Group {g['number']}: encoder {fp}… · dataset {', '.join(str(d) for d in g['datasets'])} ({dh}…) · "

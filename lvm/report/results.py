@@ -140,6 +140,74 @@ def json_safe(obj):
     return obj
 
 
+# ----------------------------------------------------------------------------- metric values
+
+# A results file may have been edited by hand or by another tool: a metric can hold anything JSON
+# holds (a string, a list, null, an integer of 400 digits, NaN, ±Infinity). Every reader turns a
+# metric value into a number through these, and nothing else.
+
+
+def as_float(v) -> float | None:
+    """A metric value as a float: None when it is not a number at all (absent, a string, a bool, a
+    list, an object); NaN and ±inf kept; an integer beyond float range as ±inf."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an integer such as 10**400
+        return math.inf if v > 0 else -math.inf
+
+
+def as_number(v) -> float | None:
+    """A metric value as a float: None when it is not a number at all (absent, a string, a bool, a
+    list), NaN for a number that is not finite (NaN, ±inf, an integer beyond float range). What the
+    regression check compares: a value that is NaN on either side is RED "not a number"."""
+    f = as_float(v)
+    return f if f is None or math.isfinite(f) else math.nan
+
+
+def finite(v) -> float | None:
+    """A metric value as a finite float; None for anything else (what is ranked and plotted)."""
+    f = as_float(v)
+    return f if f is not None and math.isfinite(f) else None
+
+
+INT64 = 2**63 - 1
+
+
+def as_int(v) -> int | None:
+    """A count (parameters, epochs, a rank) as an int: an integer, or a float with an integral
+    value, within 64 bits; None for anything else (a CSV integer column holds 64 bits)."""
+    f = finite(v)
+    if f is None or f != int(f):
+        return None
+    i = v if isinstance(v, int) else int(f)
+    return i if -INT64 <= i <= INT64 else None
+
+
+def format_number(v, spec: str = ".4f") -> str:
+    """A metric value in a table: "" when absent, the value as text when it is not a number,
+    "nan" / "inf" / "-inf" when it is not finite, else ``format(v, spec)``."""
+    if v is None:
+        return ""
+    f = as_float(v)
+    if f is None:
+        return str(v)
+    if not math.isfinite(f):
+        return "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")
+    if spec.endswith("d"):  # an integer spec: an integer shows as one, anything else as a number
+        return format(v, spec) if isinstance(v, int) else format(f, "g")
+    return format(f, spec)
+
+
+def as_text(v) -> str:
+    """Any JSON value as one line of text (a column that should hold a string); never raises."""
+    try:
+        return json.dumps(v, default=str)
+    except (ValueError, TypeError, RecursionError):  # nested too deep to print
+        return f"<{type(v).__name__}>"
+
+
 def summarize(results: list[dict]) -> dict:
     counts = {s: sum(r["status"] == s for r in results) for s in (GREEN, AMBER, RED, SKIP)}
     counts["overall"] = worst(r["status"] for r in results)
@@ -160,10 +228,80 @@ def build_document(results: list[dict], profile_name: str, profile_version: int,
     )
 
 
-def write_results(path: str | Path, doc: dict) -> Path:
+# ----------------------------------------------------------------------------- where reports go
+
+
+def _lvm_output_folder(folder: Path) -> bool:
+    """``folder`` is one of lvm's own output folders (a dataset, a filtered dataset, an imported
+    checkpoint, a sequence manifest): it holds the ``.lvm-output`` marker, or is a dataset written
+    before markers existed. lvm replaces such a folder as a whole, so nothing else is written into it."""
+    from lvm.io import OUTPUT_MARKER
+
+    if (folder / OUTPUT_MARKER).exists():
+        return True
+    return (folder / "meta.json").is_file() and ((folder / "vectors.npy").exists() or (folder / "rows.npy").exists())
+
+
+def _writable_parent(path: Path, what: str) -> None:
+    """Every existing folder above ``path`` is a folder (not a file), none is an lvm output folder,
+    and the nearest existing one can be written (the rest are created). Messages name ``path`` as given."""
+    nearest = None
+    for above in path.absolute().parents:
+        if above.exists() and not above.is_dir():
+            raise LvmError(f"{path}: {above} is a file, not a folder, so the {what} cannot be written inside it")
+        if above.is_dir():
+            nearest = nearest or above
+            if _lvm_output_folder(above):
+                raise LvmError(
+                    f"{path}: {above} is an lvm output folder (a dataset or another lvm output, replaced as a "
+                    f"whole); write the {what} elsewhere"
+                )
+    if nearest is not None and not os.access(nearest, os.W_OK | os.X_OK):
+        raise LvmError(f"{path}: folder {nearest} is not writable, so the {what} cannot be written there")
+
+
+def check_results_path(path: str | Path, what: str = "results file") -> Path:
+    """A path a results file can be written to (``pytest --results``), checked before anything runs:
+    a file path, not an existing folder, not inside a file or an lvm output folder (a dataset), its
+    folder existing or creatable and writable. One line (``LvmError``) naming the path otherwise."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, doc)
+    if not path.name or path.name in (".", ".."):
+        raise LvmError(f"{path}: expected a file path for the {what}, not a folder")
+    if path.is_dir():
+        raise LvmError(f"{path} is a folder; the {what} is a file (e.g. {path / 'gate_results.json'})")
+    if path.exists() and not path.is_file():
+        raise LvmError(f"{path} exists and is not a regular file; the {what} is written as a file")
+    _writable_parent(path, what)
+    return path
+
+
+def check_output_folder(path: str | Path, what: str = "report") -> Path:
+    """A folder reports can be written into (``lvm leaderboard --out``): not an existing file, not
+    inside a file or an lvm output folder (a dataset), existing or creatable and writable. One line
+    (``LvmError``) naming the path otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LvmError(f"{path} exists and is not a folder; the {what} is written into a folder")
+    if path.is_dir():
+        if _lvm_output_folder(path):
+            raise LvmError(
+                f"{path} is an lvm output folder (a dataset or another lvm output, replaced as a whole); "
+                f"write the {what} elsewhere"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise LvmError(f"{path}: folder is not writable, so the {what} cannot be written there")
+    _writable_parent(path, what)
+    return path
+
+
+def write_results(path: str | Path, doc: dict) -> Path:
+    """Write the results document atomically (its path checked again: ``check_results_path``)."""
+    path = check_results_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, doc)
+    except OSError as exc:
+        raise LvmError(f"{path}: the results file cannot be written ({exc.strerror or type(exc).__name__})") from None
     return path
 
 
@@ -173,6 +311,8 @@ def read_document(path: str | Path):
     from lvm import schemas
 
     p = Path(path)
+    if p.is_dir():
+        raise LvmError(f"results file {p} is a folder; expected a gate results JSON file ({p / 'gate_results.json'}?)")
     if not p.is_file():
         raise LvmError(f"results file {p} not found")
     doc = schemas.read_json(p, "a gate results file")

@@ -12,7 +12,7 @@ cosine on its own. Rows read the run folders results point at (``config.json`` f
 
 from __future__ import annotations
 
-import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,12 +20,13 @@ from pathlib import Path
 from lvm.errors import LvmError
 from lvm.gates.spec import DATA_GATES
 from lvm.gates.status import AMBER, GREEN, RED, SKIP, worst
-from lvm.report.results import dataset_label, read_document
+from lvm.report.results import as_float, as_int, as_text, dataset_label, finite, read_document
 from lvm.schemas import ResultRow, ResultsDoc
 
 STATUSES = (GREEN, AMBER, RED)
 MODEL, BASELINE = "model", "baseline"  # a row's kind
 RETRIEVAL_METRICS = ("contain_at_50", "r_at_5", "eff_at_5", "mrr_at_50")
+MAX_EPOCH = 1_000_000  # an epoch number beyond this is not one (the trainer's own limit)
 LOSS_TERMS = (
     ("lambda_mse", "MSE"),
     ("lambda_cos", "Cos"),
@@ -125,29 +126,27 @@ class LeaderboardRow:
 
     def __post_init__(self) -> None:
         """Values come from results files a user may have edited: a number column holding anything but
-        a number is left empty, a text column shows other JSON as text, and what the plots read
-        (history epochs, sweep points) keeps only numbers."""
+        a number is left empty (``as_float``: NaN and ±inf are kept, and shown as "nan", "inf"); an
+        integer column holds a 64-bit integer or nothing (``as_int``); a text column shows other JSON
+        as text; what the plots read (sweep points) keeps only finite numbers."""
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.type in ("float | None", "int | None"):
-                setattr(self, f.name, number(v))
+            if f.type == "float | None":
+                setattr(self, f.name, as_float(v))
+            elif f.type == "int | None":
+                setattr(self, f.name, as_int(v))
             elif f.type in ("str", "str | None") and v is not None and not isinstance(v, str):
-                setattr(self, f.name, json.dumps(v, default=str))
+                setattr(self, f.name, as_text(v))
             elif f.type.startswith("dict") and not isinstance(v, dict):
                 setattr(self, f.name, None if "None" in f.type else {})
         self.gates = {str(k): v for k, v in self.gates.items() if isinstance(v, str)}
         self.cell_status = {str(k): v if isinstance(v, str) else None for k, v in self.cell_status.items()}
         if self.sweep is not None:
-            self.sweep = {k: v for k, v in self.sweep.items() if _int_key(k) and number(v) is not None} or None
+            self.sweep = {k: finite(v) for k, v in self.sweep.items() if _int_key(k) and finite(v) is not None} or None
 
     def to_dict(self) -> dict:
         """The public columns (CSV, HTML, ``build_leaderboard``'s rows)."""
         return {**{c: getattr(self, c) for c in COLUMNS}, "group_number": self.group_number}
-
-
-def number(v) -> int | float | None:
-    """``v`` if it is a real number (not a bool), else None."""
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _int_key(k) -> bool:
@@ -198,21 +197,26 @@ def _run_folder(checkpoint_path: str | None, results_file: Path) -> tuple[Path |
 
 
 def _read_json(path: Path) -> dict | None:
+    """A run folder's JSON file (``config.json``, ``training_history.json``); None when it cannot be read."""
+    from lvm.schemas import read_json
+
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
+        obj = read_json(path, "a run folder's file")
+    except LvmError:
         return None
     return obj if isinstance(obj, dict) else None
 
 
 def trained_epochs(history: dict | None) -> list[dict]:
-    """The epochs of a ``training_history.json`` after training began (epoch 0 is the untrained model)."""
+    """The epochs of a ``training_history.json`` after training began (epoch 0 is the untrained model):
+    ``epoch`` a positive integer, every other field a finite number or None (what the plots draw)."""
     epochs = (history or {}).get("epochs") if isinstance(history, dict) else None
-    return [
-        {k: number(v) if k != "epoch" else v for k, v in e.items()}
-        for e in (epochs if isinstance(epochs, list) else [])
-        if isinstance(e, dict) and number(e.get("epoch", 0)) is not None and e.get("epoch", 0) >= 1
-    ]
+    out = []
+    for e in epochs if isinstance(epochs, list) else []:
+        epoch = as_int(e.get("epoch", 0)) if isinstance(e, dict) else None
+        if epoch is not None and 1 <= epoch <= MAX_EPOCH:
+            out.append({**{str(k): finite(v) for k, v in e.items()}, "epoch": epoch})
+    return out
 
 
 def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
@@ -231,8 +235,8 @@ def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
         if key == "lambda_info" and loss.get("adaptive_info"):
             parts.append("InfoNCE(adaptive)")
             continue
-        lam = float(number(loss.get(key)) or 0.0)
-        if lam > 0:
+        lam = as_float(loss.get(key)) or 0.0
+        if lam > 0 or math.isnan(lam):
             parts.append(name if lam == 1.0 else f"{name}({lam:g})")
     return "+".join(parts) or "none"
 
@@ -278,8 +282,12 @@ def _st(r: ResultRow | None) -> str | None:
     return r.status if r else None
 
 
-def _minus(a, b):
-    return a - b if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+def _minus(a, b) -> float | None:
+    """a − b of two metric values (NaN when either is not finite), None when either is not a number."""
+    fa, fb = as_float(a), as_float(b)
+    if fa is None or fb is None:
+        return None
+    return fa - fb if math.isfinite(fa) and math.isfinite(fb) else math.nan
 
 
 def _gate_statuses(results: list[ResultRow]) -> dict[str, str]:
@@ -326,13 +334,14 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     for ds, res in data.items():
         coh = _cell(res, "coherence")
         hist = coh.metrics.get("histogram") if coh else None
-        if coh is not None and isinstance(hist, dict) and all(number(v) is not None for v in hist.values()):
+        if coh is not None and isinstance(hist, dict) and hist:
+            dataset_hash = coh.dataset_hash or (coh.comparability or {}).get("dataset_hash")
             out.append(
                 {
                     "dataset": ds,
                     "group": _group_of(res, ds)[0],
-                    "dataset_hash": coh.dataset_hash or (coh.comparability or {}).get("dataset_hash"),
-                    "histogram": hist,
+                    "dataset_hash": dataset_hash if isinstance(dataset_hash, str) or dataset_hash is None else "?",
+                    "histogram": {str(b): finite(v) for b, v in hist.items()},
                     "created_at": created,
                 }
             )
@@ -437,8 +446,8 @@ def _model_row(
 
 def _baseline_rows(row: LeaderboardRow, res: list[ResultRow], meta: dict | None) -> list[LeaderboardRow]:
     """The null baselines ``beats_baselines`` measured beside a checkpoint, one row each."""
-    bval = _metric(_cell(res, "beats_baselines", "val"), "baselines") or {}
-    bood = _metric(_cell(res, "beats_baselines", "ood"), "baselines") or {}
+    bval, bood = (_metric(_cell(res, "beats_baselines", sp), "baselines") for sp in ("val", "ood"))
+    bval, bood = (b if isinstance(b, dict) else {} for b in (bval, bood))
     shared = {
         k: getattr(row, k)
         for k in (
@@ -512,11 +521,17 @@ def _name_baselines_by_ctx(baselines: list[LeaderboardRow]) -> None:
 
 
 def _rank(g: dict) -> None:
-    """Rank a group's rows by val cosine (models before baselines on a tie) and name them."""
-    g["rows"].sort(key=lambda r: (r.val_cosine is None, -(r.val_cosine or 0.0), r.kind != MODEL, str(r.checkpoint)))
+    """Rank a group's rows by val cosine (models before baselines on a tie) and name them; a row
+    whose val cosine is missing or not finite is not ranked (it comes last)."""
+
+    def key(r: LeaderboardRow) -> tuple:
+        v = finite(r.val_cosine)
+        return (v is None, -(v or 0.0), r.kind != MODEL, str(r.checkpoint))
+
+    g["rows"].sort(key=key)
     names = [r.checkpoint for r in g["rows"] if r.kind == MODEL]
     for i, r in enumerate(g["rows"], start=1):
-        r.rank = i if r.val_cosine is not None else None
+        r.rank = i if finite(r.val_cosine) is not None else None
         r.group_number = g["number"]
         # two run folders with the same name (runs/a/amn, runs/b/amn) show their paths
         r.name = r.checkpoint_path if names.count(r.checkpoint) > 1 and r.checkpoint_path else str(r.checkpoint)

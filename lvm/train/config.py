@@ -7,7 +7,6 @@ from the parsed options (``config_from_args``), so a default or a help text live
 from __future__ import annotations
 
 import argparse
-import json
 import types
 import typing
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
@@ -93,10 +92,12 @@ class TrainConfig:
 
 def json_object(text: str) -> dict:
     """argparse ``type`` of a JSON-object option such as ``--model-config``."""
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    from lvm.schemas import parse_json
+
+    try:  # not JSON, nested too deep, too large: one line
+        value = parse_json(text, "", "a JSON object option")
+    except LvmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
