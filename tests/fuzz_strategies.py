@@ -1058,11 +1058,12 @@ def extreme_toml(draw, doc: dict) -> tuple[bytes, tuple, object, object, str]:
 
 
 def number_broken(old, new) -> bool:
-    """A number of a settings file replaced by something that is not a usable number of its kind:
-    not a number, not finite, past 64 bits, or a fraction where an integer was."""
+    """A number of a settings file replaced by something that is not a usable number of its kind: not a
+    number (a string, a bool, null, a list), not a finite double (NaN, ±inf, 10**400: no JSON reader but
+    Python's reads it back), or a fraction where an integer was."""
     if not is_number(old):
         return False
-    if not finite_number(new) or abs(new) >= 2**63:
+    if not finite_number(new):
         return True
     return isinstance(old, int) and isinstance(new, float) and not float(new).is_integer()
 
