@@ -13,7 +13,9 @@ deselected: it measures the machine, not the encoder); copy-last and a constant 
 on the MiniLM data is refused by ``checkpoint_integrity`` naming both dimensions and fingerprints. Triage
 (``lvm coherence``, ``lvm filter``) runs at 768-D. Nothing here installs anything.
 
-Time (2 shared cores, 2026-12): the dataset build is the bulk when cold (see README "A second encoder").
+Time (2 shared cores, 2026-12-05): 2.8-4.3 minutes with the dataset built (the gate runs and trainings;
+8 tests), plus the build when cold: 8.9 CPU-minutes (~4-5 minutes on two free cores, 26 minutes while other
+jobs kept the load at 5-13).
 """
 
 from __future__ import annotations
