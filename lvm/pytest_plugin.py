@@ -55,6 +55,13 @@ def pytest_addoption(parser) -> None:
         help="JSON model card for py: / .pt2 checkpoints that do not carry their own",
     )
     group.addoption(
+        "--model-args",
+        nargs="+",
+        default=None,
+        metavar="K=V",
+        help="keyword arguments for py: factories and classes (values read as JSON, else strings)",
+    )
+    group.addoption(
         "--predictions",
         action="append",
         default=[],
@@ -262,6 +269,9 @@ def _model_eval(gate_session, lvm_dataset, checkpoint_path, lvm_model, split):
     if loaded is None or integrity.status == RED:
         # a model that does not belong to this data cannot be judged: its other gates would name wrong causes
         pytest.skip(f"checkpoint_integrity is RED, so the model gates were not run: {integrity.message}")
+    broken = gate_session.space_broken(lvm_dataset)
+    if broken:  # nor can any model on vectors that are not its encoder's space
+        pytest.skip(broken)
     ev = gate_session.model_eval(checkpoint_path, lvm_dataset, split)
     if ev is None:
         pytest.skip(f"no {split} sequences (or predictions) for this model's context")

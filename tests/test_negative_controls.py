@@ -763,3 +763,27 @@ def test_gate_suite_fails_a_copy_last_checkpoint(default_dataset, tmp_path):
         "batch_hygiene",
     ):
         assert status[gate] == [GREEN], (gate, status[gate])
+
+
+def test_a_data_red_stops_the_model_gates_on_that_dataset(default_dataset, amn_run, tmp_path):
+    """Issue 21: after normalization (or encoder_fingerprint) is RED, the model gates on that dataset SKIP
+    naming the cause, as they do after checkpoint_integrity; they used to read six model gates GREEN."""
+    ds = open_dataset(default_dataset)
+    scaled = sealed_copy(default_dataset, tmp_path / "scaled", np.asarray(ds.vectors, np.float32) * 1.5)
+    results = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "gates/", f"--checkpoint={amn_run}", f"--dataset={scaled}",
+         f"--results={results}", "-p", "no:cacheprovider", "-q", "-k", "not latency"],
+        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rows = json.loads(results.read_text())["results"]
+    by_gate = {(r["gate"], r.get("split")): r for r in rows}
+    assert by_gate[("normalization", None)]["status"] == RED
+    model_gates = [
+        r for r in rows if r.get("checkpoint") and r["gate"] not in ("checkpoint_integrity", "training_health")
+    ]
+    assert model_gates and all(r["status"] == "SKIP" for r in model_gates), [
+        (r["gate"], r["status"]) for r in model_gates
+    ]
+    assert all("normalization is RED on scaled" in r["message"] for r in model_gates), model_gates[0]["message"]

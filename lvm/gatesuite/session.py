@@ -67,6 +67,34 @@ class GateSession:
             return ds.sequences("ood", ctx, min_ctx)
         return self.dataset(other).sequences(self.config.getoption("--ood-split") or ALL_SPLITS, ctx, min_ctx)
 
+    def space_verdict(self, ds, gate: str):
+        """The ``encoder_fingerprint`` or ``normalization`` result of a dataset, computed once: the data
+        gates record it, and a RED one stops that dataset's model gates (``space_broken``)."""
+        from lvm import gates
+
+        def make():
+            profile = self.profile(ds)
+            if gate == "normalization":
+                return gates.normalization(ds, profile)
+            fps = {}
+            for spec in model_specs(self.config):
+                loaded, _ = self.model(spec)
+                if loaded is not None and loaded.card.encoder_fingerprint is not None:
+                    fps[loaded.card.source or spec] = loaded.card.encoder_fingerprint
+            return gates.encoder_fingerprint(ds, profile, fps)
+
+        return self._once(("space", gate, str(ds.path)), make)
+
+    def space_broken(self, ds) -> str | None:
+        """Why the dataset's vectors are not the space its models read (a RED ``encoder_fingerprint`` or
+        ``normalization``), or None: model verdicts on such vectors would name wrong causes."""
+        for gate in ("encoder_fingerprint", "normalization"):
+            r = self.space_verdict(ds, gate)
+            if r.status == "RED":
+                why = (r.message or "").split(". Likely cause")[0]
+                return f"{gate} is RED on {ds.path.name}, so its model gates were not run: {why[:300]}"
+        return None
+
     def label(self, spec: str) -> str:
         """The name a checkpoint has before it is loaded (its pytest id): NAME=, its card's, else its path's."""
         from lvm.report.recorder import path_label
@@ -82,7 +110,7 @@ class GateSession:
         """``(LoadedModel or None, load error or None)`` for a checkpoint spec, loaded once; its card
         carries the checkpoint's name (NAME= wins over the card's own)."""
         from lvm.errors import LvmError
-        from lvm.models.adapters import load_model
+        from lvm.models.adapters import load_model, parse_model_args
         from lvm.models.predictions import load_predictions
         from lvm.report.recorder import clash
 
@@ -92,7 +120,11 @@ class GateSession:
                 if spec.startswith("predictions:"):
                     loaded = load_predictions(spec.removeprefix("predictions:"), None)
                 else:
-                    loaded = load_model(spec, card if (spec.startswith("py:") or spec.endswith(".pt2")) else None)
+                    loaded = load_model(
+                        spec,
+                        card if (spec.startswith("py:") or spec.endswith(".pt2")) else None,
+                        model_args=parse_model_args(self.config.getoption("--model-args")),
+                    )
             except LvmError as exc:
                 return None, str(exc)
             name = self.names.get(spec) or loaded.card.name

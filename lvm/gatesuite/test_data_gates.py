@@ -3,19 +3,12 @@
 from lvm import gates
 
 
-def test_encoder_fingerprint(gate_session, lvm_dataset, gate_profile, gate_status, request):
-    from lvm.pytest_plugin import model_specs
-
-    fps = {}
-    for spec in model_specs(request.config):
-        loaded, _ = gate_session.model(spec)
-        if loaded is not None and loaded.card.encoder_fingerprint is not None:
-            fps[loaded.card.source or spec] = loaded.card.encoder_fingerprint
-    gate_status(gates.encoder_fingerprint(lvm_dataset, gate_profile, fps))
+def test_encoder_fingerprint(gate_session, lvm_dataset, gate_profile, gate_status):
+    gate_status(gate_session.space_verdict(lvm_dataset, "encoder_fingerprint"))
 
 
-def test_normalization(lvm_dataset, gate_profile, gate_status):
-    gate_status(gates.normalization(lvm_dataset, gate_profile))
+def test_normalization(gate_session, lvm_dataset, gate_profile, gate_status):
+    gate_status(gate_session.space_verdict(lvm_dataset, "normalization"))
 
 
 def test_oracle_recall(gate_session, lvm_dataset, gate_profile, gate_status):
