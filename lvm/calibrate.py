@@ -243,6 +243,44 @@ def place_thresholds(measured: Measured, base: Profile) -> tuple[dict[str, dict]
     return tables, comments
 
 
+MARGIN_ROWS = (
+    ("val_cosine", "val", "margin_vs_baseline"),
+    ("ood_cosine", "ood", "margin_vs_baseline"),
+    ("val_cosine", "val", "val_cosine"),
+    ("ood_cosine", "ood", "ood_cosine"),
+    ("offset_sweep", "val", "copy_gap"),
+    ("no_collapse", "val", "margin"),
+    ("retrieval", "val", "contain_at_50_vs_baseline"),
+)
+
+
+def margin_table(measured: Measured) -> list[str]:
+    """The measured margins of the reference and every control, one line each (what a refusal prints)."""
+    names = list(measured.results)
+    lines = ["measured (reference and controls):", "  " + " ".join(f"{n:>17}" for n in ["metric", *names])]
+    for gate, split, metric in MARGIN_ROWS:
+        cells = [measured.value(n, gate, split, metric) for n in names]
+        lines.append(
+            "  "
+            + f"{gate + '.' + metric + '/' + split:>17.17}"
+            + "".join(f" {'-' if v is None else f'{v:+.4f}':>17}" for v in cells)
+        )
+    return lines
+
+
+def margin_summary(measured: Measured) -> str:
+    """``name val/OOD`` margins over the best null baseline, for the one-line refusal."""
+
+    def cell(v):
+        return "-" if v is None else f"{v:+.4f}"
+
+    return ", ".join(
+        f"{n} {cell(measured.value(n, 'val_cosine', 'val', 'margin_vs_baseline'))}/"
+        f"{cell(measured.value(n, 'ood_cosine', 'ood', 'margin_vs_baseline'))}"
+        for n in measured.results
+    )
+
+
 def check_separation(measured: Measured, profile: Profile) -> list[str]:
     """Problems: a control that no rule turns RED, or a reference that is not GREEN, under ``profile``."""
     problems = []
@@ -352,8 +390,12 @@ def calibrate(
         merged["regression"] = data["regression"]
     problems = check_separation(measured, Profile(name, 1, out, merged))
     if problems:
+        for line in margin_table(measured):  # the numbers behind the refusal: how far off the reference is
+            log(line)
         raise LvmError(
-            f"calibration refused: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+            f"calibration refused: {problems[0]}"
+            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+            + f"; margins over the best null baseline (val/OOD): {margin_summary(measured)}"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, text)

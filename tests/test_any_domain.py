@@ -470,6 +470,9 @@ def test_calibrate_refuses_a_reference_it_cannot_tell_from_a_control(pydoc_ds, c
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "calibration refused" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # the numbers behind the refusal: the reference's and each control's margins (issue 21)
+    assert "margins over the best null baseline (val/OOD): reference " in proc.stderr, proc.stderr
+    assert "copy_last " in proc.stderr.split("margins over")[1], proc.stderr
     assert not out.exists()
 
 
