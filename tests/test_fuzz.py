@@ -305,6 +305,7 @@ class Fuzz:
         ``notices``: stderr line prefixes a successful run may print (not errors)."""
         roots = [work, self.base["root"]] if roots is None else roots
         before = snapshot(roots, list(outputs))
+        written_before = {str(f): _digest(f) for f in _json_files(outputs)}
         existed = {str(o): os.path.lexists(o) for o in outputs}
         kept = {str(k): _digest(Path(k)) for k in keep}
         res = (runner or run_cli)(argv, work)
@@ -315,7 +316,8 @@ class Fuzz:
             if why:
                 kinds.append(("wrong_successes", why))
         if not kinds and res["rc"] == 0:
-            why = _nonstandard_json(res, argv, outputs)
+            written = [f for f in _json_files(outputs) if written_before.get(str(f), "new") != _digest(f)]
+            why = _nonstandard_json(res, argv, written)
             if why:
                 kinds.append(("wrong_successes", why))
         ran = [m for m in markers if Path(m).exists()]
@@ -409,19 +411,24 @@ def _strict_json(text: str) -> str | None:
     return None
 
 
-def _nonstandard_json(res: dict, argv: list[str], outputs: tuple) -> str | None:
-    """After a success: what lvm wrote as JSON (``--json`` output, .json/.jsonl files in its outputs) must be
-    standard JSON that other tools read: no NaN, no Infinity."""
-    if "--json" in argv and res["stdout"].strip() and not res.get("pytest"):
-        why = _strict_json(res["stdout"])
-        if why:
-            return f"--json printed non-standard JSON ({why})"
+def _json_files(outputs: tuple) -> list[Path]:
+    """The .json/.jsonl files (and output markers) in a command's outputs."""
     files = []
     for o in map(Path, outputs):
         if o.is_dir() and not o.is_symlink():
             files += [f for f in o.rglob("*") if f.suffix in (".json", ".jsonl") or f.name == ".lvm-output"]
         elif o.suffix == ".json":
             files.append(o)
+    return files[:200]
+
+
+def _nonstandard_json(res: dict, argv: list[str], files: list[Path]) -> str | None:
+    """After a success: what lvm wrote as JSON (``--json`` output; ``files``: the .json/.jsonl files it
+    created or changed in its outputs) must be standard JSON that other tools read: no NaN, no Infinity."""
+    if "--json" in argv and res["stdout"].strip() and not res.get("pytest"):
+        why = _strict_json(res["stdout"])
+        if why:
+            return f"--json printed non-standard JSON ({why})"
     for f in files[:50]:
         if not f.is_file() or f.is_symlink() or f.stat().st_size > 4 << 20:
             continue
