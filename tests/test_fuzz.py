@@ -415,10 +415,13 @@ def _json_files(outputs: tuple) -> list[Path]:
     """The .json/.jsonl files (and output markers) in a command's outputs."""
     files = []
     for o in map(Path, outputs):
-        if o.is_dir() and not o.is_symlink():
-            files += [f for f in o.rglob("*") if f.suffix in (".json", ".jsonl") or f.name == ".lvm-output"]
-        elif o.suffix == ".json":
-            files.append(o)
+        try:  # an output path may be one no file can have (too long, under a file)
+            if o.is_dir() and not o.is_symlink():
+                files += [f for f in o.rglob("*") if f.suffix in (".json", ".jsonl") or f.name == ".lvm-output"]
+            elif o.suffix == ".json" and o.is_file():
+                files.append(o)
+        except OSError:
+            continue
     return files[:200]
 
 
@@ -430,9 +433,12 @@ def _nonstandard_json(res: dict, argv: list[str], files: list[Path]) -> str | No
         if why:
             return f"--json printed non-standard JSON ({why})"
     for f in files[:50]:
-        if not f.is_file() or f.is_symlink() or f.stat().st_size > 4 << 20:
+        try:
+            if not f.is_file() or f.is_symlink() or f.stat().st_size > 4 << 20:
+                continue
+            text = f.read_text(errors="replace")
+        except OSError:
             continue
-        text = f.read_text(errors="replace")
         lines = text.splitlines() if f.suffix == ".jsonl" else [text]
         for line in lines:
             why = _strict_json(line) if line.strip() else None
@@ -442,12 +448,15 @@ def _nonstandard_json(res: dict, argv: list[str], files: list[Path]) -> str | No
 
 
 def _digest(p: Path) -> str | None:
-    """SHA-256 of a file (a link: where it points), None when it is gone."""
-    if p.is_symlink():
-        return "link:" + os.readlink(p)
-    if not p.is_file():
+    """SHA-256 of a file (a link: where it points), None when it is gone (or cannot be)."""
+    try:
+        if p.is_symlink():
+            return "link:" + os.readlink(p)
+        if not p.is_file():
+            return None
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError:
         return None
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def _make_writable(folder: Path) -> None:
