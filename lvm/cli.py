@@ -185,6 +185,12 @@ def _index_info(folder: Path) -> dict | None:
 
 def cmd_inspect(args) -> int:
     info = inspect_dataset(args.dataset, args.ctx, args.min_ctx)
+    from lvm.schemas import nonfinite_path
+
+    read = ("counts", "split_policy", "index", "corpus", "encoder", "format_version")  # what comes from files
+    bad = nonfinite_path({k: info.get(k) for k in read})
+    if bad:  # read from meta.json / index.json: lvm never wrote it, and JSON has no Infinity or NaN
+        raise LvmError(f"{args.dataset}: {bad} is not a finite number (damaged meta.json or index.json)")
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -105,9 +105,13 @@ def _check_options(config) -> None:
     _check_paths_exist(opt)
     _check_results_path(opt)
     _check_files_load(opt)
-    for name in ("--nprobe", "--latency-threads"):
-        if opt(name) is not None and opt(name) < 1:
-            raise pytest.UsageError(f"{name} must be at least 1; got {opt(name)}")
+    from lvm.bounds import Bound
+
+    # bounds declared once, here: an IVF probe count and a thread count that fit their libraries' int32
+    for name, bound in (("--nprobe", Bound(int, 1, 65_536)), ("--latency-threads", Bound(int, 1, 4096))):
+        why = bound.problem(opt(name)) if opt(name) is not None else None
+        if why:
+            raise pytest.UsageError(f"{name}: {why}")
 
 
 def _check_paths_exist(opt) -> None:

@@ -103,6 +103,27 @@ def read_npy(path: Path, what: str, mmap_mode: Literal["r"] | None = None) -> np
     return arr
 
 
+def nonfinite_path(obj: Any, path: str = "") -> str | None:
+    """The key path of the first NaN, ±Infinity or out-of-float-range integer in a JSON document, or None."""
+    if isinstance(obj, bool):
+        return None
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path or "(top level)")
+    if isinstance(obj, int):
+        return None if abs(obj) < 2**1023 else (path or "(top level)")
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list):
+        items = enumerate(obj)  # type: ignore[assignment]
+    else:
+        return None
+    for k, v in items:
+        found = nonfinite_path(v, f"{path}.{k}" if path else str(k))
+        if found:
+            return found
+    return None
+
+
 def read_json_object(path: Path, what: str) -> dict:
     """``read_json``, and the document must be a JSON object."""
     data = read_json(path, what)
@@ -564,7 +585,8 @@ class LossSettings(_Open):
     lambda_info: NonNeg = 0.0
     lambda_moment: NonNeg = 0.0
     lambda_variance: NonNeg = 0.0
-    tau: Positive = 0.07
+    # logits are cos / tau: below 1e-4 they overflow float32 (exp(1 / 5e-324) is NaN); the seeds use 0.07
+    tau: Annotated[float, Field(strict=True, ge=1e-4, le=100.0, allow_inf_nan=False)] = 0.07
     adaptive_info: StrictBool = False
     adaptive_base: NonNeg = 0.5
     adaptive_min: NonNeg = 0.01

@@ -897,7 +897,7 @@ FLOAT_OPTIONS = {  # option: (low, high, low inclusive, high inclusive)
     "--lambda-mse": (0, math.inf, True, False),
     "--lambda-cos": (0, math.inf, True, False),
     "--lambda-info": (0, math.inf, True, False),
-    "--tau": (0, math.inf, False, False),
+    "--tau": (1e-4, 100, True, True),
     "--adaptive-decay": (0, 1, True, True),
     "--variance-floor-ratio": (0, math.inf, True, False),
 }
@@ -1252,7 +1252,7 @@ SEMANTIC_BOUNDS = {  # option: (lo, hi, lo_open, hi_open); None = no limit on th
     "--coherence-std": (0, None, False, False),
     "--min-coherence": (-1, 1, False, False),
     "--lr": (0, None, True, False),
-    "--tau": (0, None, True, False),
+    "--tau": (1e-4, 100, False, False),
     "--warm-start-lr-scale": (0, None, True, False),
     "--warmup-frac": (0, 1, False, False),
     "--min-lr-ratio": (0, 1, False, False),

@@ -267,6 +267,8 @@ def check_results_path(path: str | Path, what: str = "results file") -> Path:
     path = Path(path)
     if not path.name or path.name in (".", ".."):
         raise LvmError(f"{path}: expected a file path for the {what}, not a folder")
+    if len(path.name.encode()) > 255 - 16:  # the atomic write's temporary name adds a suffix
+        raise LvmError(f"{str(path)[:80]}…: file name too long for the {what} ({len(path.name.encode())} bytes)")
     if path.is_dir():
         raise LvmError(f"{path} is a folder; the {what} is a file (e.g. {path / 'gate_results.json'})")
     if path.exists() and not path.is_file():

@@ -421,9 +421,12 @@ class Trainer:
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise LvmError(f"{path}: does not fit this run's model and optimizer ({why})") from None
         run.start_epoch = int(state["epoch"]) + 1
-        from lvm.schemas import read_json_object
+        from lvm.schemas import nonfinite_path, read_json_object
 
         history = read_json_object(self.out / "training_history.json", "a run's training history")
+        bad = nonfinite_path(history)
+        if bad:  # lvm writes only finite numbers: the file was damaged, and resuming would write it back
+            raise LvmError(f"{self.out / 'training_history.json'}: {bad} is not a finite number; cannot resume")
         run.history = self._history_until(history, int(state["epoch"]))
         run.history["status"] = "running"
         run.history.setdefault("resumed_at_epoch", []).append(run.start_epoch)
