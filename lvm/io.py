@@ -252,12 +252,26 @@ def _lvm_entry(name: str) -> bool:
     return name == OUTPUT_MARKER or name in DERIVED_ENTRIES or bool(_LEFTOVER.match(name))
 
 
+# The files lvm writes in an output's cache/: the integrity record (finite.json: an older lvm's), fitted
+# null baselines, and atomic-write temporaries
+_CACHE_FILE = re.compile(r"^(verified\.json|finite\.json|ridge-[0-9a-f]+\.safetensors|\..+\.(tmp|old)-\d+)$")
+
+
+def _cache_file(entry: os.DirEntry) -> bool:
+    return entry.is_file(follow_symlinks=False) and bool(_CACHE_FILE.match(entry.name))
+
+
 def _walk_foreign(root: Path, folder: Path, listed: dict, foreign: list[str]) -> bool:
     """Add the entries under ``folder`` that are not lvm's to ``foreign``; True if it holds any of lvm's."""
     holds_lvm = False
     for e in sorted(os.scandir(folder), key=lambda e: e.name):
         p = Path(e.path)
         rel = p.relative_to(root).as_posix()
+        if folder == root and e.name == "cache" and e.is_dir(follow_symlinks=False):
+            # lvm's caches hold only files of the names it writes; anything else there is the user's
+            foreign += [f"cache/{c.name}" for c in sorted(os.scandir(p), key=lambda c: c.name) if not _cache_file(c)]
+            holds_lvm = True
+            continue
         if _lvm_entry(e.name) if folder == root else _LEFTOVER.match(e.name):
             holds_lvm = True
             continue

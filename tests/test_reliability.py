@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_lvm
 from lvm.cli import main
 from lvm.data.datasets import _HASHED_FILES, open_dataset
 from lvm.data.synth import SynthConfig, synth_dataset
@@ -307,3 +308,18 @@ def test_a_refused_train_leaves_no_folder(synth, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert "cannot initialise" in refused(capsys, *argv, "--out", tmp_path / "empty")
     assert list((tmp_path / "empty").iterdir()) == []  # an empty folder the user made stays, empty
+
+
+def test_a_user_file_in_an_outputs_cache_folder_survives_a_rerun(tmp_path):
+    """The widened fuzz suite (output_rerun): cache/ counted as lvm's whole, so a user's file there was deleted
+    by a rerun. Only the files lvm writes in cache/ are its own now; the rerun refuses, naming the file."""
+    out = tmp_path / "S"
+    args = ("synth", "--out", str(out), "--n-chunks", "60", "--dim", "4", "--quiet")
+    assert run_lvm(*args).returncode == 0
+    (out / "cache").mkdir(exist_ok=True)
+    (out / "cache" / "mine.txt").write_text("mine")
+    again = run_lvm(*args)
+    assert again.returncode == 2 and "cache/mine.txt" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (out / "cache" / "mine.txt").read_text() == "mine"
+    (out / "cache" / "mine.txt").unlink()
+    assert run_lvm(*args).returncode == 0  # lvm's own cache files do not block a rerun
