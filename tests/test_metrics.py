@@ -89,6 +89,10 @@ TESTED = {
     "contrastive_accuracy",
     "latency_percentiles",
     "latency_ratio",
+    "latency_rounds",
+    "anchor_order_margins",
+    "order_permutation_null",
+    "cluster_bootstrap_difference",
 }
 
 
@@ -962,3 +966,58 @@ def test_latency_ratio_properties(arrays, c, random):
     for v in t.values():
         random.shuffle(v)
     assert M.latency_ratio(t) == pytest.approx(r)
+
+
+# ----------------------------------------------------------------------------- order, rounds, differences
+
+
+def test_anchor_order_margins_known():
+    # one article of 4 chunks: cos(0,1)=0.9, cos(0,2)=0.5, cos(0,3)=0.3, cos(1,2)=0.8, cos(1,3)=0.4, cos(2,3)=0.7
+    g = np.eye(4)
+    for (i, j), v in {(0, 1): 0.9, (0, 2): 0.5, (0, 3): 0.3, (1, 2): 0.8, (1, 3): 0.4, (2, 3): 0.7}.items():
+        g[i, j] = g[j, i] = v
+    d = M.anchor_order_margins(g[None], max_offset=3)
+    # anchor 0: 0.9 - mean(0.5, 0.3) = 0.5; anchor 1: 0.8 - 0.4 = 0.4
+    np.testing.assert_allclose(d, [[0.5, 0.4]])
+    # read in reverse order (a permutation): anchor 3 -> 2: 0.7 - mean(cos(3,1), cos(3,0)) = 0.7 - 0.35
+    np.testing.assert_allclose(M.anchor_order_margins(g[None], 3, np.array([[3, 2, 1, 0]]))[0, 0], 0.35)
+    assert M.anchor_order_margins(np.ones((2, 2, 2)), 3).shape == (2, 0)  # too short: no anchor
+
+
+def test_order_permutation_null_is_centred_and_ranks_an_ordered_article_low():
+    rng = np.random.default_rng(0)
+    # 50 articles of 6 chunks whose similarity decays with distance: ordered
+    idx = np.arange(6)
+    g = np.broadcast_to(0.9 ** np.abs(idx[:, None] - idx[None, :]), (50, 6, 6)).copy()
+    sums, above = M.order_permutation_null(g, 3, 200, rng)
+    observed = M.anchor_order_margins(g, 3).sum()
+    assert observed > 0 and abs(sums.mean()) < 0.2 * observed  # the shuffles' mean margin is near 0
+    assert (above / 200 < 0.2).all()  # every ordered article ranks above most of its shuffles
+
+
+def test_cluster_bootstrap_difference_known():
+    a, b = np.array([1.0, 1.0, 3.0, 3.0]), np.array([0.0, 2.0])
+    out = M.cluster_bootstrap_difference(a, np.array([0, 0, 1, 1]), b, np.array([0, 1]), n_boot=500)
+    assert out["mean"] == pytest.approx(2.0 - 1.0)
+    assert out["ci_low"] <= out["mean"] <= out["ci_high"]
+    empty = M.cluster_bootstrap_difference(np.array([]), np.array([]), b, np.array([0, 1]))
+    assert np.isnan(empty["mean"]) and np.isnan(empty["ci_low"])
+
+
+def test_latency_rounds_picks_the_least_disturbed_round():
+    n = 60
+    rounds = np.repeat([0, 1, 2], 20)
+    ref_wall = np.full(n, 1e-4)
+    ref_wall[rounds == 1] = 3e-4  # round 1: the probe ran 3x slower (a busy neighbour)
+    t = {
+        "wall": np.full(n, 5e-4),
+        "cpu": np.full(n, 5e-4),
+        "ref_wall": ref_wall,
+        "ref_cpu": np.full(n, 1e-4),
+        "round": rounds,
+    }
+    out = M.latency_rounds(t)
+    assert out["rounds"] == 3 and out["chosen_round"] in (0, 2)
+    assert out["load_disturbance"] == pytest.approx(0.0, abs=1e-9)
+    assert out["ratio"] == pytest.approx(5.0)  # 0.5 ms over a 0.1 ms probe
+    assert max(out["round_disturbance"]) > 1.0  # round 1 read as disturbed
