@@ -237,3 +237,77 @@ def test_the_backend_option_of_the_cli():
     assert onnx.returncode == 0 and torch_.returncode == 0, onnx.stderr + torch_.stderr
     assert torch_.stdout.strip() == load_encoder(EncoderSpec(backend="torch")).fingerprint
     assert onnx.stdout.strip() == load_encoder(EncoderSpec(backend="onnx")).fingerprint != torch_.stdout.strip()
+
+
+# --- the ONNX backend's CPU path (issue 23 item 1): length-sorted, batch-parallel encode loop ---------
+
+
+def _real_chunks(n: int) -> list[str]:
+    """Every k-th chunk of the default build (the corpus and chunker of build-data's defaults)."""
+    from lvm.data.build import BuildConfig, chunk_corpus
+    from lvm.data.corpora import load_corpus
+
+    cfg = BuildConfig()
+    texts = chunk_corpus(load_corpus(cfg.corpus), cfg.chunker).texts
+    return [texts[int(i * len(texts) / n)] for i in range(n)]
+
+
+def test_the_onnx_backend_agrees_with_torch_on_probes_and_real_chunks():
+    onnx, torch_ = load_encoder(EncoderSpec(backend="onnx")), load_encoder(EncoderSpec(backend="torch"))
+    texts = _real_chunks(384) + _agreement_texts()  # a few hundred real chunks, plus padding/truncation cases
+    assert _cos(onnx.probe_vectors, torch_.probe_vectors).min() >= 0.9999
+    got, ref = onnx.encode(texts), torch_.encode(texts)
+    assert got.shape == ref.shape == (len(texts), 384) and got.dtype == np.float32
+    assert _cos(got, ref).min() >= 0.9999, _cos(got, ref).min()
+
+
+def test_the_length_sorted_loop_is_sentence_transformers_batches_in_the_callers_order(monkeypatch):
+    """Each batch is what sentence-transformers' preprocess gives for its texts (trimmed to its longest):
+    the vectors equal sentence-transformers' own encode loop on the same session, in the caller's order,
+    for any batch size, window and worker count."""
+    from lvm.data import onnx_opt
+
+    onnx = load_encoder(EncoderSpec(backend="onnx"))
+    texts = _real_chunks(150) + _agreement_texts()
+    reference = onnx.model.encode(texts, batch_size=16, convert_to_numpy=True, normalize_embeddings=False)
+    monkeypatch.setattr(onnx_opt, "SORT_WINDOW", 64)  # several windows, the last one short
+    for batch_size, workers in ((16, 1), (16, 2), (7, 3), (1, 2), (500, 2)):
+        got = onnx_opt.encode_by_length(onnx.model, texts, batch_size, workers)
+        assert got.shape == reference.shape and got.dtype == np.float32
+        assert np.abs(got - reference).max() < 1e-5, (batch_size, workers)
+    assert onnx.encode(texts[:1]).shape == (1, 384) and onnx.encode([]).shape == (0, 384)
+    with pytest.raises(LvmError, match="batch size"):
+        onnx_opt.encode_by_length(onnx.model, texts, 0, 1)
+
+
+def test_the_onnx_session_runs_one_intra_op_thread_and_batches_in_parallel(monkeypatch):
+    """One session, one intra-op thread, called from as many threads as torch has: the batches of one
+    encode call overlap (no spinning intra-op pool), and the fingerprint is the one datasets recorded."""
+    import threading
+
+    import torch
+
+    onnx = load_encoder(EncoderSpec(backend="onnx"))
+    ort_model = onnx.model[0].model
+    session = ort_model.session
+    assert session.get_session_options().intra_op_num_threads == 1
+    active, peak, lock = [0], [0], threading.Lock()
+
+    class Counting:
+        def run(self, *args, **kwargs):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            try:
+                time.sleep(0.05)  # long enough for the other workers to start theirs
+                return session.run(*args, **kwargs)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    monkeypatch.setattr(ort_model, "session", Counting())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    onnx.encode(_real_chunks(64), batch_size=8)
+    assert peak[0] == 2
+    if onnx.revision == _PACKAGED_REVISION:  # the dataset's recorded onnx fingerprint did not move
+        assert onnx.fingerprint == "08ac5d1585c3707ac0accab574295d538b27607e13b6637018d8f54140646a80"
