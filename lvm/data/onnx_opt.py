@@ -23,14 +23,27 @@ modules (the transformer, here the ONNX session, pooling, normalization) run on 
 in ``workers`` threads on one session with one intra-op thread each: intra-op threads spin waiting for
 each other (on a loaded machine for a descheduled partner), independent batches do not.
 
-**Measured** (``tests/bench_encode.py``: 2,048 default chunks, batch 64, 5 interleaved rounds, medians;
+**Measured** (``tests/bench_encode.py``: 2,048 default chunks, batch 64, interleaved rounds, medians;
 Intel Xeon Sapphire Rapids under KVM, 2 cores, avx2 avx512f/bw/vl/vnni/bf16/fp16 amx_tile/bf16/int8,
-torch 2 threads, onnxruntime 1.32, load average 2.3-4.7 from other jobs), chunks/s and per CPU-second:
-torch 54.8 / 58.9; the previous onnx backend (plain export, 2 intra-op threads, sentence-transformers'
-loop) 78.5 / 94.6 (1.6x torch per CPU-second); this loop on the optimiser's fused graph 143 / 150
-(2.5x); this loop on the plain export (shipped) 163 / 170 (2.9x); torch through this loop 60 / 61
-(the batching alone does not speed torch up). Min cos against torch 0.9999998 for every variant; on
-5,000 default chunks and the probes the shipped backend agrees at >= 0.9999 (asserted there).
+torch 2 threads, onnxruntime 1.32), chunks/s and chunks per CPU-second:
+
+    variant                                        quiet (load 1.1-2.1)   loaded (load 2.3-4.7)
+    torch (sentence-transformers' loop)              260 / 131              55 / 59
+    onnx before (plain export, 2 intra-op threads)   233 / 117              79 / 95
+    onnx, this loop on the fused graph               304 / 156             143 / 150
+    onnx, this loop on the plain export (shipped)    340 / 174             163 / 170
+    torch through this loop (1 batch at a time)      348 / 179              60 / 61
+
+Min cos against torch 0.9999998 for every variant (shipped: 0.9999998 on 5,000 chunks, 0.9999999 on
+the probes). On quiet cores ONNX Runtime and torch compute alike (the gain is the batching: 1.3x torch
+as shipped); on loaded cores torch's and the old session's intra-op threads wait for descheduled
+partners (our reading; 2.9x). The bound is fp32 GEMM: ``session.run`` is 96 % of this loop's CPU time
+(tokenizing 1 %, pooling and glue 3 %), ``MatMul`` ~75 % of the kernel time, and the dense layers alone
+(21.2 MFLOP a token, 64k tokens) run at ~116 GFLOP per CPU-second against 165-180 for a lone
+single-thread torch GEMM of the same shapes: even with everything but the GEMMs free, fp32 would stop
+near 260 chunks per CPU-second (2x quiet torch). Only lower precision goes past it (torch bf16 autocast
+on AMX: 474 per CPU-second, min cos 0.99996 on 2,048 chunks), which is CPU-dependent and would be a
+new precision with its own fingerprint: not done.
 """
 
 from __future__ import annotations
