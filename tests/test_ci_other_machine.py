@@ -10,13 +10,10 @@ val cosine 0.003 lower. Every gate runs for real, through ``pytest gates/``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from test_portable_compare import _compare, _gates
 from test_regression_power import noised
 
 from conftest import ROOT
@@ -25,41 +22,6 @@ from lvm.models.checkpoints import load_checkpoint, save_checkpoint
 from lvm.train.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.slow
-
-
-def _gates(checkpoint: Path, dataset: Path, results: Path, hardware: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", LVM_HARDWARE_CLASS=hardware)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(ROOT / "gates"),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            f"--checkpoint={checkpoint}",
-            f"--dataset={dataset}",
-            f"--results={results}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-2000:]
-    return proc
-
-
-def _compare(new: Path, base: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lvm.cli", "compare", str(new), str(base)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        timeout=300,
-    )
 
 
 def _as_made_elsewhere(doc: dict) -> dict:
@@ -87,14 +49,14 @@ def test_compare_passes_the_same_model_and_fails_a_0003_drop_across_machines(def
     ).run()
 
     base = tmp_path / "baseline.json"
-    _gates(ref, default_dataset, base, hardware="AMD EPYC 7B13 x2")
+    _gates(ROOT, ref, default_dataset, base, hardware="AMD EPYC 7B13 x2")
     base.write_text(json.dumps(_as_made_elsewhere(json.loads(base.read_text()))))
 
     # the same model, from another folder, gated on another machine class
     same = tmp_path / "elsewhere" / "amn_s1"
     shutil.copytree(ref, same)
     new = tmp_path / "same.json"
-    proc = _gates(same, default_dataset, new, hardware="Intel Xeon Sapphire Rapids x2")
+    proc = _gates(ROOT, same, default_dataset, new, hardware="Intel Xeon Sapphire Rapids x2")
     assert proc.returncode == 0, proc.stdout[-3000:]
     doc = json.loads(new.read_text())
     lat = next(r for r in doc["results"] if r["gate"] == "latency")
@@ -113,7 +75,7 @@ def test_compare_passes_the_same_model_and_fails_a_0003_drop_across_machines(def
     keep = {k: v for k, v in meta.items() if k not in ("format", "version", "weights_sha256") and not k.startswith("_")}
     save_checkpoint(dropped / "best", worse, keep)
     new = tmp_path / "dropped.json"
-    _gates(dropped, default_dataset, new, hardware="Intel Xeon Sapphire Rapids x2")
+    _gates(ROOT, dropped, default_dataset, new, hardware="Intel Xeon Sapphire Rapids x2")
     out = _compare(new, base)
     assert out.returncode == 1, out.stdout[-4000:]
     assert "val_cosine" in out.stdout.split("Regressed gates:")[1].splitlines()[0], out.stdout[-3000:]
