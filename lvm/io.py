@@ -167,9 +167,15 @@ def atomic_dir(out: Path, kind: str = "output") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError:  # e.g. out became something else meanwhile: put back what was there, leave nothing
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
@@ -295,6 +301,11 @@ def refuse_foreign_folder(out: Path, what: str = "output") -> None:
     from lvm.errors import LvmError
 
     out = Path(out)
+    if out.is_symlink():  # replacing it would move the link, not write where it points (or fail: dangling)
+        raise LvmError(
+            f"{out} is a symbolic link (to {os.readlink(out)}); the {what} is written as a real folder: "
+            "give the link's target, or another path"
+        )
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise LvmError(f"{out} exists and is not a folder; the {what} is written as a folder")
     if not out.is_dir() or not any(out.iterdir()):

@@ -161,6 +161,13 @@ class EncoderMeta(_Open):
 class DatasetCounts(_Open):
     chunks: Annotated[int, Field(ge=1, strict=True)]
     articles: Annotated[int, Field(ge=1, strict=True)]
+    # per split (written by every build; checked against split.npy / article_id.npy when present)
+    train_chunks: Count | None = None
+    train_articles: Count | None = None
+    val_chunks: Count | None = None
+    val_articles: Count | None = None
+    ood_chunks: Count | None = None
+    ood_articles: Count | None = None
 
 
 class DatasetMeta(_Open):
@@ -239,6 +246,25 @@ def check_dataset_arrays(
             f"chunk {int(np.argmax(bad))} has {int(split[bad][0])}"
         )
     check_positions(folder, article_id, position)
+    check_split_counts(folder, article_id, split, meta.counts)
+
+
+def check_split_counts(folder: Path, article_id: np.ndarray, split: np.ndarray, counts: DatasetCounts) -> None:
+    """meta.json's per-split counts (when recorded) are the arrays' own: a count edited or carried over
+    from other data would misstate every n the gates report."""
+    n_articles = len(np.unique(article_id))
+    if counts.articles != n_articles:
+        raise LvmError(f"{folder}/meta.json: counts.articles is {counts.articles}, but article_id.npy has {n_articles}")
+    for code, name in enumerate(("train", "val", "ood")):
+        in_split = split == code
+        found = {"chunks": int(in_split.sum()), "articles": len(np.unique(article_id[in_split]))}
+        for what, actual in found.items():
+            recorded = getattr(counts, f"{name}_{what}")
+            if recorded is not None and recorded != actual:
+                raise LvmError(
+                    f"{folder}/meta.json: counts.{name}_{what} is {recorded}, but the arrays hold {actual} "
+                    f"{name} {what} (meta.json edited or copied from other data); rebuild it"
+                )
 
 
 def check_positions(folder: Path, article_id: np.ndarray, position: np.ndarray) -> None:
@@ -539,6 +565,7 @@ def check_texts(path: Path, texts: list, n_chunks: int) -> list[str]:
 class ArticleRow(_Open):
     """One line of ``articles.jsonl``; readers index the required keys (title and topic via .get)."""
 
+    article_id: Count | None = None  # when present: the line's own index (the dense id)
     source_id: str | int
     title: str = ""
     topic: str = ""
@@ -562,6 +589,12 @@ def check_articles(path: Path, rows: list, max_article_id: int) -> list[dict]:
     except ValidationError as exc:
         loc = exc.errors()[0]["loc"]
         raise one_line(exc, f"{path}:{int(loc[0]) + 1}" if loc and isinstance(loc[0], int) else str(path)) from None
+    bad = next((i for i, r in enumerate(rows) if r.get("article_id", i) != i), None)
+    if bad is not None:
+        raise LvmError(
+            f"{path}:{bad + 1}: article_id is {rows[bad]['article_id']!r}, but line {bad + 1} is article {bad} "
+            "(rows are indexed by the dense article ids 0..A-1)"
+        )
     if len(rows) <= max_article_id:
         raise LvmError(
             f"{path}: {len(rows)} articles, but article_id.npy names article {max_article_id}: "
@@ -624,7 +657,7 @@ class TrainSettings(_Open):
     min_lr_ratio: Fraction
     grad_clip: NonNeg
     ema_decay: Annotated[float, Field(strict=True, ge=0, lt=1, allow_inf_nan=False)]
-    max_per_article: Count
+    max_per_article: Annotated[int, Field(strict=True, ge=0, le=1 << 24)]  # as the CLI flag's bound
     loss: LossSettings
     seed: Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
     warm_start: str | None = None

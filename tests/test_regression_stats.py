@@ -83,10 +83,15 @@ def test_per_sequence_scores_that_are_not_numbers_are_red(scores):
     assert v.exit_code == 1 and "not a number" in _rows(v, "val_cosine")[0]["note"]
 
 
-def test_a_string_metric_is_not_compared_and_does_not_crash():
+def test_a_string_metric_is_red_not_a_number_and_an_absent_one_is_not_compared():
+    """A gated metric held as a string was skipped silently (compare GREEN); it is RED, naming the file."""
     row = _cos_row([0.5, 0.6], [0, 1])
     weird = {**row, "metrics": {"val_cosine": "0.5"}}
-    assert _rows(check({"results": [weird]}, {"results": [row]}, TOL, allow_missing=True), "val_cosine") == []
+    v = check({"results": [weird]}, {"results": [row]}, TOL, allow_missing=True)
+    (cmp,) = _rows(v, "val_cosine")
+    assert v.exit_code == 1 and cmp["status"] == "RED" and cmp["note"] == "not a number (NEW holds str)"
+    absent = {**row, "metrics": {}}
+    assert _rows(check({"results": [absent]}, {"results": [row]}, TOL, allow_missing=True), "val_cosine") == []
 
 
 def test_latency_is_compared_on_cost_only_across_machines_and_paths():

@@ -323,3 +323,119 @@ def test_a_user_file_in_an_outputs_cache_folder_survives_a_rerun(tmp_path):
     assert (out / "cache" / "mine.txt").read_text() == "mine"
     (out / "cache" / "mine.txt").unlink()
     assert run_lvm(*args).returncode == 0  # lvm's own cache files do not block a rerun
+
+
+# ============================================================================= 5. the long fuzz profile's leftovers
+
+
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_a_damaged_integrity_record_is_hashed_again_not_a_traceback(synth, tmp_path, capsys):
+    """cache/verified.json with a file's [size, mtime, inode] replaced by a number (1e999, a string,
+    floats) crashed inspect / evaluate / coherence with a TypeError; now the file is hashed again."""
+    copy = tmp_path / "copy"
+    shutil.copytree(synth["a"], copy)
+    open_dataset(copy)  # writes the record
+    record = copy / "cache" / "verified.json"
+    for bad in ("1e999", '"x"', "[1.5, 2, 3]", "[true, 1, 2]", "[]", "null"):
+        text = json.loads(record.read_text())
+        text["files"]["texts.jsonl"] = "@@"
+        record.write_text(json.dumps(text).replace('"@@"', bad))
+        for argv in (["inspect", copy], ["coherence", copy], ["evaluate", synth["run"], "--dataset", copy]):
+            rc, err = lvm(capsys, *argv)
+            assert rc == 0 and "Traceback" not in err, (bad, argv, err)
+
+
+def test_an_article_table_with_ids_that_are_not_its_lines_is_refused(synth, tmp_path, capsys):
+    """articles.jsonl rows carry their dense id; one edited to 1e999 / NaN / another article's id (and
+    meta.json resealed) was accepted by filter and coherence."""
+    for bad in ("1e999", "NaN", "-1", "5", '"0"'):
+        copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(synth["a"], copy)
+        lines = (copy / "articles.jsonl").read_text().splitlines()
+        lines[1] = lines[1].replace('"article_id": 1,', f'"article_id": {bad},', 1)
+        (copy / "articles.jsonl").write_text("\n".join(lines) + "\n")
+        reseal(copy)
+        for argv in (["coherence", copy, "--by-topic", "--json"], ["filter", copy, "--out", tmp_path / "f"]):
+            assert "articles.jsonl:2: " in refused(capsys, *argv), bad
+        assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value", [("train_chunks", "1e999"), ("val_chunks", "-5"), ("ood_articles", "1"), ("articles", "7")]
+)
+def test_meta_counts_that_are_not_the_arrays_are_refused(synth, tmp_path, capsys, key, value):
+    """meta.json's per-split counts edited (inf, negative, another dataset's) were accepted: every n the
+    gates report would be misstated."""
+    copy = tmp_path / "copy"
+    shutil.copytree(synth["a"], copy)
+    meta = (copy / "meta.json").read_text()
+    doc = json.loads(meta)
+    doc["counts"][key] = "@@"
+    (copy / "meta.json").write_text(json.dumps(doc).replace('"@@"', value))
+    for argv in (["inspect", copy, "--json"], ["coherence", copy], ["evaluate", synth["run"], "--dataset", copy]):
+        assert "meta.json" in refused(capsys, *argv) and key.split("_")[0] in refused(capsys, *argv)
+
+
+def test_a_resumed_run_config_out_of_the_flags_bounds_is_refused(synth, tmp_path, capsys):
+    """config.json's max_per_article = 10**400 was accepted on resume (the flag itself is bounded)."""
+    run = tmp_path / "run"
+    argv = ["train", "--model", "amn", "--dataset", synth["a"], "--epochs", "1", "--batch-size", "64", "--quiet"]
+    assert lvm(capsys, *argv, "--out", run)[0] == 0
+    for bad in ("1" + "0" * 400, "-1", "1e999", "16777217"):
+        shutil.copytree(run, tmp_path / "r2", dirs_exist_ok=True)
+        text = (tmp_path / "r2" / "config.json").read_text()
+        doc = json.loads(text)
+        doc["max_per_article"] = "@@"
+        (tmp_path / "r2" / "config.json").write_text(json.dumps(doc).replace('"@@"', bad))
+        assert "max_per_article" in refused(capsys, "train", "--resume", tmp_path / "r2", "--epochs", "2", "--quiet")
+
+
+def test_a_swapped_or_damaged_index_file_is_rebuilt_not_trusted(synth, tmp_path):
+    """index.faiss replaced by another dataset's index of the same shape, or with flipped bytes past the
+    header, was loaded (index.json still matched) and oracle_recall went RED on good data. The file's
+    hash is recorded in index.json and checked when its size, mtime or inode moved."""
+    from lvm.data.index import load_index, load_or_build_index
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(synth["a"], a)
+    shutil.copytree(synth["b"], b)
+    load_or_build_index(open_dataset(a))
+    load_or_build_index(open_dataset(b))
+    good = (a / "index.faiss").read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    for damage in ((b / "index.faiss").read_bytes(), bytes(flipped)):
+        (a / "index.faiss").write_bytes(damage)
+        with pytest.raises(LvmError, match="not the index file saved with index.json"):
+            load_index(open_dataset(a))
+        load_or_build_index(open_dataset(a))  # rebuilt
+        assert (a / "index.faiss").read_bytes() == good  # the same index again (seeded build)
+        load_index(open_dataset(a))
+    (a / "index.faiss").unlink()
+    (a / "index.faiss").mkdir()
+    with pytest.raises(LvmError, match=r"index.faiss is a folder, not a file: remove it; and it cannot be rebuilt"):
+        load_or_build_index(open_dataset(a))
+
+
+def test_an_output_path_that_is_a_symlink_is_refused_and_nothing_is_left(synth, tmp_path, capsys):
+    """--out a dangling symlink: NotADirectoryError at the final swap and the temporary folder left
+    behind (fuzz symlinks class); a link to a folder would have been moved aside, not written through."""
+    (tmp_path / "target").mkdir()
+    for target in (tmp_path / "nowhere" / "x", tmp_path / "target"):
+        link = tmp_path / "out"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        for argv in (
+            ["filter", synth["a"], "--out", link],
+            ["sequences", synth["a"], "--ctx", "3", "--out", link],
+            ["synth", "--out", link, "--n-chunks", "60", "--dim", "4", "--quiet"],
+        ):
+            assert "is a symbolic link" in refused(capsys, *argv)
+            assert sorted(p.name for p in tmp_path.iterdir()) == before and link.is_symlink()
+        assert list((tmp_path / "target").iterdir()) == []

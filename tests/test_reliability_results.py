@@ -501,3 +501,20 @@ def test_a_corpus_without_a_letter_or_digit_is_refused(tmp_path, capsys):
     from lvm.data.chunking import has_word
 
     assert [has_word(t) for t in ("...!", "a.", "٣", "日本", "_ -- _")] == [False, True, True, True, False]
+
+
+@pytest.mark.parametrize("literal", ['"1.0"', "false", "true", "null", "[]", '{"a": 1}'])
+@pytest.mark.parametrize("side", ["BASELINE", "NEW"])
+def test_compare_calls_a_gated_metric_that_is_not_a_number_red(literal, side, tmp_path, capsys):
+    """A gated metric held as a string, a bool, null (how NaN is written), a list or an object in either
+    file was skipped silently: ``lvm compare`` read GREEN. It is RED "not a number", naming the file."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(results_doc()))
+    bad = tmp_path / "bad.json"
+    bad.write_text(poisoned(results_doc(), literal, only=lambda k, key: k == "val_cosine"))
+    new, base = (good, bad) if side == "BASELINE" else (bad, good)
+    capsys.readouterr()
+    rc = main(["compare", str(new), str(base), "--gate-profile", "minilm-wiki-vital"])
+    out = capsys.readouterr().out
+    assert rc == 1 and f"not a number ({side} holds" in out, out
+    assert main(["compare", str(good), str(good), "--gate-profile", "minilm-wiki-vital"]) == 0

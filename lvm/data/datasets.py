@@ -223,7 +223,16 @@ def _read_record(folder: Path) -> dict | None:
         and isinstance(rec.get("content_hash"), str)
         and isinstance(rec.get("files"), dict)
     )
-    return rec if ok else None
+    if not ok:
+        return None
+    # each file's entry is [size, mtime_ns, inode] (or [] for a missing file); anything else (a number,
+    # a string, floats, bools) is dropped, so that file is hashed again instead of trusted or crashing
+    rec["files"] = {
+        name: stat
+        for name, stat in rec["files"].items()
+        if isinstance(stat, list) and all(type(v) is int for v in stat) and len(stat) in (0, 3)
+    }
+    return rec
 
 
 def _write_record(folder: Path, content_hash: str, stats: dict, sketch: list[float] | None) -> None:

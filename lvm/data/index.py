@@ -12,6 +12,7 @@ order (``ivf-flat-ip``, a full float32 copy, remains available).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from lvm.data.datasets import Dataset
 from lvm.errors import LvmError
-from lvm.io import write_atomic, write_json_atomic
+from lvm.io import sha256_file, write_atomic, write_json_atomic
 
 EXACT_MAX = 100_000  # up to this many vectors an exact search is cheap enough (ms per query)
 DEFAULT_NPROBE = 64  # the seeds' evaluation setting
@@ -42,6 +43,10 @@ class IndexParams:
     train_size: int | None = None
     seed: int = 0
     dataset_hash: str = ""
+    # index.faiss itself: its SHA-256, and [size, mtime_ns, inode] when that hash was taken (the file is
+    # hashed again on load only when these moved: a same-shape swap or flipped bytes are then caught)
+    file_sha256: str = ""
+    file_stat: list | None = None
 
 
 def default_nlist(n: int) -> int:
@@ -100,8 +105,24 @@ def build_index(
 def save_index(folder: Path, index, params: IndexParams) -> None:
     import faiss
 
-    write_atomic(folder / "index.faiss", lambda tmp: faiss.write_index(index, str(tmp)))
+    path = folder / "index.faiss"
+    write_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    params.file_sha256, params.file_stat = sha256_file(path), _stat(path)
     write_json_atomic(folder / "index.json", asdict(params))
+
+
+def _stat(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _check_file(path: Path, params: IndexParams) -> None:
+    """index.faiss is the file index.json was written for (see ``IndexParams.file_sha256``); an index
+    saved before the hash was recorded is trusted as before."""
+    if not params.file_sha256 or params.file_stat == _stat(path):
+        return
+    if sha256_file(path) != params.file_sha256:
+        raise LvmError(f"{path}: not the index file saved with index.json (replaced or damaged): rebuild it")
 
 
 def build_and_save_index(folder: Path, vectors: np.ndarray, dataset_hash: str, **build_kw):
@@ -137,8 +158,13 @@ def read_index_params(meta_path: Path) -> IndexParams:
         raise LvmError(f"{meta_path}: damaged index parameters (kind {params.kind!r:.40} is not one of {KINDS[1:]})")
     if params.kind in IVF_KINDS and (params.nlist is None or params.nprobe is None):
         raise LvmError(f"{meta_path}: damaged index parameters (an IVF index needs nlist and nprobe)")
-    if not isinstance(params.dataset_hash, str):
-        raise LvmError(f"{meta_path}: damaged index parameters (dataset_hash must be a string)")
+    if not isinstance(params.dataset_hash, str) or not isinstance(params.file_sha256, str):
+        raise LvmError(f"{meta_path}: damaged index parameters (dataset_hash and file_sha256 must be strings)")
+    stat = params.file_stat
+    if stat is not None and not (
+        isinstance(stat, list) and len(stat) == 3 and all(type(v) is int and 0 <= v < 2**64 for v in stat)
+    ):
+        raise LvmError(f"{meta_path}: damaged index parameters (file_stat must be 3 integers; got {stat!r:.40})")
     return params
 
 
@@ -147,11 +173,15 @@ def load_index(dataset: Dataset, nprobe: int | None = None):
     import faiss
 
     path, meta_path = dataset.path / "index.faiss", dataset.path / "index.json"
+    for p in (path, meta_path):
+        if p.exists() and not p.is_file():
+            raise LvmError(f"{p} is a {'folder' if p.is_dir() else 'special file'}, not a file: remove it")
     if not path.is_file() or not meta_path.is_file():
         raise LvmError(f"{dataset.path} has no index (run `lvm build-index {dataset.path}`)")
     params = read_index_params(meta_path)
     if params.dataset_hash != dataset.content_hash or params.ntotal != dataset.n_chunks:
         raise LvmError(f"{path} was built for other vectors (stale index): rebuild it with `lvm build-index`")
+    _check_file(path, params)
     try:
         # IVF lists are memory-mapped: only the lists a search probes are paged in
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if params.kind in IVF_KINDS else 0)
@@ -220,8 +250,8 @@ def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress
     ``index.faiss``) build and save one; one line when it cannot be saved there."""
     try:
         return load_index(dataset, nprobe=nprobe)
-    except LvmError:
-        pass
+    except LvmError as exc:
+        reason = str(exc)
     try:
         return build_and_save_index(
             dataset.path,
@@ -233,4 +263,4 @@ def load_or_build_index(dataset: Dataset, *, nprobe: int | None = None, progress
         )
     except OSError as exc:  # e.g. index.json is a folder, or the dataset folder is read-only
         why = exc.strerror or type(exc).__name__
-        raise LvmError(f"{dataset.path}: its index is missing or damaged and cannot be rebuilt there ({why})") from None
+        raise LvmError(f"{reason}; and it cannot be rebuilt there ({why})") from None

@@ -173,14 +173,40 @@ def _paired_drop(metric: str, r: dict, b: dict, src: tuple[dict, dict], min_eff:
     return {"status": status, "note": note, "detectable_drop": detectable, "paired_delta": d["mean"]}
 
 
+def _typed_not_numbers(m: str, base_m: dict, new_m: dict) -> str:
+    """Which file holds metric ``m`` as something that is not a number at all ("" when neither): a
+    string, a bool, a list, or null (how a writer stores NaN). A metric absent from a file is not."""
+    return " and ".join(
+        f"{n} holds {'null' if ms[m] is None else type(ms[m]).__name__}"
+        for n, ms in (("BASELINE", base_m), ("NEW", new_m))
+        if m in ms and as_number(ms[m]) is None
+    )
+
+
 def _cost_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
     """A hardware-bound gate (latency) is compared on its machine-independent cost counts only, exactly:
     a count that rose (beyond ``cost_tolerance``, relative; 0 by default) is RED."""
     out = []
     rel = float(tolerances.get("cost_tolerance", 0.0))
     for m in COST_METRICS:
-        nv, bv = as_number((r.get("metrics") or {}).get(m)), as_number((b.get("metrics") or {}).get(m))
+        new_m, base_m = r.get("metrics") or {}, b.get("metrics") or {}
+        nv, bv = as_number(new_m.get(m)), as_number(base_m.get(m))
         if nv is None or bv is None:
+            side = _typed_not_numbers(m, base_m, new_m)
+            if side:
+                out.append(
+                    {
+                        **row,
+                        "metric": m,
+                        "baseline": bv,
+                        "new": nv,
+                        "delta": math.nan,
+                        "tolerance": 0.0,
+                        "higher_is_better": False,
+                        "status": RED,
+                        "note": f"not a number ({side})",
+                    }
+                )
             continue
         if math.isnan(nv) or math.isnan(bv):
             status, note = RED, "not a number"
@@ -212,8 +238,26 @@ def _metric_rows(r: dict, b: dict, row: dict, tolerances: dict, new_by_key: dict
         m = rule.get("metric") if isinstance(rule, dict) else None
         if not isinstance(m, str):
             continue
-        nv, bv = as_number((r.get("metrics") or {}).get(m)), as_number((b.get("metrics") or {}).get(m))
+        new_m, base_m = r.get("metrics") or {}, b.get("metrics") or {}
+        nv, bv = as_number(new_m.get(m)), as_number(base_m.get(m))
         if nv is None or bv is None:
+            # absent from a file: not compared; present but not a number at all (a string, a bool, a list;
+            # null is how a writer stores NaN): RED, never a silent skip
+            side = _typed_not_numbers(m, base_m, new_m)
+            if side:
+                out.append(
+                    {
+                        **row,
+                        "metric": m,
+                        "baseline": bv,
+                        "new": nv,
+                        "higher_is_better": "min_green" in rule,
+                        "delta": math.nan,
+                        "tolerance": 0.0,
+                        "status": RED,
+                        "note": f"not a number ({side})",
+                    }
+                )
             continue
         higher = "min_green" in rule  # the rule's direction: a floor means higher is better
         cells = {**row, "metric": m, "baseline": bv, "new": nv, "higher_is_better": higher}
@@ -397,9 +441,8 @@ def _regressed_line(r: GateResult, c: dict) -> str:
     if c["metric"] == TURNED_RED:
         what = f"status {c['baseline_status']} -> {c['new_status']}"
     else:
-        what = (
-            f"{c['metric']} {c['baseline']:.4g} -> {c['new']:.4g} (Δ {c['delta']:+.4g}, tolerance {c['tolerance']:.3g})"
-        )
+        b, n = (("-" if v is None else f"{v:.4g}") for v in (c["baseline"], c["new"]))
+        what = f"{c['metric']} {b} -> {n} (Δ {c['delta']:+.4g}, tolerance {c['tolerance']:.3g})"
     return f"- {_gate_name(c)} · {what} · {r.checkpoint or '-'} on {r.dataset or '-'}" + (
         f" · {c['note']}" if c.get("note") else ""
     )
