@@ -19,6 +19,8 @@ RUNS ?= runs/smoke
 PROFILE ?=
 RESULTS ?= reports/gate_results.json
 GATE_ARGS ?=
+# failure-mode samples beside the results: the N worst and N random val sequences per checkpoint (0: off)
+LOG_SAMPLES ?= 50
 BASELINE ?= reports/baseline.json
 
 # No model or dataset hub at run time: everything loads from installed packages.
@@ -66,7 +68,8 @@ train: data
 ## gates: run every gate on the trained MODELS and the dataset; exits 1 when a gate is RED
 gates:
 	$(BIN)/python -m pytest gates/ -p no:cacheprovider -q $(foreach m,$(MODELS),--checkpoint=$(RUNS)/$(m)) \
-	  --dataset=$(DATASET) --results=$(RESULTS) $(if $(PROFILE),--gate-profile=$(PROFILE)) $(GATE_ARGS)
+	  --dataset=$(DATASET) --results=$(RESULTS) --log-samples=$(LOG_SAMPLES) $(if $(PROFILE),--gate-profile=$(PROFILE)) \
+	  $(GATE_ARGS)
 
 ## smoke: the main job end to end: setup, dataset (cached), train with kill switches, every gate,
 ## leaderboard (written even when a gate is RED; the exit status is the gates')

@@ -18,6 +18,7 @@ also from xdist workers, through ``user_properties``. A checkpoint is named by i
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -97,6 +98,14 @@ def pytest_addoption(parser) -> None:
         "--nprobe", type=int, default=None, help="IVF lists searched by the retrieval gate (default: the index's)"
     )
     group.addoption("--latency-threads", type=int, default=1, help="torch threads for the latency gate (default 1)")
+    group.addoption(
+        "--log-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="record the N worst and N random val sequences per checkpoint, with texts, nearest bank texts and "
+        "a failure category, in <results stem>.samples.json (default 0: off)",
+    )
 
 
 def _check_options(config) -> None:
@@ -108,7 +117,14 @@ def _check_options(config) -> None:
     from lvm.bounds import Bound
 
     # bounds declared once, here: an IVF probe count and a thread count that fit their libraries' int32
-    for name, bound in (("--nprobe", Bound(int, 1, 65_536)), ("--latency-threads", Bound(int, 1, 4096))):
+    from lvm.report.samples import N_BOUND
+
+    bounds = (
+        ("--nprobe", Bound(int, 1, 65_536)),
+        ("--latency-threads", Bound(int, 1, 4096)),
+        ("--log-samples", N_BOUND),
+    )
+    for name, bound in bounds:
         why = bound.problem(opt(name)) if opt(name) is not None else None
         if why:
             raise pytest.UsageError(f"{name}: {why}")
@@ -306,9 +322,10 @@ def gate_status(request):
         row = plugin.row(request, result)
         if per_sequence is not None:
             row.per_sequence_file = plugin.recorder.save_per_sequence(request.node.nodeid, per_sequence, articles)
-        # JSON, not a Python repr: CI systems read these from JUnit XML
+        # every property value is JSON text, never a Python repr: CI systems read these from JUnit XML
         request.node.user_properties.append((RESULT_PROPERTY, plugin.recorder.to_json(row)))
-        request.node.user_properties.append((STATUS_PROPERTY, result.status))
+        request.node.user_properties.append((STATUS_PROPERTY, json.dumps(result.status)))
+        plugin.log_samples(request, result)
         if result.status == SKIP:
             pytest.skip(result.message)
         if result.status == RED:
@@ -335,11 +352,14 @@ class LvmGatesPlugin:
 
     def __init__(self, config):
         from lvm.report.recorder import Recorder
+        from lvm.report.samples import SampleLog
 
         self.config = config
         self.gates = GateSession(config)
         worker = getattr(config, "workerinput", None)  # xdist: per-sequence files go to the controller's folder
         self.recorder = Recorder(worker.get("lvm_parts_dir") if worker else None)
+        n = config.getoption("--log-samples")
+        self.samples = SampleLog(n) if n else None  # --log-samples N: collected on the controller
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:  # xdist: tell each worker where per-sequence files go
@@ -377,7 +397,7 @@ class LvmGatesPlugin:
             "dataset": Path(ds).name if ds else None,
             "split": params.get("split"),
         }
-        item.user_properties.append((WHERE_PROPERTY, where))
+        item.user_properties.append((WHERE_PROPERTY, json.dumps(where)))
 
     def row(self, request, result):
         """A gate test's result as its ``ResultRow``: the recorder's, with the test's dataset, profile and card."""
@@ -389,9 +409,36 @@ class LvmGatesPlugin:
         card = loaded.card if loaded is not None else None
         return self.recorder.row(result, request.node.nodeid, ds, profile, spec, ds_path, card)
 
+    def log_samples(self, request, result) -> None:
+        """``--log-samples N``: where the ``val_cosine`` gate of a checkpoint ran on the first --dataset,
+        its N worst and N random val sequences (``lvm.report.samples``) go into the parts folder, from
+        the predictions that gate scored; the part's name travels as a JSON property (xdist too)."""
+        from lvm.report import samples
+
+        n = self.config.getoption("--log-samples")
+        params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
+        spec, ds_path = params.get("checkpoint_path"), params.get("dataset_path")
+        main = (self.config.getoption("--dataset") or [None])[0]
+        if not n or result.gate != "val_cosine" or spec is None or ds_path is None or ds_path != main:
+            return
+        name = self.gates.name(spec)
+        try:
+            ds = self.gates.dataset(ds_path)
+            entry = self.gates.samples(spec, ds, n)
+            if entry is None:
+                return
+            prop = {"checkpoint": name, "file": samples.write_part(self.recorder.parts, name, ds, n, entry)}
+        except Exception as exc:  # noqa: BLE001 - the samples are a report: their failure never changes a gate
+            prop = {"checkpoint": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        request.node.user_properties.append((samples.PROPERTY, json.dumps(prop)))
+
     # -- results from every test report (also from xdist workers)
     def pytest_runtest_logreport(self, report) -> None:
+        from lvm.report.samples import PROPERTY as SAMPLES_PROPERTY
+
         props = dict(report.user_properties) if report.user_properties else {}
+        if SAMPLES_PROPERTY in props and report.when == "call" and self.samples is not None:
+            self.samples.add(props[SAMPLES_PROPERTY])
         if RESULT_PROPERTY in props:
             if report.when == "call":
                 self.recorder.add_json(props[RESULT_PROPERTY])
@@ -399,7 +446,10 @@ class LvmGatesPlugin:
             # a gate that crashed is RED, never silently missing; one skipped before it ran is SKIP
             long = report.longrepr
             text = long[2] if report.skipped and isinstance(long, tuple) else str(long) if long else ""
-            self.recorder.add_outcome(report.nodeid, report.outcome, text, report.duration, props.get(WHERE_PROPERTY))
+            where = props.get(WHERE_PROPERTY)
+            self.recorder.add_outcome(
+                report.nodeid, report.outcome, text, report.duration, json.loads(where) if where else None
+            )
 
     def _is_controller(self) -> bool:
         return not hasattr(self.config, "workerinput")
@@ -426,9 +476,19 @@ class LvmGatesPlugin:
                 baseline=opt("--baseline-results"),
             )
         )
+        if self.samples is not None:
+            main = (opt("--dataset") or [None])[0]
+            self.samples.write(
+                self.recorder.results_path or Path(opt("--results") or DEFAULT_RESULTS),
+                self.recorder.parts,
+                Path(main).name if main else None,
+            )
         if self.recorder.failed:
             session.exitstatus = 1
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
         if self._is_controller() and self.recorder.rows:
             self.recorder.write_summary(terminalreporter)
+            line = self.samples.summary() if self.samples is not None else None
+            if line:
+                terminalreporter.write_line(line, red=line.startswith("ERROR"))

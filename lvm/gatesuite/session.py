@@ -169,6 +169,17 @@ class GateSession:
 
         return self._once(("eval", spec, str(ds.path), split), make)
 
+    def samples(self, spec: str, ds, n: int) -> dict | None:
+        """The ``--log-samples`` entry of a model on the dataset's val split (``lvm.report.samples``),
+        from its cached val predictions and cosines, baselines and index: no model runs twice."""
+        from lvm.report.samples import collect
+
+        ev = self.model_eval(spec, ds, "val")
+        if ev is None:
+            return None
+        base = self.baselines(ds, ev.view.ctx, ev.view.min_ctx)
+        return collect(ev, base, self.index(ds), self.profile(ds), n, self.config.getoption("--nprobe"))
+
     def data_contexts(self, ds) -> list[tuple[int, int]]:
         """The (ctx, min_ctx) pairs of the models being gated on ``ds`` (else the profile's)."""
         from lvm.gates.status import gate_params
