@@ -28,7 +28,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    from lvm.data.encoders import BACKENDS, DEFAULT_BACKEND, DEFAULT_ENCODER, POOLING_MODES
+    from lvm.data.encoders import (
+        BACKENDS,
+        DEFAULT_BACKEND,
+        DEFAULT_ENCODER,
+        MAX_MAX_LENGTH,
+        MIN_MAX_LENGTH,
+        POOLING_MODES,
+    )
 
     g = p.add_argument_group("encoder")
     g.add_argument(
@@ -44,9 +51,10 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-length",
-        type=number(int, 1, 131_072),
+        type=number(int, MIN_MAX_LENGTH, MAX_MAX_LENGTH),
         default=None,
-        help="override the model's max sequence length (tokens)",
+        help="override the model's max sequence length (tokens, special tokens included; at most what the model's "
+        "position table holds, 512 for MiniLM)",
     )
     g.add_argument(
         "--encoder-backend",
@@ -117,6 +125,9 @@ def cmd_build_data(args) -> int:
         nprobe=args.nprobe,
         batch_size=args.batch_size,
         max_articles=args.max_articles,
+        engine=args.engine,
+        workers=args.workers,
+        shard_chunks=args.shard_chunks,
     )
     res = build_dataset(
         cfg, args.out, force=args.force, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr)
@@ -378,7 +389,7 @@ def cmd_evaluate(args) -> int:
 def cmd_leaderboard(args) -> int:
     from lvm.report.leaderboard import leaderboard_main
 
-    return leaderboard_main(args.results, args.out)
+    return leaderboard_main(args.results, args.out, args.samples)
 
 
 def cmd_compare(args) -> int:
@@ -495,6 +506,29 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from lvm.data.build import ENCODE_BLOCK, ENGINES, MAX_WORKERS
+
+    g = p.add_argument_group("engine (the same dataset either way)")
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="encode in this process (local, default) or on Ray actors, sharded by article and resumable shard by "
+        "shard (ray: embedded and local, or the cluster at RAY_ADDRESS; needs pip install '.[distributed]')",
+    )
+    g.add_argument(
+        "--workers",
+        type=number(int, 1, MAX_WORKERS),
+        default=None,
+        help="Ray actors, one CPU each (--engine ray; default: the cluster's CPUs)",
+    )
+    g.add_argument(
+        "--shard-chunks",
+        type=number(int, 1, 2**31 - 1),
+        default=ENCODE_BLOCK,
+        metavar="N",
+        help="--engine ray: chunks per shard, at least (whole articles; default %(default)s)",
+    )
     p.set_defaults(func=cmd_build_data)
 
     p = sub.add_parser("inspect", help="counts, dims, norms, coherence summary and splits of a dataset")
@@ -663,6 +697,13 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("results", nargs="+", help="gate results JSON file(s), e.g. reports/gate_results.json")
     p.add_argument("--out", default="reports", help="folder for leaderboard.md, .csv and .html (default %(default)s)")
+    p.add_argument(
+        "--samples",
+        default=None,
+        metavar="PATH",
+        help="failure-mode samples file to show (default: each RESULTS file's <stem>.samples.json when it exists); "
+        "writes samples.md beside the leaderboard; a damaged one is a warning, never an error",
+    )
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser(

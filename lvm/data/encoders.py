@@ -59,6 +59,13 @@ ONNX_MIN_COS = 0.9999  # an export whose probe outputs agree less with torch is 
 # part of the onnx pipeline and of the export cache key.
 ONNX_EXPORT_RECIPE = "torch.onnx-torchscript/opset17/eager-attention/v1"
 
+# --max-length: at least CLS + SEP + a few word pieces (2 tokens hold no text at all), at most the model's
+# position table (``max_positions``); the bounds the parser declares (``lvm.cli``) and ``check_max_length``.
+MIN_MAX_LENGTH, MAX_MAX_LENGTH = 8, 131_072
+# models whose position ids start after the padding id (fairseq style): pad_token_id + 1 entries unused
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
+                               "data2vec-text", "bart", "mbart"})  # fmt: skip
+
 # Bumped whenever the fingerprint recipe changes, so old fingerprints never collide with new ones.
 FINGERPRINT_VERSION = 1
 # Resolution of the rounded probe Gram matrix that goes into the fingerprint. Cosines differ by
@@ -208,6 +215,47 @@ def weights_digest(model_dir: Path) -> str:
             while block := fh.read(1 << 22):
                 h.update(block)
     return h.hexdigest()
+
+
+def max_positions(model_dir: Path) -> int | None:
+    """The longest token sequence the model's absolute position table holds, read from its
+    ``config.json`` without importing torch (BERT/MiniLM: ``max_position_embeddings`` = 512; RoBERTa-style
+    models such as MPNet: 514 less the ``pad_token_id + 1`` entries before the first position = 512). None
+    when the model has no such table (relative positions, T5) or no readable config."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    size = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        return None
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        pad = config.get("pad_token_id")
+        size -= (pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 1) + 1
+    return size if size >= 1 else None
+
+
+def check_max_length(spec: EncoderSpec, model_dir: Path | None = None) -> None:
+    """Refuse ``spec.max_length`` (one line) when it cannot hold text (below ``MIN_MAX_LENGTH``) or runs past
+    the model's position table (``max_positions``): the transformer would fail on the first text that long
+    (ONNX Runtime: a broadcast error deep in the embeddings; torch: an index error), after the encoding began."""
+    n = spec.max_length
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or not MIN_MAX_LENGTH <= n <= MAX_MAX_LENGTH:
+        raise LvmError(
+            f"--max-length {n!r}: expected an integer in [{MIN_MAX_LENGTH}, {MAX_MAX_LENGTH}] tokens "
+            f"(a sequence holds the special tokens, [CLS] and [SEP], besides the text)"
+        )
+    folder = model_dir if model_dir is not None else resolve_model_dir(spec.name)[0]
+    limit = max_positions(folder)
+    if limit is not None and n > limit:
+        raise LvmError(
+            f"--max-length {n} is longer than encoder {spec.name!r} can read: its position table holds "
+            f"{limit} tokens (max_position_embeddings in its config.json); use --max-length {limit} or less"
+        )
 
 
 def onnx_cache_root() -> Path:
@@ -464,6 +512,7 @@ class Encoder:
                 f"the onnx encoder backend runs on the CPU only (asked for {device}); use --encoder-backend torch"
             )
         self.model_dir, self.model_id = resolve_model_dir(self.spec.name)
+        check_max_length(self.spec, self.model_dir)
         self.revision = weights_digest(self.model_dir)
         self.model = self._load(device)
 
