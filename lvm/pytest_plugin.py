@@ -12,7 +12,9 @@ thin hooks, in the pattern of pytest-benchmark: what the fixtures load lives in 
 (``lvm.gatesuite.session.GateSession``: datasets, models, views, baselines, checkpoint names); every
 result row, the run record, the results file, the regression check against ``--baseline-results``
 and the stoplight table are the recorder's (``lvm.report.recorder.Recorder``), which collects rows
-also from xdist workers, through ``user_properties``. A checkpoint is named by its model card (or
+also from xdist workers, through ``user_properties`` (every value JSON text: CI systems read them from
+JUnit XML). ``--log-samples N`` adds the failure-mode samples (``lvm.report.samples``: the N worst and
+N random val sequences per checkpoint, with texts) beside the results file. A checkpoint is named by its model card (or
 ``--checkpoint NAME=PATH``); two with one name, like any misused option, are a ``pytest.UsageError``.
 """
 
@@ -477,11 +479,10 @@ class LvmGatesPlugin:
             )
         )
         if self.samples is not None:
-            main = (opt("--dataset") or [None])[0]
             self.samples.write(
                 self.recorder.results_path or Path(opt("--results") or DEFAULT_RESULTS),
                 self.recorder.parts,
-                Path(main).name if main else None,
+                (opt("--dataset") or [None])[0],
             )
         if self.recorder.failed:
             session.exitstatus = 1

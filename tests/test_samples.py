@@ -243,3 +243,20 @@ def test_out_of_range_is_refused_in_one_line(value, tmp_path, default_dataset):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [f"ERROR: --log-samples: {value} is out of range: expected an integer in [0, 10000]"], proc.stderr
     assert not (tmp_path / "r.samples.json").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_the_category_rules():
+    from lvm.report.samples import categorize, pick
+
+    canon = np.array([0, 1, 2, 3, 3])  # row 4 is an exact duplicate of row 3
+    target, last = 3, 2
+    assert categorize(0.2, 0.96, 0, target, last, False, canon) == "copied_last"  # a copy, whatever is nearest
+    assert categorize(0.6, 0.7, last, target, last, True, canon) == "copied_last"  # top-1 = last, clearly closer
+    assert categorize(0.68, 0.7, last, target, last, True, canon) == "near_miss"  # top-1 = last, but barely
+    assert categorize(0.3, 0.5, 1, target, last, True, canon) == "near_miss"
+    assert categorize(0.3, 0.5, 0, target, last, False, canon) == "drifted"
+    assert categorize(0.3, 0.5, 4, target, last, False, canon) == "generic"  # the target's duplicate: a hit
+    assert categorize(0.3, 0.5, None, target, last, False, canon) == "generic"
+    worst, rand = pick(np.array([0.5, np.nan, 0.1, 0.9, 0.1]), 3)
+    assert worst.tolist() == [1, 2, 4] and rand.tolist() == sorted(rand.tolist()) and len(set(rand)) == 3
+    assert [len(x) for x in pick(np.array([0.5]), 3)] == [1, 1]

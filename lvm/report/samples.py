@@ -227,6 +227,19 @@ def write_part(parts: Path, checkpoint: str, dataset, n: int, entry: dict) -> st
     return name
 
 
+def _fingerprint(dataset: str | Path | None) -> str | None:
+    """The dataset's content hash from its meta.json (None when it cannot be read)."""
+    from lvm.errors import LvmError
+    from lvm.schemas import read_json
+
+    try:
+        meta = read_json(Path(dataset) / "meta.json", "a dataset's meta.json") if dataset else None
+    except LvmError:
+        return None
+    value = meta.get("content_hash") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
+
+
 class SampleLog:
     """The controller's collection of parts (their names arrive as JSON user properties) and the file."""
 
@@ -244,16 +257,17 @@ class SampleLog:
         elif prop.get("error"):
             self.errors[str(prop.get("checkpoint"))] = str(prop["error"])
 
-    def document(self, parts_dir: Path, dataset_name: str | None = None) -> dict:
-        checkpoints, dataset, fingerprint = {}, dataset_name, None
+    def document(self, parts_dir: Path, dataset: str | Path | None = None) -> dict:
+        """The file's document; ``dataset`` (the first --dataset) names it when no part does."""
+        checkpoints, name, fingerprint = {}, Path(dataset).name if dataset else None, _fingerprint(dataset)
         for name in self.parts:
             part = json.loads((Path(parts_dir) / name).read_text(encoding="utf-8"))
             checkpoints[part["checkpoint"]] = part["entry"]
-            dataset, fingerprint = part["dataset"], part["dataset_fingerprint"]
+            name, fingerprint = part["dataset"], part["dataset_fingerprint"]
         doc = {
             "schema": SCHEMA,
             "version": VERSION,
-            "dataset": dataset,
+            "dataset": name,
             "dataset_fingerprint": fingerprint,
             "split": "val",
             "n": self.n,
@@ -266,14 +280,14 @@ class SampleLog:
             doc["errors"] = dict(sorted(self.errors.items()))
         return doc
 
-    def write(self, results: Path, parts_dir: Path, dataset_name: str | None = None) -> Path | None:
+    def write(self, results: Path, parts_dir: Path, dataset: str | Path | None = None) -> Path | None:
         """``<results stem>.samples.json``, atomically (the results writer's helper)."""
         from lvm.errors import LvmError
         from lvm.io import write_json_atomic
 
         target = samples_path(results)
         try:
-            self.path = write_json_atomic(target, self.document(parts_dir, dataset_name))
+            self.path = write_json_atomic(target, self.document(parts_dir, dataset))
         except (OSError, LvmError, ValueError) as exc:
             self.error = f"samples file not written: {exc}"
         return self.path
@@ -284,6 +298,8 @@ class SampleLog:
         if self.path is None:
             return None
         line = f"samples: {self.path} ({self.n} worst + {self.n} random per checkpoint)"
+        if not self.parts:
+            line += "; none recorded: no val_cosine gate of a checkpoint ran on the first --dataset"
         if self.errors:
             line += "; not recorded for " + ", ".join(f"{k} ({v})" for k, v in sorted(self.errors.items()))
         return line
