@@ -310,6 +310,12 @@ def test_the_gates_score_every_full_window_and_read_the_users_own_val_cosine(see
             seeds_world["trained"][name],
         )
         assert by_key[(name, "output_sanity", "val")]["status"] == "GREEN"
+        # full windows leave few val targets with a chunk on (default data: 89 at +1, 37 at +2, 17 at +3): the
+        # forward margin is taken over the later offsets with enough sequences, else the best-supported (+1),
+        # never decided by the 17 sequences of +3 ("(n = 17 < 200)")
+        sweep = by_key[(name, "offset_sweep", "val")]
+        assert sweep["metrics"]["forward_offsets"] == [1] and sweep["metrics"]["forward_offset"] == 1, sweep["metrics"]
+        assert "(n = 17 <" not in (sweep["message"] or ""), sweep["message"]
         for gate in ("context_ablations", "latency"):
             assert by_key[(name, gate, "val")]["status"] != "SKIP", by_key[(name, gate, "val")]["message"]
     assert by_key[(UNTRACEABLE, "val_cosine", "val")]["model_card"]["kind"] == "python"

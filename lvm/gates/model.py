@@ -212,7 +212,7 @@ def beats_baselines(ev: ModelEval, baselines: dict, profile: Profile, seed: int 
     )
 
 
-def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
+def _forward_margin_ci(ev: ModelEval, prof: dict, ahead: dict) -> dict:
     """The CI of the forward margin as reported, P(0) − P(k*), k* = the k > 0 of highest P(k).
 
     k* is fixed on the whole sample (the offset the margin names), not re-chosen per resample. P(0)
@@ -223,7 +223,6 @@ def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
     ``forward_n_eff`` is the paired difference's effective sample size, as before.
     """
     ds = ev.view.dataset
-    ahead = {k: v for k, v in prof.items() if k > 0 and not math.isnan(v)}
     if not ahead:
         return {"forward_margin_ci_low": float("nan"), "forward_margin_ci_high": float("nan"), "forward_n_eff": 0.0}
     k = max(ahead, key=ahead.get)
@@ -246,28 +245,41 @@ def _forward_margin_ci(ev: ModelEval, prof: dict) -> dict:
 def offset_sweep(ev: ModelEval, profile: Profile) -> GateResult:
     """P(k) = mean cos(ŷ, chunk at target+k), k = −3…3: the model must point at k = 0.
 
-    The forward margin (P(0) over the closest later chunk) is decided with an article-cluster CI;
-    a sample too small for it is AMBER "too few sequences", not RED on noise.
+    The forward margin (P(0) over the closest later chunk, among the offsets with enough sequences:
+    ``_supported_ahead``) is decided with an article-cluster CI; a sample too small for it is AMBER
+    "too few sequences", not RED on noise.
     """
     ds = ev.view.dataset
+    min_sample = gate_params(profile, "offset_sweep")["min_sample"]
     prof = M.similarity_profile(ev.pred, ev.view.targets, ds.vectors, ds.article_id)
     others = {k: v for k, v in prof.items() if k != 0 and not math.isnan(v)}
-    ahead = {k: v for k, v in others.items() if k > 0}
+    ahead = _supported_ahead(ev, others, min_sample)
     metrics = {
         "profile": {str(k): v for k, v in prof.items()},
         "peak_offset": int(max(prof, key=lambda k: -1e9 if math.isnan(prof[k]) else prof[k])),
         "margin": prof[0] - max(others.values()) if others else float("nan"),
         "forward_margin": prof[0] - max(ahead.values()) if ahead else float("nan"),
+        "forward_offsets": sorted(ahead),
         "copy_gap": prof.get(-1, float("nan")) - prof[0],
-        **_forward_margin_ci(ev, prof),
+        **_forward_margin_ci(ev, prof, ahead),
     }
     result = judge("offset_sweep", metrics, profile, **ev.where())
-    return cap_thin(
-        result,
-        metrics["forward_n_eff"],
-        gate_params(profile, "offset_sweep")["min_sample"],
-        "independent sequences (n_eff)",
-    )
+    return cap_thin(result, metrics["forward_n_eff"], min_sample, "independent sequences (n_eff)")
+
+
+def _supported_ahead(ev: ModelEval, others: dict, min_sample: int) -> dict:
+    """The later offsets k > 0 the forward margin is taken over: those with at least ``min_sample``
+    sequences whose target has a chunk k steps on, or else the best-supported one (k = 1). Full-window
+    models are scored only on targets at position ≥ ctx, and few articles run 3 chunks past those:
+    P(3) over 17 sequences would otherwise decide the margin, and cap the gate at "n = 17"."""
+    ds = ev.view.dataset
+    ahead = {k: v for k, v in others.items() if k > 0}
+    support = {k: int(M.neighbour_indices(ev.view.targets, ds.article_id, k)[1].sum()) for k in ahead}
+    kept = {k: v for k, v in ahead.items() if support[k] >= min_sample}
+    if not kept and ahead:
+        best = max(support, key=lambda k: (support[k], -k))
+        kept = {best: ahead[best]}
+    return kept
 
 
 def no_collapse(ev: ModelEval, profile: Profile) -> GateResult:
