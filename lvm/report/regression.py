@@ -173,14 +173,29 @@ def _paired_drop(metric: str, r: dict, b: dict, src: tuple[dict, dict], min_eff:
     return {"status": status, "note": note, "detectable_drop": detectable, "paired_delta": d["mean"]}
 
 
-def _typed_not_numbers(m: str, base_m: dict, new_m: dict) -> str:
-    """Which file holds metric ``m`` as something that is not a number at all ("" when neither): a
-    string, a bool, a list, or null (how a writer stores NaN). A metric absent from a file is not."""
-    return " and ".join(
+def _typed_not_number_rows(row: dict, m: str, base_m: dict, new_m: dict, higher: bool) -> list[dict]:
+    """Metric ``m`` absent from a file is not compared (no rows); held in either file as something that is
+    not a number at all (a string, a bool, a list, or null: how a writer stores NaN) it is one RED row
+    "not a number (SIDE holds TYPE)", never a silent skip."""
+    side = " and ".join(
         f"{n} holds {'null' if ms[m] is None else type(ms[m]).__name__}"
         for n, ms in (("BASELINE", base_m), ("NEW", new_m))
         if m in ms and as_number(ms[m]) is None
     )
+    if not side:
+        return []
+    cells = {"baseline": as_number(base_m.get(m)), "new": as_number(new_m.get(m)), "higher_is_better": higher}
+    return [
+        {
+            **row,
+            "metric": m,
+            **cells,
+            "delta": math.nan,
+            "tolerance": 0.0,
+            "status": RED,
+            "note": f"not a number ({side})",
+        }
+    ]
 
 
 def _cost_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
@@ -192,21 +207,7 @@ def _cost_rows(r: dict, b: dict, row: dict, tolerances: dict) -> list[dict]:
         new_m, base_m = r.get("metrics") or {}, b.get("metrics") or {}
         nv, bv = as_number(new_m.get(m)), as_number(base_m.get(m))
         if nv is None or bv is None:
-            side = _typed_not_numbers(m, base_m, new_m)
-            if side:
-                out.append(
-                    {
-                        **row,
-                        "metric": m,
-                        "baseline": bv,
-                        "new": nv,
-                        "delta": math.nan,
-                        "tolerance": 0.0,
-                        "higher_is_better": False,
-                        "status": RED,
-                        "note": f"not a number ({side})",
-                    }
-                )
+            out += _typed_not_number_rows(row, m, base_m, new_m, higher=False)
             continue
         if math.isnan(nv) or math.isnan(bv):
             status, note = RED, "not a number"
@@ -241,23 +242,7 @@ def _metric_rows(r: dict, b: dict, row: dict, tolerances: dict, new_by_key: dict
         new_m, base_m = r.get("metrics") or {}, b.get("metrics") or {}
         nv, bv = as_number(new_m.get(m)), as_number(base_m.get(m))
         if nv is None or bv is None:
-            # absent from a file: not compared; present but not a number at all (a string, a bool, a list;
-            # null is how a writer stores NaN): RED, never a silent skip
-            side = _typed_not_numbers(m, base_m, new_m)
-            if side:
-                out.append(
-                    {
-                        **row,
-                        "metric": m,
-                        "baseline": bv,
-                        "new": nv,
-                        "higher_is_better": "min_green" in rule,
-                        "delta": math.nan,
-                        "tolerance": 0.0,
-                        "status": RED,
-                        "note": f"not a number ({side})",
-                    }
-                )
+            out += _typed_not_number_rows(row, m, base_m, new_m, higher="min_green" in rule)
             continue
         higher = "min_green" in rule  # the rule's direction: a floor means higher is better
         cells = {**row, "metric": m, "baseline": bv, "new": nv, "higher_is_better": higher}
