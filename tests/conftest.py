@@ -185,6 +185,34 @@ def run_lvm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
+def lvm_ok(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``run_lvm`` that must exit 0 (else the command, its exit and the ends of its output)."""
+    proc = run_lvm(*args, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"lvm {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def train_run(out: Path, dataset: Path, model: str, *args: str) -> Path:
+    """``lvm train --model MODEL --dataset DATASET ARGS --out OUT --quiet`` (kill switches on), exit 0."""
+    lvm_ok("train", "--model", model, "--dataset", str(dataset), *args, "--out", str(out), "--quiet")
+    return out
+
+
+def red(result, *named: str):
+    """Assert RED and that the message names every metric (or text) expected to have fired."""
+    assert result.status == "RED", (result.status, result.message, result.metrics)
+    for text in named:
+        assert text in result.message, (text, result.message)
+    return result
+
+
+def green(result):
+    assert result.status == "GREEN", (result.status, result.message, result.metrics)
+    return result
+
+
 def sealed_copy(src: Path, dst: Path, vectors: np.ndarray | None = None) -> Path:
     """A copy of a dataset folder (without its index and cache), optionally with other vectors, its content
     hash recomputed so that the folder is self-consistent: only the vectors lie (a forged dataset, which the

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_lvm, sealed_copy
+from conftest import ROOT, lvm_ok, run_lvm, sealed_copy, train_run
 from lvm.errors import LvmError
 from lvm.gates import AMBER, GREEN, RED
 
@@ -146,14 +146,6 @@ def stdlib_articles() -> list[tuple[str, list[str]]]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def lvm_ok(*args: str) -> subprocess.CompletedProcess:
-    proc = run_lvm(*args)
-    assert proc.returncode == 0, (
-        f"lvm {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
-    )
-    return proc
-
-
 def gate_run(results: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     """The real gate suite in a fresh process; (process, results document)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -213,16 +205,12 @@ def ds(pydoc_ds):
 @pytest.fixture(scope="module")
 def amn_run(work, pydoc_ds) -> Path:
     """``lvm train --model amn``, kill switches on (the shipped MiniLM profile, chosen from the data)."""
-    out = work / "runs" / "amn"
-    lvm_ok("train", "--model", "amn", "--dataset", str(pydoc_ds), *AMN_ARGS, "--out", str(out), "--quiet")
-    return out
+    return train_run(work / "runs" / "amn", pydoc_ds, "amn", *AMN_ARGS)
 
 
 @pytest.fixture(scope="module")
 def copy_last_run(work, pydoc_ds) -> Path:
-    out = work / "runs" / "copy_last"
-    lvm_ok("train", "--model", "copy_last", "--dataset", str(pydoc_ds), "--out", str(out), "--quiet")
-    return out
+    return train_run(work / "runs" / "copy_last", pydoc_ds, "copy_last")
 
 
 @pytest.fixture(scope="module")

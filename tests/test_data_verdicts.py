@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import sealed_copy
+from conftest import green, red, sealed_copy
 from lvm import gates
 from lvm.data.datasets import Dataset, open_dataset, write_dataset
 from lvm.data.splits import SPLIT_NAMES, TRAIN
@@ -35,18 +35,6 @@ from lvm.profiles import load_profile
 
 PROFILE = "minilm-wiki-vital"
 CTX, MIN_CTX = 5, 1
-
-
-def red(result, *named: str):
-    assert result.status == RED, (result.status, result.message, result.metrics)
-    for text in named:
-        assert text in result.message, (text, result.message)
-    return result
-
-
-def green(result):
-    assert result.status == GREEN, (result.status, result.message, result.metrics)
-    return result
 
 
 @pytest.fixture(scope="module")

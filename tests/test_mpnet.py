@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MPNET_ARTICLES, ROOT, run_lvm
+from conftest import MPNET_ARTICLES, ROOT, lvm_ok, run_lvm, train_run
 from lvm.gates import AMBER, GREEN, RED
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,6 @@ pytestmark = pytest.mark.slow
 MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 AMN_ARGS = ("--epochs", "2")  # the calibration reference's settings (best val at epoch 2)
-
-
-def lvm_ok(*args: str) -> subprocess.CompletedProcess:
-    proc = run_lvm(*args, timeout=900)
-    assert proc.returncode == 0, (
-        f"lvm {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
-    )
-    return proc
 
 
 def rows(doc: dict, checkpoint: str | None = None, **where) -> list[dict]:
@@ -200,24 +192,18 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def amn_run(work, mpnet_dataset) -> Path:
     """``lvm train --model amn``, kill switches on (the profile chosen from the data: mpnet-wiki-vital)."""
-    out = work / "runs" / "amn"
-    lvm_ok("train", "--model", "amn", "--dataset", str(mpnet_dataset), *AMN_ARGS, "--out", str(out), "--quiet")
-    return out
+    return train_run(work / "runs" / "amn", mpnet_dataset, "amn", *AMN_ARGS)
 
 
 @pytest.fixture(scope="module")
 def copy_last_run(work, mpnet_dataset) -> Path:
-    out = work / "runs" / "copy_last"
-    lvm_ok("train", "--model", "copy_last", "--dataset", str(mpnet_dataset), "--out", str(out), "--quiet")
-    return out
+    return train_run(work / "runs" / "copy_last", mpnet_dataset, "copy_last")
 
 
 @pytest.fixture(scope="module")
 def minilm_run(work, default_dataset) -> Path:
     """An AMN trained on the MiniLM data (384-D), one epoch: the checkpoint of another encoder."""
-    out = work / "runs" / "minilm_amn"
-    lvm_ok("train", "--model", "amn", "--dataset", str(default_dataset), "--epochs", "1", "--out", str(out), "--quiet")
-    return out
+    return train_run(work / "runs" / "minilm_amn", default_dataset, "amn", "--epochs", "1")
 
 
 @pytest.fixture(scope="module")

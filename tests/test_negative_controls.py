@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import ROOT, sealed_copy
+from conftest import ROOT, green, red, sealed_copy
 from lvm import gates
 from lvm.data.datasets import Dataset, SequenceView, open_dataset, write_dataset
 from lvm.data.index import build_index, load_index
@@ -43,19 +43,6 @@ from lvm.train.trainer import TrainConfig, Trainer
 
 PROFILE = "minilm-wiki-vital"
 CTX, MIN_CTX = 5, 1
-
-
-def red(result, *metrics: str):
-    """Assert RED and that the message names every metric expected to have fired."""
-    assert result.status == RED, (result.status, result.message, result.metrics)
-    for m in metrics:
-        assert m in result.message, (m, result.message)
-    return result
-
-
-def green(result):
-    assert result.status == GREEN, (result.status, result.message, result.metrics)
-    return result
 
 
 # ----------------------------------------------------------------------------- shared, built once
