@@ -97,7 +97,10 @@ def test_junit_properties_are_json_and_markers_come_from_the_gate_table(tmp_path
             props.setdefault(case.get("name"), {})[prop.get("name")] = prop.get("value")
     row = json.loads(props["test_normalization"]["lvm_gate_result"])  # JSON, not a Python repr
     assert row["gate"] == "normalization" and "per_sequence" not in row
-    assert props["test_normalization"]["lvm_gate_status"] == "AMBER"  # AMBER visible to the CI system
+    assert json.loads(props["test_normalization"]["lvm_gate_status"]) == "AMBER"  # visible to the CI system, as JSON
+    for case_props in props.values():  # every property of every test case is JSON (issue 22 item 5)
+        for value in case_props.values():
+            json.loads(value)
     assert next(r for r in doc["results"] if r["gate"] == "val_cosine")["per_sequence"] == [
         0.4,
         0.6,
