@@ -8,8 +8,10 @@ copy-last predictor's real numbers (a degraded checkpoint).
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from lvm.errors import LvmError
 from lvm.gates import GREEN, RED
 from lvm.report.leaderboard import build_leaderboard, compare_main, loss_summary
 from lvm.report.results import comparability, summarize
+from lvm.report.rows import collect_rows, loss_from_args
 
 pytestmark = pytest.mark.slow
 
@@ -212,14 +215,11 @@ def test_html_is_self_contained_with_coloured_table_and_plots(board):
     assert page.count('<table class="leaderboard"') == 2
     assert page.count('<img alt="') == 3 and page.count('src="data:image/png;base64,') == 3
     assert board["plots"] == {"Training curves": True, "Adjacency coherence": True, "Offset sweep": True}
-    assert 'class="RED"' in page and 'class="GREEN"' in page and '<tr class="baseline">' in page
-    assert (
-        "<style>" in page
-        and "<link" not in page
-        and "<script" not in page
-        and "http://" not in page
-        and "https://" not in page
-    )
+    assert 'class="RED' in page and 'class="GREEN' in page and '<tr class="baseline">' in page
+    # one inline script (click-to-sort), nothing fetched: the page stays one self-contained file
+    assert page.count("<script") == 1 and "<script>" in page
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'\ssrc="([^"]*)"', page))
+    assert "<style>" in page and "<link" not in page and "http://" not in page and "https://" not in page
 
 
 def test_a_crashed_gate_turns_its_row_red(runs, tmp_path):
@@ -281,8 +281,82 @@ def test_compare_bad_input_is_an_lvm_error(runs, tmp_path):
 def test_loss_summary():
     assert loss_summary({"lambda_mse": 1.0}) == "MSE"
     assert loss_summary({"lambda_mse": 1.0, "lambda_info": 0.5}) == "MSE+InfoNCE(0.5)"
+    assert loss_summary({"lambda_mse": 1.0, "lambda_info": 0.5, "tau": 0.07}) == "MSE+InfoNCE(0.5,τ=0.07)"
     assert loss_summary({"lambda_mse": 1.0, "lambda_info": 0.0, "adaptive_info": True}) == "MSE+InfoNCE(adaptive)"
     assert loss_summary({"lambda_mse": 1.0}, "ridge") == "— (null baseline)"
+    assert loss_summary(None) == "?"
+
+
+# vars(args) of the seeds' trainer (app/lvm/train_unified.py), as `best_model.pt` saves it
+SEED_ARGS = {
+    "model_type": "amn",
+    "data": "artifacts/lvm/training_sequences_ctx5.npz",
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 0.0005,
+    "device": "mps",
+    "output_dir": "artifacts/lvm/models/amn_20251020",
+    "lambda_mse": 0.5,
+    "lambda_info": 0.5,
+    "lambda_moment": 0.001,
+    "lambda_variance": 0.001,
+    "tau": 0.07,
+    "lambda_mmd": 0.0,
+    "mmd_anchors": 0,
+    "lambda_stat": 0.0,
+    "cycle_pct": 0.0,
+    "cycle_lambda": 0.2,  # off: the cycle term runs only on cycle_pct of the batches
+    "cycle_steps": 1,
+}
+
+
+def test_loss_from_the_seeds_args():
+    expected = "MSE(0.5)+InfoNCE(0.5,τ=0.07)+Moment(0.001)+Var(0.001)"
+    assert loss_summary(loss_from_args(SEED_ARGS)) == expected
+    assert loss_summary(loss_from_args({**SEED_ARGS, "cycle_pct": 0.1})) == expected + "+Cycle(0.2)"
+    assert loss_summary(loss_from_args({"lambda_mse": 1.0, "lambda_info": 0.0, "tau": 0.07})) == "MSE"
+    # their LossWeights spelling, and a nested loss dict (the top level wins)
+    weights = {"loss_weights": {"mse": 1.0, "info_nce": 0.1, "moment": 0.0, "variance": 0.0, "tau": 0.05}}
+    assert loss_summary(loss_from_args(weights)) == "MSE+InfoNCE(0.1,τ=0.05)"
+    assert loss_summary(loss_from_args({"loss": {"kind": "cosine", "lambda_info": 0.1}, "lambda_info": 0.3})) == (
+        "InfoNCE(0.3)"
+    )
+    assert loss_from_args({"epochs": 20, "lr": 0.001}) is None and loss_from_args(None) is None
+    assert loss_from_args({"lambda_mse": "1.0", "lambda_info": True}) is None  # not numbers: not weights
+
+
+def test_the_loss_column_reads_an_imported_checkpoints_args(runs, tmp_path):
+    """An imported checkpoint's card keeps the seeds' args (`training`) and has no loss_config or
+    history: its loss column shows their λ values, not `?`."""
+    doc = json.loads(runs["healthy"].read_text())
+    entry = doc["models"]["amn"]
+    entry["card"] = {**entry["card"], "loss_config": None, "training": SEED_ARGS, "kind": "python"}
+    entry.pop("history", None)
+    res = build_leaderboard([_write(tmp_path / "imported.json", doc)], tmp_path / "out")
+    amn = next(r for r in res["rows"] if r["kind"] == "model")
+    assert amn["loss"] == "MSE(0.5)+InfoNCE(0.5,τ=0.07)+Moment(0.001)+Var(0.001)"
+    assert "InfoNCE(0.5,τ=0.07)" in (tmp_path / "out" / "leaderboard.md").read_text()
+    entry["card"]["training"] = {"epochs": 3}  # args without a loss weight: still unknown
+    res = build_leaderboard([_write(tmp_path / "imported.json", doc)], tmp_path / "out2")
+    assert next(r for r in res["rows"] if r["kind"] == "model")["loss"] == "?"
+
+
+def test_one_dataset_shows_one_hash(board, runs):
+    """The group heading and the coherence legend showed the dataset's identity (dataset_id) and
+    its content hash: two hashes for one dataset. Both show the identity now."""
+    doc = runs["doc"]
+    ids = {r["comparability"]["dataset_id"] for r in doc["results"] if r.get("comparability")}
+    contents = {r["dataset_hash"] for r in doc["results"] if r.get("dataset_hash")}
+    assert len(ids) == 1 and len(contents) == 1 and ids != contents
+    (dataset_id,), (content,) = ids, contents
+    groups, rows, hists = collect_rows([runs["both"]])
+    assert [h["dataset_hash"] for h in hists] == [dataset_id]  # the coherence legend's hash
+    assert {r.dataset_hash for r in rows} == {dataset_id}  # the CSV column
+    md = (board["out"] / "leaderboard.md").read_text()
+    page = (board["out"] / "leaderboard.html").read_text()
+    assert f"({dataset_id[:12]}…)" in md and f"({dataset_id[:12]}…)" in page
+    assert content[:12] not in md and content[:12] not in page
+    assert content[:8] not in (board["out"] / "leaderboard.csv").read_text()
 
 
 def test_chromium_renders_the_page(board, tmp_path):
@@ -317,3 +391,291 @@ def test_chromium_renders_the_page(board, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert '<table class="leaderboard"' in dom.stdout and "<tbody>" in dom.stdout
     assert ">amn<" in dom.stdout and "ridge (baseline)" in dom.stdout and "data:image/png;base64," in dom.stdout
+
+
+# ----------------------------------------------------------------------------- a page a person can read
+
+
+def _tbodies(page: str, table_id: str) -> list[str]:
+    """The <tbody> blocks (one per row: the row and its "why" line) of one leaderboard table."""
+    table = page.split(f'id="{table_id}"', 1)[1].split("</table>", 1)[0]
+    return re.findall(r"<tbody>(.*?)</tbody>", table, flags=re.S)
+
+
+def _first_row_names(bodies: list[str]) -> list[str]:
+    return [html.unescape(re.search(r'<td class="name sticky"[^>]*>(.*?)</td>', b).group(1)) for b in bodies]
+
+
+def test_every_checkpoint_that_is_not_green_has_a_why_line(board, runs):
+    """Under a checkpoint with an AMBER or RED gate, one line names each such gate, its status and
+    splits, and the reason the gate gave; a GREEN checkpoint has none. Markdown says the same."""
+    page = (board["out"] / "leaderboard.html").read_text()
+    md = (board["out"] / "leaderboard.md").read_text()
+    messages: dict[tuple, list[str]] = {}
+    for r in runs["doc"]["results"]:
+        if r.get("checkpoint") and r["status"] in (RED, "AMBER"):
+            messages.setdefault((r["gate"], r["checkpoint"]), []).append(r["message"])
+    for body in _tbodies(page, "leaderboard-group-1"):
+        row = body.split("</tr>", 1)[0]
+        name = _first_row_names([body])[0]
+        bad = {t for _, t in re.findall(r'<td class="gate (AMBER|RED)" title="([^"]+)"', row)}
+        why = body.split('<tr class="why">', 1)[1] if '<tr class="why">' in body else ""
+        if not bad:
+            assert not why, name
+            continue
+        named = set(re.findall(r'<b class="(?:AMBER|RED)">([^<]+)</b>', why))
+        assert named == bad, (name, named, bad)
+        for gate in bad:  # the reason is the gate's own message (one of its splits'), less "<gate> <STATUS>: "
+            reasons = [m.split(": ", 1)[1] if m.startswith(f"{gate} ") else m for m in messages.get((gate, name), [])]
+            assert not reasons or any(html.escape(" ".join(x.split())[:60]) in why for x in reasons), (gate, why)
+    copy_last = next(b for b in _tbodies(page, "leaderboard-group-1") if _first_row_names([b]) == ["copy_last"])
+    assert '<tr class="why">' in copy_last and '<b class="RED">beats_baselines</b> RED (val' in copy_last
+    assert "- why `copy_last` is RED: **beats_baselines** RED (val" in md
+    assert "- why `ridge`" not in md  # baselines have no status
+
+
+def test_status_and_gates_stay_on_screen(board):
+    """The status, a one-square-per-gate column and the name stay at the left (sticky) while the wide
+    table scrolls: at 1400 px the per-gate columns were off-screen."""
+    page = (board["out"] / "leaderboard.html").read_text()
+    head = page.split('id="leaderboard-group-1"', 1)[1].split("</thead>", 1)[0]
+    keys = re.findall(r'data-key="([^"]+)"', head)
+    assert keys[:4] == ["rank", "checkpoint", "status", "gates"]
+    assert head.count('class="sticky"') == 3 and "position: sticky" in page
+    body = _tbodies(page, "leaderboard-group-1")
+    copy_last = next(b for b in body if _first_row_names([b]) == ["copy_last"])
+    squares = copy_last.split('<td class="gates"', 1)[1].split("</td>", 1)[0]
+    assert squares.count("<span ") >= 10 and '<span class="RED" title="beats_baselines: RED' in squares
+
+
+def _dump_dom(url: str, tmp_path: Path, tag: str) -> str:
+    proc = subprocess.run(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / f'profile-{tag}'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _need_chromium():
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} missing: CI installs chromium (apt-get install chromium) for this test")
+        pytest.skip(f"{CHROMIUM} not installed (CI installs it; locally: apt-get install chromium)")
+
+
+def test_columns_sort_in_a_browser(board, tmp_path):
+    """The page's script sorts a table by the clicked header (``#sort=KEY[:desc]`` in the address runs
+    the same sort on load): numbers as numbers, empty cells last, each row with its why line."""
+    page_path = board["out"] / "leaderboard.html"
+    page = page_path.read_text()
+    assert 'data-key="val-cos-95-ci"' in page and 'data-key="status"' in page and "aria-sort" in page
+    _need_chromium()
+    url = page_path.resolve().as_uri()
+    before = _dump_dom(url, tmp_path, "plain")
+    rows = board["rows"]
+    g1 = board["groups"][0]["key"]
+    ranked = [r["checkpoint"] for r in sorted((r for r in rows if r["group"] == g1), key=lambda r: r["rank"])]
+    names = [n.removesuffix(" (baseline)") for n in _first_row_names(_tbodies(before, "leaderboard-group-1"))]
+    assert names == ranked  # unsorted: the page's own order (rank)
+
+    asc = _dump_dom(url + "#sort=val-cos-95-ci", tmp_path, "asc")
+    names = [n.removesuffix(" (baseline)") for n in _first_row_names(_tbodies(asc, "leaderboard-group-1"))]
+    assert names == ranked[::-1], names
+    assert 'aria-sort="ascending"' in re.search(r'<th[^>]*data-key="val-cos-95-ci"[^>]*>', asc).group(0)
+
+    by_status = _dump_dom(url + "#sort=status", tmp_path, "status")
+    bodies = _tbodies(by_status, "leaderboard-group-1")
+    names = [n.removesuffix(" (baseline)") for n in _first_row_names(bodies)]
+    statuses = {r["checkpoint"]: r["status"] for r in rows if r["group"] == g1 and r["kind"] == "model"}
+    assert names[0] == "copy_last" and statuses["copy_last"] == RED  # RED first, baselines (no status) last
+    assert set(names[-3:]) == BASELINES
+    assert '<tr class="why">' in bodies[0]  # the why line moved with its row
+
+    params = _dump_dom(url + "#sort=params:desc", tmp_path, "params")
+    names = [n for n in _first_row_names(_tbodies(params, "leaderboard-group-1"))]
+    n_params = {r["checkpoint"]: r["n_params"] for r in rows if r["group"] == g1 and r["kind"] == "model"}
+    models = [n for n in names if n in n_params]
+    assert models == sorted(n_params, key=lambda n: -(n_params[n] or 0))  # by number, not text
+
+
+def test_offset_sweep_bands_cover_only_what_they_judge(runs):
+    """Each curve is relative to its own P(0), and each band covers only the offsets its rule reads
+    and the values that read AMBER or RED there: no point of a model whose offset_sweep is GREEN lies
+    in a band (the RED band was every value above each model's P(0), over other models' curves), and
+    the copy-last model's P(−1) lies in the copy gap's RED band."""
+    from lvm.report.plots import sweep_layout
+
+    groups, rows, _ = collect_rows([runs["both"]])
+    layout = sweep_layout(rows)
+    status = {r["checkpoint"]: r["status"] for r in runs["doc"]["results"] if r["gate"] == "offset_sweep"}
+    assert status["copy_last"] == RED and status["amn"] in (GREEN, "AMBER")
+    bands = layout["bands"]
+    assert {b["metric"] for b in bands} == {"copy_gap", "forward_margin"}  # the minilm profile's rules
+    for b in bands:
+        if b["metric"] == "copy_gap":
+            assert b["x"] == (-1.35, -0.65)  # k = -1 only
+            assert b["y"][0] >= 0.40 - 1e-9  # above the GREEN limit 0.40: AMBER to 0.45, RED beyond
+        else:
+            assert b["x"][0] > 0  # k > 0 only
+            assert b["y"][0] >= -0.005 - 1e-9  # from the GREEN limit (P(k) − P(0) = −0.005) up
+        assert b["y"][1] <= 1.0 - min(p0 for *_, p0 in layout["curves"]) + 1e-9  # no higher than a cosine reaches
+
+    def inside(k, y, b):
+        return b["x"][0] <= k <= b["x"][1] and b["y"][0] < y <= b["y"][1]
+
+    for r, pts, _ in layout["curves"]:
+        hits = [(k, b["status"]) for k, y in pts for b in bands if inside(k, y, b)]
+        if status[r.checkpoint] == GREEN:
+            assert hits == [], (r.checkpoint, hits)
+        if r.checkpoint == "copy_last":
+            assert (-1, RED) in hits
+
+
+def test_ablation_bands_sit_over_the_bar_they_judge():
+    from lvm.report.plots import ABLATIONS, _ablation_bands, rule_zones
+
+    rules = [
+        {"metric": "delta_cross_article", "max_green": -0.10, "max_amber": -0.03},
+        {"metric": "delta_repeat_pad", "min_green": -0.05, "min_amber": -0.10},
+        {"metric": "delta_shuffle", "max_green": -0.15, "worst": "AMBER"},
+    ]
+    assert rule_zones(rules[0]) == [("AMBER", -0.10, -0.03), ("RED", -0.03, 2.0)]
+    assert rule_zones(rules[1]) == [("AMBER", -0.10, -0.05), ("RED", -2.0, -0.10)]
+    assert rule_zones(rules[2]) == [("AMBER", -0.15, 2.0)]  # capped at AMBER: never a red band
+    bands = _ablation_bands(rules)
+    j = ABLATIONS.index("cross_article")
+    cross = [b for b in bands if b["metric"] == "delta_cross_article"]
+    assert {b["x"] for b in cross} == {(j - 0.45, j + 0.45)}
+    assert {b["status"] for b in bands if b["metric"] == "delta_shuffle"} == {"AMBER"}
+
+
+# ----------------------------------------------------------------------------- failure-mode samples
+
+INJECTION = "<script>alert(1)</script>"
+
+
+def _sample(i: int, category: str, target: str = "The next sentence of the article.") -> dict:
+    return {
+        "article_id": f"a{i}",
+        "target_position": i + 1,
+        "context_texts": ["An earlier chunk.", f"The last context chunk {i}, " + "which goes on " * 30 + "until here."],
+        "target_text": target,
+        "cosine": round(0.1 + 0.01 * i, 4),
+        "baseline_cosine": 0.2,
+        "nearest": [
+            {"text": "<b>bold</b> & nearest", "article_id": "b7", "cosine": 0.71, "same_article": False},
+            {"text": "Same-article text.", "article_id": f"a{i}", "cosine": 0.6, "same_article": True},
+        ],
+        "category": category,
+    }
+
+
+def _samples_doc(checkpoint: str = "amn") -> dict:
+    cats = ("copied_last", "drifted", "near_miss", "generic")
+    worst = [_sample(i, cats[i % 4], INJECTION if i == 0 else "The next sentence of the article.") for i in range(12)]
+    return {
+        "schema": "lvm-samples",
+        "version": 1,
+        "dataset": "wiki-minilm",
+        "dataset_fingerprint": "ab" * 32,
+        "split": "val",
+        "n": 12,
+        "seed": 0,
+        "checkpoints": {
+            checkpoint: {
+                "baseline": "ridge",
+                "category_counts": {"copied_last": 3, "drifted": 10, "near_miss": 20, "generic": 17},
+                "worst": worst,
+                "random": [_sample(20 + i, "generic") for i in range(3)],
+            }
+        },
+    }
+
+
+def _results_with_samples(runs, tmp_path: Path, samples) -> Path:
+    results = tmp_path / "gate_results.json"
+    shutil.copy(runs["healthy"], results)
+    if samples is not None:
+        path = tmp_path / "gate_results.samples.json"  # where the gate suite writes them
+        path.write_text(samples if isinstance(samples, str) else json.dumps(samples))
+    return results
+
+
+def test_samples_beside_the_results_are_shown_escaped(runs, tmp_path):
+    results = _results_with_samples(runs, tmp_path, _samples_doc())
+    res = build_leaderboard([results], tmp_path / "out")
+    assert res["warnings"] == [] and res["samples"] == [str(tmp_path / "gate_results.samples.json")]
+    page = (tmp_path / "out" / "leaderboard.html").read_text()
+    section = page.split('<h2 id="samples">', 1)[1].split("<h2>Plots</h2>", 1)[0]
+    assert section.count('<details class="samples"') == 1 and 'id="samples-amn"' in section
+    assert "copied_last 3 · drifted 10 · near_miss 20 · generic 17" in section
+    assert section.count("<tr><td") >= 4 + 12 + 3  # counts, 12 worst, 3 random
+    # texts escaped: the injection is text, never markup; the page's only script is its own
+    assert INJECTION not in page and html.escape(INJECTION) in section and page.count("<script") == 1
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; nearest" in section and "<b>bold</b>" not in page
+    # a long text is shortened on the page, the whole of it in the title attribute
+    long_tail = _sample(1, "drifted")["context_texts"][-1]
+    assert len(long_tail) > 200 and html.escape(long_tail) not in re.sub(r'title="[^"]*"', "", section)
+    assert f'title="{html.escape(_sample(1, "drifted")["context_texts"][0])} ⏎ {html.escape(long_tail)}"' in section
+
+    md = (tmp_path / "out" / "samples.md").read_text()
+    assert res["files"]["samples_md"] == tmp_path / "out" / "samples.md"
+    assert "## amn" in md and "| copied_last | 3 |" in md and "| generic | 17 |" in md
+    worst_rows = [line for line in md.splitlines() if re.match(r"\| \d+ \| a\d+ @", line)]
+    assert len(worst_rows) == 10  # the 10 worst of 12
+    assert "\\<script\\>alert(1)\\</script\\>" in md and INJECTION not in md
+    assert "gate_results.samples.json" in md.rsplit("## amn", 1)[1]  # where the rest is
+
+
+def test_an_explicit_samples_file_and_none(runs, tmp_path):
+    results = _results_with_samples(runs, tmp_path, None)
+    res = build_leaderboard([results], tmp_path / "none")
+    page = (tmp_path / "none" / "leaderboard.html").read_text()
+    assert res["warnings"] == [] and res["samples"] == [] and "samples_md" not in res["files"]
+    assert '<h2 id="samples">' not in page and not (tmp_path / "none" / "samples.md").exists()
+
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(_samples_doc()))
+    from lvm.cli import main
+
+    assert main(["leaderboard", str(results), "--out", str(tmp_path / "explicit"), "--samples", str(elsewhere)]) == 0
+    assert '<details class="samples"' in (tmp_path / "explicit" / "leaderboard.html").read_text()
+    assert (tmp_path / "explicit" / "samples.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not json", "wrong schema", "wrong version", "nan cosine", "infinite count", "text not a string", "list"],
+)
+def test_a_damaged_samples_file_is_one_warning(runs, tmp_path, capsys, damage):
+    doc = _samples_doc()
+    entry = doc["checkpoints"]["amn"]
+    if damage == "not json":
+        text = '{"schema": "lvm-samples", "version": 1, "checkpoints": {'
+    else:
+        if damage == "wrong schema":
+            doc["schema"] = "lvm-gate-results"
+        elif damage == "wrong version":
+            doc["version"] = 2
+        elif damage == "nan cosine":
+            entry["worst"][3]["cosine"] = float("nan")
+        elif damage == "infinite count":
+            entry["category_counts"]["drifted"] = float("inf")
+        elif damage == "text not a string":
+            entry["random"][0]["target_text"] = {"html": INJECTION}
+        elif damage == "list":
+            doc = [doc]
+        text = json.dumps(doc)  # NaN and Infinity as JavaScript writes them
+    results = _results_with_samples(runs, tmp_path, text)
+    from lvm.cli import main
+
+    assert main(["leaderboard", str(results), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lvm leaderboard: warning: ") and "samples" in err[0], err
+    assert "Traceback" not in err[0]
+    page = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert '<table class="leaderboard"' in page and '<h2 id="samples">' not in page
+    assert not (tmp_path / "out" / "samples.md").exists()

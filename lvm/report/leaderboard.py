@@ -7,8 +7,14 @@ schema ``lvm-gate-results`` v2, typed rows ``lvm.schemas.ResultRow``) into ranke
 
 - ``leaderboard.md``: one table per comparability group, fit for a pull request;
 - ``leaderboard.csv``: every row with every column (one ``gate_<id>`` status column per gate);
-- ``leaderboard.html``: a static, self-contained page with cells coloured by status, the training
-  curves, the adjacency-coherence histograms and the offset-sweep profiles.
+- ``leaderboard.html``: a static, self-contained page (one inline script: click a header to sort)
+  with cells coloured by status, a compact gates column and, under each checkpoint that is not
+  GREEN, a line naming those gates with their reasons; the training curves, the adjacency-coherence
+  histograms and the offset-sweep profiles;
+- with a samples file (``<results stem>.samples.json`` beside a results file, or ``--samples``):
+  a collapsible failure-mode section per checkpoint on the page and ``samples.md``
+  (``lvm.report.samples_view``). A damaged samples file is one warning; the leaderboard is still
+  written (the results file is the authority).
 
 It never re-runs a gate. ``lvm compare NEW BASELINE`` reads both files through the same rows and runs
 the one regression verdict (``lvm.report.regression.check``, on their plain dicts) with the profile's
@@ -29,6 +35,7 @@ from lvm.report.regression import check
 from lvm.report.render import COLUMNS, DISPLAY, GATE_ORDER, render_csv, render_html, render_markdown
 from lvm.report.results import check_output_folder, read_results
 from lvm.report.rows import RETRIEVAL_METRICS, LeaderboardRow, collect_rows, load_documents, loss_summary
+from lvm.report.samples_view import load_samples, render_samples_html, render_samples_markdown
 
 __all__ = [
     "COLUMNS",
@@ -57,18 +64,21 @@ PLOT_CAPTIONS = (
     ),
     (
         "Offset sweep",
-        "Mean cos(ŷ, chunk at target+k) on val (offset_sweep gate); "
+        "Mean cos(ŷ, chunk at target+k) on val minus the model's P(0) (offset_sweep gate); "
         "k = 0 is the true next chunk, k = −1 the last context chunk.",
     ),
 )
 
 
-def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
-    """Read results files and write ``leaderboard.md``, ``.csv`` and ``.html`` into ``out_dir``.
+def build_leaderboard(results_paths: list[Path], out_dir: Path, samples: Path | None = None) -> dict:
+    """Read results files and write ``leaderboard.md``, ``.csv`` and ``.html`` into ``out_dir``
+    (and ``samples.md`` when there are failure-mode samples: ``samples``, else each results file's
+    ``<stem>.samples.json`` that exists).
 
-    Returns ``{"groups", "rows", "files", "plots"}``: the comparability groups, every row (models
-    and baselines, ranked within their group, as ``LeaderboardRow.to_dict()``), the paths written,
-    and which plots had data.
+    Returns ``{"groups", "rows", "files", "plots", "samples", "warnings"}``: the comparability groups,
+    every row (models and baselines, ranked within their group, as ``LeaderboardRow.to_dict()``), the
+    paths written, which plots had data, the samples files shown and one line per samples file that
+    could not be used.
     """
     out_dir = check_output_folder(out_dir, "leaderboard")  # before any work: one line when it cannot be written
     paths = [Path(p) for p in results_paths]
@@ -77,12 +87,16 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
     generated = utc_timestamp()
     pngs = (plot_training_curves(rows, groups), plot_coherence(hists), plot_offset_sweep(rows, groups))
     plots = [(title, png, caption) for (title, caption), png in zip(PLOT_CAPTIONS, pngs, strict=False)]
+    sample_docs, warnings = load_samples(paths, Path(samples) if samples is not None else None)
     files = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html"}
     texts = {
         "md": render_markdown(groups, sources, generated),
         "csv": render_csv(rows),
-        "html": render_html(groups, rows, plots, sources, generated),
+        "html": render_html(groups, rows, plots, sources, generated, render_samples_html(sample_docs)),
     }
+    if sample_docs:
+        files["samples_md"] = out_dir / "samples.md"
+        texts["samples_md"] = render_samples_markdown(sample_docs, generated)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for kind, text in texts.items():
@@ -96,12 +110,17 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path) -> dict:
         "rows": [r.to_dict() for r in rows],
         "files": files,
         "plots": {title: png is not None for title, png, _ in plots},
+        "samples": [str(p) for p, _ in sample_docs],
+        "warnings": warnings,
     }
 
 
-def leaderboard_main(results_paths: list[str | Path], out_dir: str | Path) -> int:
-    """``lvm leaderboard``: build the leaderboard and print where it went."""
-    res = build_leaderboard([Path(p) for p in results_paths], Path(out_dir))
+def leaderboard_main(results_paths: list[str | Path], out_dir: str | Path, samples: str | Path | None = None) -> int:
+    """``lvm leaderboard``: build the leaderboard and print where it went (a samples file that
+    could not be used: one warning line on stderr)."""
+    res = build_leaderboard([Path(p) for p in results_paths], Path(out_dir), Path(samples) if samples else None)
+    for w in res["warnings"]:
+        print(f"lvm leaderboard: {w}", file=sys.stderr)
     n_models = sum(r["kind"] == "model" for r in res["rows"])
     n_base = len(res["rows"]) - n_models
     print(

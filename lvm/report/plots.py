@@ -1,9 +1,11 @@
 """The leaderboard's plots (training curves, adjacency-coherence histograms, offset-sweep profiles),
 each a base64 PNG for the self-contained HTML page, or None when the results hold no data for it.
 
-The offset sweep draws what healthy looks like on the active profile: the ``offset_sweep`` rules
-(copy gap, forward margin, the seeds' peak margin) as bands relative to each model's P(0), and, when
-a ``context_ablations`` result is there, a panel of its deltas with the ``delta_cross_article`` line.
+The offset sweep draws each model's profile relative to its own P(0), so one set of bands judges
+every curve: the ``offset_sweep`` rules (copy gap at k = −1, forward margin over k > 0, the seeds'
+peak margin over k ≠ 0) shaded only where they judge and only over the values that read AMBER or RED
+there (``sweep_bands``); when a ``context_ablations`` result is there, a panel of its deltas with each
+rule's zones over the bar it judges.
 Thresholds are the ones recorded beside each result (what the gate ran with), else the rules of the
 profile named in the results file when it loads; without either the sweep is drawn alone.
 
@@ -16,12 +18,12 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lvm.gates.status import AMBER, RED
 from lvm.report.results import finite
-from lvm.report.rows import MODEL, LeaderboardRow, trained_epochs
+from lvm.report.rows import MODEL, LeaderboardRow, short_hash, trained_epochs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -156,7 +158,7 @@ def plot_coherence(hists: list[dict]) -> str | None:
         return None
     bins = list(dict.fromkeys(b for h in hists for b in h["histogram"]))
     series = [
-        (f"{h['dataset']} ({str(h['dataset_hash'] or '')[:8]})", [_share(h["histogram"].get(b)) or 0.0 for b in bins])
+        (f"{h['dataset']} ({short_hash(h['dataset_hash'])}…)", [_share(h["histogram"].get(b)) or 0.0 for b in bins])
         for h in hists
     ]
     return png_base64(coherence_histogram(bins, series))
@@ -255,62 +257,127 @@ def _limits(rule: dict) -> tuple[float | None, float | None]:
     return _cosine(rule.get(f"{lo}_green")), _cosine(rule.get(f"{lo}_amber"))
 
 
-def _levels(sweep: dict | None, rules: list[dict]) -> list[tuple[list[tuple[float, float]], float, float, str]]:
-    """The offset_sweep rules in cosine units relative to the model's P(0), as (x spans, GREEN limit,
-    AMBER limit, legend text): the copy gap over k = −1, the forward margin over k > 0, the seeds'
-    peak margin over every k ≠ 0. A curve above a limit there breaks the rule."""
-    pts = dict(_offsets(sweep))
-    p0, ks = pts.get(0), sorted(pts)
-    if p0 is None:
+def rule_zones(rule: dict) -> list[tuple[str, float, float]]:
+    """Where a rule's metric reads AMBER and RED: (status, low, high) intervals of the metric's value
+    (``lvm.gates.status.judge_rule``: GREEN at or beyond the GREEN limit, AMBER down (up) to the AMBER
+    limit, RED past it; a rule's ``worst`` caps RED to AMBER), within ±COSINE_SPAN."""
+    green, amber = _limits(rule)
+    if green is None:
         return []
+    cap_amber = rule.get("worst") == AMBER
+    amber = green if amber is None else amber
+    if "min_green" in rule:
+        zones = [(AMBER, min(amber, green), green), (RED, -COSINE_SPAN, min(amber, green))]
+    else:
+        zones = [(AMBER, green, max(amber, green)), (RED, max(amber, green), COSINE_SPAN)]
     out = []
-    for rule in (x for x in rules if x["metric"] in SWEEP_RULES):
-        green, amber = _limits(rule)
-        if green is None:
-            continue
-        amber = green if amber is None else amber
-        if rule["metric"] == "copy_gap":  # P(-1) - P(0) <= max: P(-1) stays below P(0) + max
-            spans = [(-1.35, -0.65)] if -1 in ks else []
-            limit, amber_at, text = p0 + green, p0 + amber, f"copy gap P(−1)−P(0) ≤ {green:g}"
-        elif rule["metric"] == "forward_margin":  # P(0) - max_{k>0} P(k) >= min
-            spans = [(0.65, max(ks) + 0.35)] if max(ks) > 0 else []
-            limit, amber_at, text = p0 - green, p0 - amber, f"forward margin P(0)−max P(k>0) ≥ {green:g}"
-        else:  # the seeds' peak margin: P(0) - max_{k≠0} P(k) >= min
-            spans = [(min(ks) - 0.35, -0.65), (0.65, max(ks) + 0.35)]
-            limit, amber_at, text = p0 - green, p0 - amber, f"peak margin P(0)−max P(k≠0) ≥ {green:g}"
-        if spans:
-            out.append((spans, limit, max(limit, amber_at), text))
+    for st, lo, hi in zones:
+        if hi > lo:
+            out.append((AMBER if cap_amber else st, lo, hi))
     return out
 
 
-def _draw_levels(ax, levels: list, colour: str, top: float, n_models: int = 1) -> list[str]:
-    """Shade where each rule reads AMBER and RED (lighter the more models overlap); its GREEN limit
-    dashed in the model's colour."""
-    fade = 1.0 / math.sqrt(max(1, n_models))
-    for spans, limit, amber_at, _ in levels:
-        for xs in spans:
-            ax.fill_between(xs, limit, amber_at, color=AMBER_FILL, alpha=0.25 * fade, lw=0)
-            ax.fill_between(xs, amber_at, max(top, amber_at), color=RED_FILL, alpha=0.14 * fade, lw=0)
-            ax.plot(xs, (limit, limit), ls="--", lw=1.2, color=colour)
-    return [text for *_, text in levels]
+# offset_sweep metric -> (offsets it judges, sign): y = sign * value on the plot's P(k) − P(0) axis.
+# copy_gap = P(−1) − P(0) is read at k = −1 as it is; forward_margin = P(0) − max_{k>0} P(k) (and the
+# seeds' peak margin over every k ≠ 0) is crossed by a curve point at y = −margin.
+SWEEP_AXES = {"copy_gap": ("before", 1.0), "forward_margin": ("after", -1.0), "margin": ("both", -1.0)}
+SWEEP_TEXT = {
+    "copy_gap": "copy gap P(−1)−P(0) ≤ {g:g}",
+    "forward_margin": "forward margin P(0)−max P(k>0) ≥ {g:g}",
+    "margin": "peak margin P(0)−max P(k≠0) ≥ {g:g}",
+}
+
+
+def sweep_bands(rules: list[dict], ks: list[int], p0s: list[float] | None = None) -> list[dict]:
+    """The offset_sweep rules as bands on the plot's P(k) − P(0) axis, each only where it judges:
+    ``{"metric", "status", "x": (x0, x1), "y": (y0, y1), "limit", "text"}``. The copy gap is judged
+    at k = −1, the forward margin over k > 0, the seeds' peak margin over every k ≠ 0; y runs from the
+    rule's limit to the highest a curve can reach there (cos ≤ 1: 1 − P(0), for the lowest ``p0s``)
+    and never across a GREEN value. ``limit`` is the GREEN limit's y (the dashed line)."""
+    if not ks:
+        return []
+    top = 1.0 - min(p0s) if p0s else COSINE_SPAN
+    out = []
+    for rule in rules:
+        metric = rule.get("metric")
+        if metric not in SWEEP_AXES:
+            continue
+        green, _ = _limits(rule)
+        if green is None:
+            continue
+        where, sign = SWEEP_AXES[metric]
+        spans = []
+        if where in ("before", "both") and (-1 in ks if where == "before" else min(ks) < 0):
+            spans.append((-1.35, -0.65) if where == "before" else (min(ks) - 0.35, -0.65))
+        if where in ("after", "both") and max(ks) > 0:
+            spans.append((0.65, max(ks) + 0.35))
+        for st, lo, hi in rule_zones(rule):
+            y0, y1 = sorted((sign * lo, sign * hi))
+            y1 = min(y1, top)
+            if y1 <= y0:
+                continue  # beyond what a cosine can reach
+            for xs in spans:
+                out.append(
+                    {
+                        "metric": metric,
+                        "status": st,
+                        "x": xs,
+                        "y": (y0, y1),
+                        "limit": sign * green,
+                        "text": SWEEP_TEXT[metric].format(g=green),
+                    }
+                )
+    return out
+
+
+def _draw_bands(ax, bands: list[dict]) -> None:
+    """Shade each band (AMBER orange, RED red) and dash its GREEN limit over the same offsets."""
+    for b in bands:
+        colour, alpha = (AMBER_FILL, 0.3) if b["status"] == AMBER else (RED_FILL, 0.18)
+        ax.fill_between(b["x"], b["y"][0], b["y"][1], color=colour, alpha=alpha, lw=0)
+    for xs, limit in dict.fromkeys((b["x"], b["limit"]) for b in bands):
+        ax.plot(xs, (limit, limit), ls="--", lw=1.2, color="black")
+
+
+def _ablation_bands(rules: list[dict]) -> list[dict]:
+    """The context_ablations rules as bands over the bar they judge (delta_<ablation>), in Δcos."""
+    out = []
+    for rule in rules:
+        metric = str(rule.get("metric"))
+        name = metric.removeprefix("delta_")
+        if not metric.startswith("delta_") or name not in ABLATIONS:
+            continue
+        j = ABLATIONS.index(name)
+        for st, lo, hi in rule_zones(rule):
+            out.append(
+                {"metric": metric, "status": st, "x": (j - 0.45, j + 0.45), "y": (lo, hi), "limit": _limits(rule)[0]}
+            )
+    return out
 
 
 def _ablation_panel(ax, ablated: list[tuple[LeaderboardRow, dict, list[dict], str]], groups: list[dict]) -> None:
-    """Δcos per context ablation, one bar series per model, with the delta_cross_article rule's line."""
+    """Δcos per context ablation, one bar series per model; each rule of the profile shaded over the
+    bar it judges (AMBER and RED zones, clipped to the axis), its GREEN limit dashed."""
     width = 0.8 / len(ablated)
-    j = ABLATIONS.index("cross_article")
-    for i, (r, metrics, rules, colour) in enumerate(ablated):
+    ys_all = []
+    for i, (r, metrics, _rules, colour) in enumerate(ablated):
         xs = [k - 0.4 + width * (i + 0.5) for k in range(len(ABLATIONS))]
         ys = [_cosine(metrics.get(f"delta_{a}")) for a in ABLATIONS]
+        ys_all += [y for y in ys if y is not None]
         ax.bar(xs, [y if y is not None else 0.0 for y in ys], width=width, color=colour, label=_label(r, groups))
-        rule = next((x for x in rules if x["metric"] == "delta_cross_article"), None)
-        green, amber = _limits(rule) if rule else (None, None)
-        if green is not None:  # a model whose cross-article Δ stays above this ignores its context
-            ax.hlines(green, j - 0.45, j + 0.45, colors="black", linestyles="--", lw=1.2, zorder=3)
-            if i == 0:
-                ax.plot([], [], ls="--", color="black", lw=1.2, label=f"cross-article Δ ≤ {green:g} (GREEN)")
-        if amber is not None:
-            ax.hlines(amber, j - 0.45, j + 0.45, colors="black", linestyles=":", lw=1, zorder=3)
+    bands = [b for *_, rules, _ in ablated for b in _ablation_bands(rules)]
+    bands = list({(b["metric"], b["status"], b["x"], b["y"]): b for b in bands}.values())
+    limits = [b["limit"] for b in bands if b["limit"] is not None]
+    lo = min([*ys_all, *limits, 0.0]) - 0.03
+    hi = max([*ys_all, *limits, 0.0]) + 0.03
+    for b in bands:
+        colour, alpha = (AMBER_FILL, 0.3) if b["status"] == AMBER else (RED_FILL, 0.18)
+        y0, y1 = max(b["y"][0], lo), min(b["y"][1], hi)
+        if y1 > y0:  # under the bars: a bar is judged by where its tip ends
+            ax.fill_between(b["x"], y0, y1, color=colour, alpha=alpha, lw=0, zorder=0)
+    for xs, limit in dict.fromkeys((b["x"], b["limit"]) for b in bands if b["limit"] is not None):
+        ax.plot(xs, (limit, limit), ls="--", lw=1.2, color="black")
+    ax.set_ylim(lo, hi)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(ABLATIONS)))
     ax.set_xticklabels([a.replace("_", " ") for a in ABLATIONS], rotation=30, ha="right", fontsize=8)
@@ -320,23 +387,48 @@ def _ablation_panel(ax, ablated: list[tuple[LeaderboardRow, dict, list[dict], st
     ax.legend(fontsize=7)
 
 
+def sweep_layout(rows: list[LeaderboardRow]) -> dict | None:
+    """What the offset-sweep plot draws, as data: ``{"curves": [(row, [(k, P(k) − P(0))], P(0))],
+    "bands": sweep_bands(...)}`` over every model with a sweep; None when none has one. Each model's
+    curve is drawn relative to its own P(0), so one set of bands (one per distinct rule set) judges
+    every curve: a curve point inside a band reads that band's status, a GREEN model has none inside."""
+    cache: dict = {}
+    curves = []
+    rule_sets: list[list[dict]] = []
+    for r in rows:
+        pts = dict(_offsets(r.sweep)) if r.kind == MODEL and r.sweep else {}
+        if 0 not in pts:
+            continue
+        p0 = pts[0]
+        curves.append((r, [(k, v - p0) for k, v in sorted(pts.items())], p0))
+        rules = [x for x in rules_for(r, "offset_sweep", "val", cache)[0] if x["metric"] in SWEEP_RULES]
+        if rules and rules not in rule_sets:
+            rule_sets.append(rules)
+    if not curves:
+        return None
+    ks = sorted({k for _, pts, _ in curves for k, _ in pts})
+    p0s = [p0 for *_, p0 in curves]
+    bands = [b for rules in rule_sets for b in sweep_bands(rules, ks, p0s)]
+    return {"curves": curves, "bands": bands, "cache": cache}
+
+
 def plot_offset_sweep(rows: list[LeaderboardRow], groups: list[dict]) -> str | None:
-    """Mean cos(ŷ, chunk at target + k), k = −3…3, val split, with the active profile's rules drawn as
-    bands relative to each model's P(0): the copy gap at k = −1, the forward margin over k > 0. A
-    healthy MSE model may peak at k = −1 (it regresses toward its context); the bands show what the
-    gate checks instead. With a context-ablation result, a second panel shows its deltas and the
-    profile's delta_cross_article line."""
-    sweeps = [r for r in rows if r.kind == MODEL and r.sweep and _offsets(r.sweep)]
-    if not sweeps:
+    """Mean cos(ŷ, chunk at target + k) − P(0), k = −3…3, val split, each model relative to its own
+    P(0) (named in its legend entry), with the active profile's rules as bands where they judge: the
+    copy gap at k = −1, the forward margin over k > 0 (``sweep_layout``). A healthy MSE model may peak
+    at k = −1 (it regresses toward its context); the bands show what the gate checks instead. With a
+    context-ablation result, a second panel shows its deltas and the profile's rules for them."""
+    layout = sweep_layout(rows)
+    if layout is None:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    cache: dict = {}
+    cache = layout["cache"]
     ablated = []
-    for i, r in enumerate(sweeps):
+    for i, (r, _, _) in enumerate(layout["curves"]):
         metrics = (gate_result(r, "context_ablations", "val", cache) or {}).get("metrics") or {}
         if any(_cosine(metrics.get(f"delta_{a}")) is not None for a in ABLATIONS):
             ablated.append((r, metrics, rules_for(r, "context_ablations", "val", cache)[0], f"C{i % 10}"))
@@ -346,28 +438,30 @@ def plot_offset_sweep(rows: list[LeaderboardRow], groups: list[dict]) -> str | N
         ax, ax_abl = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
     else:
         ax, ax_abl = fig.add_subplot(), None
-    levels = [_levels(r.sweep, rules_for(r, "offset_sweep", "val", cache)[0]) for r in sweeps]
-    values = [v for r in sweeps for _, v in _offsets(r.sweep)]
-    values += [y for lv in levels for _, limit, amber_at, _ in lv for y in (limit, amber_at)]
-    low, top = min(values) - 0.03, min(1.05, max(values) + 0.06)  # the RED bands reach the top of the plot
-    limits = []
-    for i, r in enumerate(sweeps):
-        colour = f"C{i % 10}"
-        pts = _offsets(r.sweep)
-        label = f"{_label(r, groups)} · {r.dataset}"
-        ax.plot([k for k, _ in pts], [v for _, v in pts], "-o", color=colour, label=label)
-        limits += _draw_levels(ax, levels[i], colour, top, len(sweeps))
+    bands = layout["bands"]
+    values = [y for _, pts, _ in layout["curves"] for _, y in pts] + [b["limit"] for b in bands] + [0.0]
+    low, top = min(values) - 0.04, max(values) + 0.06
+    for b in bands:  # clipped to the axis: a band never reaches past the region it judges
+        b["y"] = (max(b["y"][0], low), min(b["y"][1], top))
+    bands = [b for b in bands if b["y"][1] > b["y"][0]]
+    _draw_bands(ax, bands)
+    for i, (r, pts, p0) in enumerate(layout["curves"]):
+        label = f"{_label(r, groups)} · {r.dataset} (P(0) = {p0:.3f})"
+        ax.plot([k for k, _ in pts], [v for _, v in pts], "-o", color=f"C{i % 10}", label=label)
     ax.set_ylim(low, top)
     ax.axvline(0, color="grey", lw=1, ls=":")
+    ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("offset k from the true next chunk (k = −1: last context chunk)")
-    ax.set_ylabel("mean cos(ŷ, chunk at k)")
+    ax.set_ylabel("mean cos(ŷ, chunk at k) − P(0)")
+    limits = list(dict.fromkeys(b["text"] for b in bands))
     ax.set_title("Offset sweep (val)" + (": dashed = GREEN limit of the profile's rule" if limits else ""))
     ax.grid(alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], ls="--", color="black", lw=1.2, label=t) for t in dict.fromkeys(limits)]
-    if limits:
-        handles += [Patch(color=AMBER_FILL, alpha=0.5, label="AMBER"), Patch(color=RED_FILL, alpha=0.35, label="RED")]
-    ax.legend(handles=handles, fontsize=7)
+    handles += [Line2D([], [], ls="--", color="black", lw=1.2, label=t) for t in limits]
+    statuses = {b["status"] for b in bands}
+    handles += [Patch(color=AMBER_FILL, alpha=0.5, label="AMBER there")] if AMBER in statuses else []
+    handles += [Patch(color=RED_FILL, alpha=0.35, label="RED there")] if RED in statuses else []
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
     if ax_abl is not None:
         _ablation_panel(ax_abl, ablated, groups)
     fig.tight_layout()

@@ -33,7 +33,42 @@ LOSS_TERMS = (
     ("lambda_info", "InfoNCE"),
     ("lambda_moment", "Moment"),
     ("lambda_variance", "Var"),
+    # the seeds' optional terms (app/lvm/train_unified.py and its siblings), shown when an imported
+    # checkpoint's ``args`` turn them on
+    ("lambda_mmd", "MMD"),
+    ("lambda_stat", "Stat"),
+    ("lambda_cycle", "Cycle"),
+    ("lambda_con", "Con"),
+    ("lambda_ar", "AR"),
 )
+# The seeds' argument names (``vars(args)`` saved in ``best_model.pt``; ``lvm import-checkpoint`` keeps
+# them as the card's ``training``) -> lvm's loss_config names. Their ``LossWeights`` dataclass spells
+# the same weights without the prefix (``loss_weights``: mse, info_nce, moment, variance, tau).
+SEED_LOSS_ARGS = {
+    "lambda_mse": "lambda_mse",
+    "lambda_cos": "lambda_cos",
+    "lambda_info": "lambda_info",
+    "lambda_infonce": "lambda_info",
+    "lambda_moment": "lambda_moment",
+    "lambda_variance": "lambda_variance",
+    "lambda_mmd": "lambda_mmd",
+    "lambda_stat": "lambda_stat",
+    "cycle_lambda": "lambda_cycle",
+    "lambda_cycle": "lambda_cycle",
+    "lambda_con": "lambda_con",
+    "lambda_ar": "lambda_ar",
+    "tau": "tau",
+    "temperature": "tau",
+    "adaptive_info": "adaptive_info",
+    "adaptive_lambda": "adaptive_info",
+}
+SEED_LOSS_WEIGHTS = {
+    "mse": "lambda_mse",
+    "info_nce": "lambda_info",
+    "moment": "lambda_moment",
+    "variance": "lambda_variance",
+}
+REASON_CHARS = 160  # a gate's reason on the "why" line; the full message stays in the HTML title
 
 # A row's public columns, in CSV order (gate_<id> status columns follow, in the gate table's order).
 COLUMNS = (
@@ -123,6 +158,7 @@ class LeaderboardRow:
     ctx: int | None = field(default=None, repr=False)
     min_ctx: int | None = field(default=None, repr=False)
     name: str = field(default="", repr=False)  # the name shown: the checkpoint, or its path when two share a name
+    reasons: dict = field(default_factory=dict, repr=False)  # gate id -> {"status", "splits", "reason"}: not GREEN
 
     def __post_init__(self) -> None:
         """Values come from results files a user may have edited: a number column holding anything but
@@ -140,6 +176,7 @@ class LeaderboardRow:
             elif f.type.startswith("dict") and not isinstance(v, dict):
                 setattr(self, f.name, None if "None" in f.type else {})
         self.gates = {str(k): v for k, v in self.gates.items() if isinstance(v, str)}
+        self.reasons = {str(k): v for k, v in self.reasons.items() if isinstance(v, dict)}
         self.cell_status = {str(k): v if isinstance(v, str) else None for k, v in self.cell_status.items()}
         if self.sweep is not None:
             self.sweep = {k: finite(v) for k, v in self.sweep.items() if _int_key(k) and finite(v) is not None} or None
@@ -219,10 +256,34 @@ def trained_epochs(history: dict | None) -> list[dict]:
     return out
 
 
-def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
-    """A run's loss in a few characters: ``MSE``, ``MSE+InfoNCE(0.5)``, ``MSE+InfoNCE(adaptive)``.
+def loss_from_args(args: dict | None) -> dict | None:
+    """The loss weights in a seeds' checkpoint's ``args`` (``vars(args)`` of their trainers, kept by
+    ``lvm import-checkpoint`` as the card's ``training``), in lvm's loss_config names; None when it
+    names none. Read: ``--lambda-mse/-info/-moment/-variance/-mmd/-stat``, ``--tau``, ``--cycle-lambda``
+    (on only with ``--cycle-pct`` > 0), ``--lambda-con/-ar``, ``--temperature``, a ``loss_weights``
+    dict (their ``LossWeights``: mse, info_nce, moment, variance, tau) and a nested ``loss`` dict."""
+    if not isinstance(args, dict):
+        return None
+    out: dict = {}
+    nested: list[dict] = [v for v in (args.get("loss_weights"), args.get("loss")) if isinstance(v, dict)]
+    for source in (*nested, args):  # the top level wins
+        for key, value in source.items():
+            name = SEED_LOSS_ARGS.get(str(key)) or SEED_LOSS_WEIGHTS.get(str(key))
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if name and (is_number if name != "adaptive_info" else isinstance(value, bool)):
+                out[name] = value
+    pct = as_float(args.get("cycle_pct"))
+    if "lambda_cycle" in out and pct is not None and not pct > 0:  # the seeds' cycle term runs only on a share
+        out["lambda_cycle"] = 0.0
+    return out if any(k.startswith("lambda_") for k in out) else None
 
-    A term shows its weight λ unless λ = 1; a null baseline has no loss.
+
+def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
+    """A run's loss in a few characters: ``MSE``, ``MSE+InfoNCE(0.5)``, ``MSE+InfoNCE(0.5,τ=0.05)``,
+    ``MSE+InfoNCE(adaptive)``.
+
+    A term shows its weight λ unless λ = 1 (InfoNCE its temperature τ too, when the loss names one);
+    a null baseline has no loss.
     """
     from lvm.models.baselines import BASELINES
 
@@ -230,14 +291,18 @@ def loss_summary(loss: dict | None, model_type: str | None = None) -> str:
         return "— (null baseline)"
     if not loss or not isinstance(loss, dict):
         return "?"
+    tau = finite(loss.get("tau"))
     parts = []
     for key, name in LOSS_TERMS:
         if key == "lambda_info" and loss.get("adaptive_info"):
-            parts.append("InfoNCE(adaptive)")
+            parts.append("InfoNCE(adaptive" + (f",τ={tau:g}" if tau is not None else "") + ")")
             continue
         lam = as_float(loss.get(key)) or 0.0
         if lam > 0 or math.isnan(lam):
-            parts.append(name if lam == 1.0 else f"{name}({lam:g})")
+            args = [] if lam == 1.0 else [f"{lam:g}"]
+            if key == "lambda_info" and tau is not None:
+                args.append(f"τ={tau:g}")
+            parts.append(name + (f"({','.join(args)})" if args else ""))
     return "+".join(parts) or "none"
 
 
@@ -298,6 +363,29 @@ def _gate_statuses(results: list[ResultRow]) -> dict[str, str]:
     return {g: (worst(s) if any(x in STATUSES for x in s) else SKIP) for g, s in by_gate.items()}
 
 
+def reason_text(gate: str, message: str | None) -> str:
+    """A gate's message as one line: without the ``<gate> <STATUS>: `` prefix the judge puts first."""
+    text = " ".join(str(message or "").split())
+    for st in (RED, AMBER, GREEN):
+        prefix = f"{gate} {st}: "
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    return text or "no reason recorded"
+
+
+def _gate_reasons(results: list[ResultRow]) -> dict[str, dict]:
+    """gate id -> {"status", "splits", "reason"} for every gate that is AMBER or RED: the worst
+    status over its splits, the splits at that status, the message of the first such result."""
+    out: dict[str, dict] = {}
+    for g, st in _gate_statuses(results).items():
+        if st not in (AMBER, RED):
+            continue
+        hits = [r for r in results if r.gate == g and r.status == st]
+        splits = list(dict.fromkeys(r.split for r in hits if r.split))
+        out[g] = {"status": st, "splits": splits, "reason": reason_text(g, hits[0].message if hits else "")}
+    return out
+
+
 def _group_of(res: list[ResultRow], ds: str | None, data_res: list[ResultRow] | None = None) -> tuple[str, dict]:
     """The comparability group of a row: its val_cosine result's key, else any key among its results
     or its dataset's data gates, else the dataset itself (nothing to compare by)."""
@@ -328,6 +416,24 @@ def _by_row(results: list[ResultRow]) -> tuple[dict[tuple, list], dict[str, list
     return per_ckpt, data
 
 
+def dataset_identity(comp: dict | None, content_hash: str | None = None) -> str | None:
+    """The one hash a dataset is shown by: its machine-stable identity (``Dataset.identity``, the
+    ``dataset_id`` of the comparability key: texts, ids, splits, encoder), which is what groups rows;
+    a v1 file's ``dataset_hash`` (the content hash, every byte of the vectors) only where that is missing.
+    A row holds both (``dataset_hash`` is provenance): showing one here, the other there, made one
+    dataset look like two."""
+    comp = comp if isinstance(comp, dict) else {}
+    for v in (comp.get("dataset_id"), comp.get("dataset_hash"), content_hash):
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def short_hash(h: str | None) -> str:
+    """How a hash is shown everywhere (group headings, plot legends): its first 12 characters."""
+    return str(h)[:12] if h else "?"
+
+
 def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
     """The coherence gate's 0.1-bin histogram of each dataset."""
     out = []
@@ -335,7 +441,7 @@ def _histograms(data: dict[str, list], created: str | None) -> list[dict]:
         coh = _cell(res, "coherence")
         hist = coh.metrics.get("histogram") if coh else None
         if coh is not None and isinstance(hist, dict) and hist:
-            dataset_hash = coh.dataset_hash or (coh.comparability or {}).get("dataset_hash")
+            dataset_hash = dataset_identity(coh.comparability, coh.dataset_hash)
             out.append(
                 {
                     "dataset": ds,
@@ -357,7 +463,7 @@ def _shared(path: Path, ds: str | None, key: str, comp: dict, created: str | Non
         "results_file": str(path),
         "comparability_key": key,
         "encoder_fingerprint": comp.get("encoder_fingerprint"),
-        "dataset_hash": comp.get("dataset_id") or comp.get("dataset_hash"),
+        "dataset_hash": dataset_identity(comp),
         "hardware_class": comp.get("hardware_class"),
         "profile": comp.get("profile"),
         "comparability": comp,
@@ -379,10 +485,12 @@ def _model_info(path: Path, ckpt: str, ckpt_path: str | None, models: dict) -> t
             "min_ctx": card.get("min_ctx"),
         }
         history = entry.get("history") if isinstance(entry.get("history"), dict) else None
-        loss = card.get("loss_config") or (history or {}).get("loss_config")
+        loss = card.get("loss_config") or (history or {}).get("loss_config") or loss_from_args(card.get("training"))
         return meta, {"loss": loss, "model": card.get("type")}, history
     run, meta = _run_folder(ckpt_path, path)
     config = (_read_json(run / "config.json") if run else None) or {}
+    if not config.get("loss") and isinstance(meta, dict):  # an imported checkpoint's card keeps the seeds' args
+        config = {**config, "loss": loss_from_args(meta.get("training"))}
     history = _read_json(run / "training_history.json") if run else None
     return meta, config, history
 
@@ -429,6 +537,7 @@ def _model_row(
         epochs=len(trained_epochs(history)) if history else None,
         checkpoint_path=ckpt_path,
         gates=_gate_statuses(res + data_res),
+        reasons=_gate_reasons(res + data_res),
         cell_status={
             "val_cosine": _st(val),
             "ood_cosine": _st(ood),
