@@ -175,6 +175,27 @@ def test_a_damaged_shard_is_encoded_again_on_resume(tmp_path, clean_env):
     assert done == {}  # another layout: afresh
 
 
+def test_a_one_process_partial_counts_its_complete_shards(tmp_path):
+    """A partial folder the one-process engine left (``done.json``: its first rows) resumes on Ray with the shards
+    inside those rows done (no Ray needed to check the bookkeeping)."""
+    from lvm.data.ray_build import DONE_LOG, MANIFEST, _open_partial, shard_layout
+
+    aid = np.repeat(np.arange(6), 4)
+    layout = shard_layout(aid, 8)  # [0, 8), [8, 16), [16, 24)
+    partial = tmp_path / "p"
+    partial.mkdir()
+    bank = np.lib.format.open_memmap(partial / "vectors.npy", mode="w+", dtype=np.float32, shape=(len(aid), 3))
+    bank[:] = 1.0
+    bank.flush()
+    del bank
+    (partial / "done.json").write_text(json.dumps({"rows": 17}))
+    _, _, done = _open_partial(partial, layout, len(aid), 3, "k", 8, print)
+    assert sorted(done) == [0, 1] and not (partial / "done.json").exists()
+    assert (partial / MANIFEST).is_file() and len((partial / DONE_LOG).read_text().splitlines()) == 2
+    _, _, again = _open_partial(partial, layout, len(aid), 3, "k", 8, print)
+    assert again == done
+
+
 def test_engine_flags_are_refused_in_one_line(tmp_path, clean_env, capsys):
     from lvm.cli import main
 

@@ -182,17 +182,16 @@ def _old_meta(out: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _intact(out: Path, log) -> bool:
-    """The previous build at ``out`` opens and its files are the ones its content hash names
-    (``lvm.data.datasets``: the same check as every open); else it is not reused."""
+def _intact(out: Path) -> str | None:
+    """Why the previous build at ``out`` is not reused (None: it opens and its files are the ones its content
+    hash names; ``lvm.data.datasets``: the same check as every open)."""
     from lvm.data.datasets import open_dataset
 
     try:
         open_dataset(out)
     except LvmError as exc:
-        log(f"{out}: not reused ({exc})")
-        return False
-    return True
+        return str(exc)
+    return None
 
 
 def _vectors(
@@ -224,7 +223,8 @@ def _vectors(
         )  # fmt: skip
         seconds["encode_chunks_per_s"] = stats["rows_encoded"] / max(seconds["encode"], 1e-9)
         seconds["shards"], seconds["shards_encoded"] = stats["shards"], len(stats["encoded"])
-        log(f"ray: encoded {len(stats['encoded'])} of {stats['shards']} shards this run {sorted(stats['encoded'])}")
+        which = f" {sorted(stats['encoded'])}" if len(stats["encoded"]) <= 20 else ""
+        log(f"ray: encoded {len(stats['encoded'])} of {stats['shards']} shards this run{which}")
         _link(vec_path, tmp)
         return identity, probe
     t = time.perf_counter()
@@ -308,15 +308,18 @@ def build_dataset(
     )  # fmt: skip
     clear_stale_temps(out)  # a build killed mid-swap: its folder moved aside is put back first
     partial = out.parent / f".{out.name}.partial-{vectors_key[:16]}"
-    refuse_foreign_folder(out, "dataset")  # before any log line and any work: a refusal is one line
     old_meta = _old_meta(out) if (out / "meta.json").is_file() else None
-    if old_meta and not force and not _intact(out, log):
+    damaged = _intact(out) if old_meta and not force else None
+    if damaged:
         old_meta = None  # damaged since it was built: nothing of it is reused
     if old_meta and old_meta.get("build_key") == build_key and not force and (out / "index.faiss").is_file():
         seconds["total"] = time.perf_counter() - t0
         shutil.rmtree(partial, ignore_errors=True)  # left by a build killed after its swap
         log(f"{out}: up to date ({old_meta['counts']['chunks']} chunks), reused")
         return BuildResult(out, old_meta, "dataset", seconds)
+    refuse_foreign_folder(out, "dataset")  # about to write: refused before any log line or work (one line)
+    if damaged:
+        log(f"{out}: not reused ({damaged})")
 
     split = assign_splits(len(table.articles), [a["topic"] for a in table.articles], cfg.split)
     reuse_vectors = bool(old_meta and old_meta.get("vectors_key") == vectors_key and not force)

@@ -54,7 +54,8 @@ SHARD_CHUNKS = 2048  # chunks per shard, at least (whole articles): ~6 s of Mini
 RETRIES = 2  # restarts of an actor whose process died, and runs again of the shard it held
 MANIFEST, DONE_LOG, ONE_PROCESS_DONE = "shards.json", "shards-done.jsonl", "done.json"
 MANIFEST_VERSION = 1
-ENV_PREFIXES = ("LVM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_", "MKL_")  # the driver's settings, for actors
+# the driver's settings every actor gets (as ``lvm sweep``); not OMP_*: Ray gives a one-CPU actor one thread
+ENV_PREFIXES = ("LVM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 # Test hook: "SHARD:TIMES:COUNTER" makes the actor encoding shard SHARD write half of its rows and die
 # (os._exit) while COUNTER (a file, one line per death) holds fewer than TIMES lines.
 CRASH_ENV = "LVM_TEST_RAY_CRASH"
