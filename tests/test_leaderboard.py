@@ -380,6 +380,10 @@ def test_chromium_renders_the_page(board, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (1000, 1400)
     assert float(np.asarray(pixels[..., :3]).var()) > 1e-3, "the screenshot is a single colour"
+    # the why line of the RED copy_last is on screen: its gate names are drawn in #b3261e
+    rgb = np.asarray(pixels[..., :3], dtype=float) * (255 if pixels.dtype.kind == "f" else 1)
+    why_red = (np.abs(rgb - np.array([179, 38, 30])).max(axis=-1) <= 12).sum()
+    assert why_red > 20, f"no why-line text on screen at 1400x1000 ({why_red} pixels)"
     shutil.copy(shot, board["out"] / "leaderboard-screenshot.png")  # kept beside the page for a look
 
     dom = subprocess.run(

@@ -1,7 +1,9 @@
 """Leaderboard rows -> ``leaderboard.md`` (one table per comparability group, fit for a pull request),
 ``leaderboard.csv`` (every row, every column, one ``gate_<id>`` status column per gate) and
-``leaderboard.html`` (a static, self-contained page: inline CSS, plots as base64 PNGs, cells coloured
-by status).
+``leaderboard.html`` (a static, self-contained page: inline CSS, one inline script that sorts a table
+by the clicked header, plots as base64 PNGs, cells coloured by status, the name, status and a
+one-square-per-gate column kept at the left, and a "why not GREEN" line under each checkpoint with
+an AMBER or RED gate).
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ table.samples td.num { text-align: right; white-space: nowrap; }
 # Click a header to sort its table (again: the other way); numbers as numbers (a cell's data-sort
 # value when it has one), empty cells last either way. Each checkpoint is one <tbody> (its row and
 # its "why" line), so the line moves with its row. ``#sort=KEY`` or ``#sort=KEY:desc`` in the page's
-# address sorts every table by the column whose data-key is KEY on load (a link to a sorted view).
+# address clicks the header whose data-key is KEY on load, once or twice (a link to a sorted view).
 SORT_JS = """
 (function () {
   function key(row, i) {
@@ -235,7 +237,8 @@ SORT_JS = """
   });
   var m = /^#sort=([\\w-]+)(?::(asc|desc))?$/.exec(location.hash);
   if (m) document.querySelectorAll('table.leaderboard th[data-key="' + m[1] + '"]').forEach(function (th) {
-    sortBy(th, m[2] === "desc" ? "descending" : "ascending");
+    th.click();  // the user's click: ascending first, a second click descending
+    if (m[2] === "desc") th.click();
   });
 })();
 """
