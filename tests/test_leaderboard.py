@@ -577,14 +577,17 @@ def _sample(i: int, category: str, target: str = "The next sentence of the artic
     }
 
 
-def _samples_doc(checkpoint: str = "amn") -> dict:
+def _samples_doc(checkpoint: str = "amn", fingerprint: str = "ab" * 32) -> dict:
     cats = ("copied_last", "drifted", "near_miss", "generic")
     worst = [_sample(i, cats[i % 4], INJECTION if i == 0 else "The next sentence of the article.") for i in range(12)]
     return {
         "schema": "lvm-samples",
         "version": 1,
         "dataset": "wiki-minilm",
-        "dataset_fingerprint": "ab" * 32,
+        "dataset_fingerprint": fingerprint,
+        "counts_over": "worst+random",  # what the gate suite's writer adds besides the schema's keys
+        "category_rules": {"drifted": "else: the top-1 nearest bank text is from another article"},
+        "errors": {"copy_last": "no index <b>here</b>"},
         "split": "val",
         "n": 12,
         "seed": 0,
@@ -608,12 +611,27 @@ def _results_with_samples(runs, tmp_path: Path, samples) -> Path:
     return results
 
 
+def _dataset_hashes(runs) -> tuple[str, str]:
+    """(identity, content hash) of the gated dataset."""
+    r = next(r for r in runs["doc"]["results"] if r.get("dataset_hash") and r.get("comparability"))
+    return r["comparability"]["dataset_id"], r["dataset_hash"]
+
+
 def test_samples_beside_the_results_are_shown_escaped(runs, tmp_path):
-    results = _results_with_samples(runs, tmp_path, _samples_doc())
+    identity, content = _dataset_hashes(runs)
+    doc = _samples_doc(fingerprint=content)  # the writer names the dataset by its content hash
+    for s in doc["checkpoints"]["amn"]["worst"]:  # and records more than the schema's keys
+        s.update({"title": "Some <i>title</i>", "sequence": 7, "cosine_to_last": 0.93, "hit": False})
+        s["nearest"][0].update({"chunk": 12, "is_target": False})
+    results = _results_with_samples(runs, tmp_path, doc)
     res = build_leaderboard([results], tmp_path / "out")
     assert res["warnings"] == [] and res["samples"] == [str(tmp_path / "gate_results.samples.json")]
     page = (tmp_path / "out" / "leaderboard.html").read_text()
     section = page.split('<h2 id="samples">', 1)[1].split("<h2>Plots</h2>", 1)[0]
+    # one dataset, one hash: the samples' content hash is shown as the identity the headings show
+    assert f"dataset wiki-minilm ({identity[:12]}…)" in section and content[:12] not in page
+    assert "No samples recorded for copy_last: no index &lt;b&gt;here&lt;/b&gt;" in section
+    assert "else: the top-1 nearest bank text is from another article" in section and ">0.930<" in section
     assert section.count('<details class="samples"') == 1 and 'id="samples-amn"' in section
     assert "copied_last 3 · drifted 10 · near_miss 20 · generic 17" in section
     assert section.count("<tr><td") >= 4 + 12 + 3  # counts, 12 worst, 3 random
@@ -626,6 +644,7 @@ def test_samples_beside_the_results_are_shown_escaped(runs, tmp_path):
     assert f'title="{html.escape(_sample(1, "drifted")["context_texts"][0])} ⏎ {html.escape(long_tail)}"' in section
 
     md = (tmp_path / "out" / "samples.md").read_text()
+    assert f"({identity[:12]}…)" in md and content[:12] not in md
     assert res["files"]["samples_md"] == tmp_path / "out" / "samples.md"
     assert "## amn" in md and "| copied_last | 3 |" in md and "| generic | 17 |" in md
     worst_rows = [line for line in md.splitlines() if re.match(r"\| \d+ \| a\d+ @", line)]
@@ -642,12 +661,26 @@ def test_an_explicit_samples_file_and_none(runs, tmp_path):
     assert '<h2 id="samples">' not in page and not (tmp_path / "none" / "samples.md").exists()
 
     elsewhere = tmp_path / "elsewhere.json"
-    elsewhere.write_text(json.dumps(_samples_doc()))
+    elsewhere.write_text(json.dumps(_samples_doc(fingerprint=_dataset_hashes(runs)[1])))
     from lvm.cli import main
 
     assert main(["leaderboard", str(results), "--out", str(tmp_path / "explicit"), "--samples", str(elsewhere)]) == 0
     assert '<details class="samples"' in (tmp_path / "explicit" / "leaderboard.html").read_text()
     assert (tmp_path / "explicit" / "samples.md").is_file()
+
+    # samples of other data than the results: shown, and one warning says so
+    elsewhere.write_text(json.dumps(_samples_doc(fingerprint="ab" * 32)))
+    res = build_leaderboard([results], tmp_path / "other", samples=elsewhere)
+    assert len(res["warnings"]) == 1 and "is not one these results were gated on" in res["warnings"][0]
+    assert (
+        "content hash abababababab…: not a dataset of these results"
+        in (tmp_path / "other" / "leaderboard.html").read_text()
+    )
+
+    # an explicit file that is not there: a warning, the leaderboard still written
+    res = build_leaderboard([results], tmp_path / "missing", samples=tmp_path / "nope.json")
+    assert len(res["warnings"]) == 1 and "not found" in res["warnings"][0]
+    assert (tmp_path / "missing" / "leaderboard.html").is_file()
 
 
 @pytest.mark.parametrize(
@@ -655,7 +688,7 @@ def test_an_explicit_samples_file_and_none(runs, tmp_path):
     ["not json", "wrong schema", "wrong version", "nan cosine", "infinite count", "text not a string", "list"],
 )
 def test_a_damaged_samples_file_is_one_warning(runs, tmp_path, capsys, damage):
-    doc = _samples_doc()
+    doc = _samples_doc(fingerprint=_dataset_hashes(runs)[1])
     entry = doc["checkpoints"]["amn"]
     if damage == "not json":
         text = '{"schema": "lvm-samples", "version": 1, "checkpoints": {'

@@ -34,8 +34,15 @@ from lvm.report.plots import plot_coherence, plot_offset_sweep, plot_training_cu
 from lvm.report.regression import check
 from lvm.report.render import COLUMNS, DISPLAY, GATE_ORDER, render_csv, render_html, render_markdown
 from lvm.report.results import check_output_folder, read_results
-from lvm.report.rows import RETRIEVAL_METRICS, LeaderboardRow, collect_rows, load_documents, loss_summary
-from lvm.report.samples_view import load_samples, render_samples_html, render_samples_markdown
+from lvm.report.rows import (
+    RETRIEVAL_METRICS,
+    LeaderboardRow,
+    collect_rows,
+    dataset_identity,
+    load_documents,
+    loss_summary,
+)
+from lvm.report.samples_view import dataset_mismatches, load_samples, render_samples_html, render_samples_markdown
 
 __all__ = [
     "COLUMNS",
@@ -88,15 +95,22 @@ def build_leaderboard(results_paths: list[Path], out_dir: Path, samples: Path | 
     pngs = (plot_training_curves(rows, groups), plot_coherence(hists), plot_offset_sweep(rows, groups))
     plots = [(title, png, caption) for (title, caption), png in zip(PLOT_CAPTIONS, pngs, strict=False)]
     sample_docs, warnings = load_samples(paths, Path(samples) if samples is not None else None)
+    identities = {  # content hash -> identity: a samples file names its dataset by the first
+        r.dataset_hash: dataset_identity(r.comparability, r.dataset_hash) or r.dataset_hash
+        for _, doc in sources
+        for r in doc.results
+        if r.dataset_hash
+    }
+    warnings += dataset_mismatches(sample_docs, identities)
     files = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html"}
     texts = {
         "md": render_markdown(groups, sources, generated),
         "csv": render_csv(rows),
-        "html": render_html(groups, rows, plots, sources, generated, render_samples_html(sample_docs)),
+        "html": render_html(groups, rows, plots, sources, generated, render_samples_html(sample_docs, identities)),
     }
     if sample_docs:
         files["samples_md"] = out_dir / "samples.md"
-        texts["samples_md"] = render_samples_markdown(sample_docs, generated)
+        texts["samples_md"] = render_samples_markdown(sample_docs, generated, identities)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for kind, text in texts.items():

@@ -104,7 +104,10 @@ def _sample(s, where: str) -> dict:
     category = s.get("category")
     if not isinstance(category, str) or not category:
         raise _Bad(f"{where}.category is not a string")
+    title = s.get("title")
     return {
+        "title": title if isinstance(title, str) else None,
+        "cosine_to_last": _num(s.get("cosine_to_last"), f"{where}.cosine_to_last", optional=True),
         "article_id": _id(s.get("article_id"), f"{where}.article_id"),
         "target_position": _int(s.get("target_position"), f"{where}.target_position"),
         "context_texts": [_text(t, f"{where}.context_texts[{i}]") for i, t in enumerate(ctx)],
@@ -149,6 +152,8 @@ def check_samples(doc) -> dict:
         }
     rules = doc.get("category_rules")
     rules = rules if isinstance(rules, dict) else {}
+    errors = doc.get("errors")
+    errors = errors if isinstance(errors, dict) else {}
 
     def count(key: str) -> int | None:
         v = doc.get(key)
@@ -161,6 +166,8 @@ def check_samples(doc) -> dict:
         "n": count("n"),
         "seed": count("seed"),
         "category_rules": {str(k): v for k, v in rules.items() if isinstance(v, str)},
+        "counts_over": doc.get("counts_over") if isinstance(doc.get("counts_over"), str) else None,
+        "errors": {str(k): str(v) for k, v in errors.items()},
         "checkpoints": out,
     }
 
@@ -176,6 +183,16 @@ def read_samples(path: Path) -> dict:
         raise LvmError(f"{path}: not a usable samples file: {exc}") from None
     except RecursionError:
         raise LvmError(f"{path}: not a usable samples file: nested too deeply") from None
+
+
+def dataset_mismatches(docs: list[tuple[Path, dict]], identities: dict[str, str]) -> list[str]:
+    """One warning per samples file whose dataset (content hash) is none of the results' datasets."""
+    return [
+        f"warning: {p}: its dataset ({d['dataset']}, content hash {d['dataset_fingerprint'][:12]}…) is not one "
+        "these results were gated on; shown anyway"
+        for p, d in docs
+        if identities and d["dataset_fingerprint"] and d["dataset_fingerprint"] not in identities
+    ]
 
 
 def load_samples(results_paths: list[Path], explicit: Path | None = None) -> tuple[list[tuple[Path, dict]], list[str]]:
@@ -216,11 +233,21 @@ def _rule(doc: dict, category: str) -> str:
     return doc["category_rules"].get(category) or CATEGORY_TEXT.get(category, "")
 
 
-def _where(doc: dict) -> str:
+def _where(doc: dict, identities: dict[str, str] | None = None) -> str:
+    """Where the samples come from. The file names its dataset by content hash; the leaderboard shows
+    a dataset by its identity (``lvm.report.rows.dataset_identity``), so a content hash the results
+    know is shown as that identity: one dataset, one hash."""
     fp = doc["dataset_fingerprint"]
+    known = (identities or {}).get(fp)
+    if known:
+        shown = f" ({known[:12]}…)"
+    elif fp and identities:
+        shown = f" (content hash {fp[:12]}…: not a dataset of these results)"
+    else:
+        shown = f" ({fp[:12]}…)" if fp else ""
     return (
         f"dataset {doc['dataset']}"
-        + (f" ({fp[:12]}…)" if fp else "")
+        + shown
         + f", split {doc['split']}"
         + (f", n = {doc['n']} per list" if doc["n"] is not None else "")
         + (f", seed {doc['seed']}" if doc["seed"] is not None else "")
@@ -259,20 +286,23 @@ def _sample_rows(samples: list[dict]) -> str:
         rows.append(
             "<tr>"
             f'<td class="num">{i}</td>'
-            f'<td class="num">{html.escape(s["article_id"])} @ {s["target_position"]}</td>'
+            f'<td title="{html.escape(s["title"] or "")}">{html.escape(s["article_id"])} @ {s["target_position"]}</td>'
             f'<td title="{html.escape(full_ctx)}">{html.escape(_short(tail, TEXT_CHARS))}'
             + (f" <i>(+{len(ctx) - 1} earlier)</i>" if len(ctx) > 1 else "")
             + "</td>"
             + _cell(s["target_text"])
             + f'<td class="num">{_cos(s["cosine"])}</td><td class="num">{_cos(base)}</td>'
-            f'<td class="num">{delta}</td>' + _nearest_html(s) + f"<td>{html.escape(s['category'])}</td></tr>"
+            f'<td class="num">{delta}</td><td class="num">{_cos(s["cosine_to_last"])}</td>'
+            + _nearest_html(s)
+            + f"<td>{html.escape(s['category'])}</td></tr>"
         )
     return "".join(rows)
 
 
 SAMPLE_HEAD = (
     "<tr><th>#</th><th>article @ pos</th><th>last context chunk</th><th>target</th><th>cos</th>"
-    "<th>baseline cos</th><th>Δ</th><th>nearest bank texts (cos, ≡ same / ≠ other article)</th><th>category</th></tr>"
+    "<th>baseline cos</th><th>Δ</th><th>cos to last</th>"
+    "<th>nearest bank texts (cos, ≡ same / ≠ other article)</th><th>category</th></tr>"
 )
 
 
@@ -280,17 +310,22 @@ def _anchor(name: str) -> str:
     return "samples-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
-def render_samples_html(docs: list[tuple[Path, dict]]) -> list[str]:
-    """The page's "Failure-mode samples" section: one closed ``<details>`` per checkpoint."""
+def render_samples_html(docs: list[tuple[Path, dict]], identities: dict[str, str] | None = None) -> list[str]:
+    """The page's "Failure-mode samples" section: one closed ``<details>`` per checkpoint
+    (``identities``: content hash -> dataset identity, of the results shown)."""
     if not docs:
         return []
     out = ['<h2 id="samples">Failure-mode samples</h2>']
     for path, doc in docs:
         out.append(
-            f'<p class="meta">From <code>{html.escape(str(path))}</code>: {html.escape(_where(doc))}. '
+            f'<p class="meta">From <code>{html.escape(str(path))}</code>: {html.escape(_where(doc, identities))}. '
             "The worst sequences (lowest cos to the target) and random ones, per checkpoint; hover a text for "
-            "all of it.</p>"
+            "all of it"
+            + (f"; category counts over {html.escape(doc['counts_over'])}" if doc["counts_over"] else "")
+            + ".</p>"
         )
+        for name, why in sorted(doc["errors"].items()):
+            out.append(f'<p class="meta">No samples recorded for {html.escape(name)}: {html.escape(why)}</p>')
         for name, entry in sorted(doc["checkpoints"].items()):
             counts = _counts(entry)
             summary = " · ".join(f"{c} {n}" for c, n in counts)
@@ -333,12 +368,16 @@ def _md(text: str, n: int = MD_TEXT_CHARS) -> str:
     return short
 
 
-def render_samples_markdown(docs: list[tuple[Path, dict]], generated: str) -> str:
+def render_samples_markdown(
+    docs: list[tuple[Path, dict]], generated: str, identities: dict[str, str] | None = None
+) -> str:
     """``samples.md``: per checkpoint the category counts, the ``MD_WORST`` worst samples with their
     context tail, target and nearest texts, and where the rest is (the JSON file)."""
     lines = ["# Failure-mode samples", "", f"Generated {generated}.", ""]
     for path, doc in docs:
-        lines += [f"From `{path}`: {_where(doc)}.", ""]
+        lines += [f"From `{path}`: {_where(doc, identities)}.", ""]
+        lines += [f"Not recorded for `{k}`: {v}" for k, v in sorted(doc["errors"].items())]
+        lines += [""] if doc["errors"] else []
         for name, entry in sorted(doc["checkpoints"].items()):
             lines += [f"## {name}", ""]
             if entry["baseline"]:
