@@ -145,6 +145,12 @@ def _check_paths_exist(opt) -> None:
     for d in opt("--dataset") + [split_name(p)[1] for p in opt("--predictions")]:
         if not Path(d).is_dir():
             raise pytest.UsageError(f"--dataset/--predictions: folder {d} not found")
+    for d in [*opt("--dataset"), *(opt(n) for n in ("--ood-dataset", "--baseline-dataset") if opt(n))]:
+        for name in ("index.faiss", "index.json"):  # the index cache: rebuilt when damaged, unless it cannot be
+            p = Path(d) / name
+            if (p.exists() or p.is_symlink()) and not p.is_file():
+                what = "a folder" if p.is_dir() else "not a readable file"
+                raise pytest.UsageError(f"--dataset: {p} is {what}; remove it (the gates rebuild the index there)")
 
 
 def _check_results_path(opt) -> None:

@@ -577,8 +577,10 @@ class ArticleRow(_Open):
 _ARTICLE_ROWS = None
 
 
-def check_articles(path: Path, rows: list, max_article_id: int) -> list[dict]:
-    """``articles.jsonl``: one object per article, indexed by the dense article ids of ``article_id.npy``."""
+def check_articles(path: Path, rows: list, article_id: np.ndarray) -> list[dict]:
+    """``articles.jsonl``: one object per article, indexed by the dense article ids of ``article_id.npy``,
+    whose ``first_chunk`` / ``n_chunks`` are that article's block of rows (``n_chunks`` 0: no rows)."""
+    max_article_id = int(article_id.max()) if len(article_id) else -1
     from pydantic import TypeAdapter
 
     global _ARTICLE_ROWS
@@ -599,6 +601,24 @@ def check_articles(path: Path, rows: list, max_article_id: int) -> list[dict]:
         raise LvmError(
             f"{path}: {len(rows)} articles, but article_id.npy names article {max_article_id}: "
             "article ids must index this table (0..A-1)"
+        )
+    ids = np.asarray(article_id, dtype=np.int64)
+    count = np.bincount(ids, minlength=len(rows)) if len(ids) else np.zeros(len(rows), dtype=np.int64)
+    first = np.searchsorted(ids, np.arange(len(rows)), side="left") if len(ids) else count
+    if len(ids) and (np.diff(ids) < 0).any():  # blocks out of id order (an import may order them otherwise)
+        first = np.full(len(rows), -1, dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        first[ids[starts]] = starts
+    cap = 2**62  # a recorded count beyond any array's length cannot match; clipped to fit int64
+    said_n = np.fromiter((min(r["n_chunks"], cap) for r in rows), dtype=np.int64, count=len(rows))
+    said_f = np.fromiter((min(r["first_chunk"], cap) for r in rows), dtype=np.int64, count=len(rows))
+    wrong = np.flatnonzero((said_n != count) | ((count > 0) & (said_f != first)))
+    if len(wrong):
+        i = int(wrong[0])
+        r, n, f = rows[i], int(count[i]), int(first[i])
+        raise LvmError(
+            f"{path}:{i + 1}: article {i} holds chunks {f}..{f + n - 1} ({n}) in article_id.npy, but its row says "
+            f"first_chunk {r['first_chunk']!r:.30}, n_chunks {r['n_chunks']!r:.30}; rebuild the dataset"
         )
     return rows
 

@@ -439,3 +439,22 @@ def test_an_output_path_that_is_a_symlink_is_refused_and_nothing_is_left(synth, 
             assert "is a symbolic link" in refused(capsys, *argv)
             assert sorted(p.name for p in tmp_path.iterdir()) == before and link.is_symlink()
         assert list((tmp_path / "target").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "key, value", [("first_chunk", "9223372036854775808"), ("first_chunk", "0"), ("n_chunks", "1"), ("n_chunks", "0")]
+)
+def test_an_article_row_whose_chunk_range_is_not_its_rows_is_refused(synth, tmp_path, capsys, key, value):
+    """articles.jsonl line 3's first_chunk = 2**63 (meta.json resealed) was accepted by filter and coherence
+    (the long fuzz profile): each row's first_chunk / n_chunks must be its article's block in article_id.npy."""
+    copy = tmp_path / "copy"
+    shutil.copytree(synth["a"], copy)
+    lines = (copy / "articles.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row[key] = "@@"
+    lines[2] = json.dumps(row).replace('"@@"', value)
+    (copy / "articles.jsonl").write_text("\n".join(lines) + "\n")
+    reseal(copy)
+    for argv in (["coherence", copy, "--by-topic", "--json"], ["filter", copy, "--out", tmp_path / "f"]):
+        assert "articles.jsonl:3: article 2 holds chunks" in refused(capsys, *argv)
+    assert not (tmp_path / "f").exists()

@@ -365,6 +365,20 @@ def _gate_run(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(cmd + args, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+def test_the_gate_suite_refuses_an_index_path_it_cannot_rebuild(synth, tmp_path):
+    """index.faiss a folder: the gate suite turned oracle_recall RED on good data (the long fuzz profile's
+    faiss_index 'dir'); a damaged index file is rebuilt, a folder in its place is a usage error naming it."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synth, copy)
+    (copy / "index.faiss").unlink(missing_ok=True)
+    (copy / "index.faiss").mkdir()
+    proc = _gate_run([f"--dataset={copy}", f"--results={tmp_path / 'r.json'}"])
+    assert proc.returncode == 4 and "index.faiss is a folder; remove it" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_gate_suite_results_paths_are_checked_before_any_gate_runs(synth, tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder").mkdir()

@@ -687,7 +687,7 @@ class Dataset:
 
         path = self.path / "articles.jsonl"
         rows = schemas.read_jsonl(path, "the article table")
-        return schemas.check_articles(path, rows, int(self.article_id.max()) if len(self.article_id) else -1)
+        return schemas.check_articles(path, rows, self.article_id)
 
     @cached_property
     def probe_vectors(self) -> np.ndarray | None:
