@@ -169,7 +169,7 @@ table.leaderboard th[aria-sort="descending"]::after { content: " ▼"; font-size
 table.leaderboard td.name, table.leaderboard td.text { text-align: left; }
 table.leaderboard td.name { max-width: 150px; overflow: hidden; text-overflow: ellipsis; }
 table.leaderboard th.gate { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left; \
-font-weight: normal; padding: 6px 2px; }
+font-weight: normal; padding: 6px 2px; font-size: 10px; }
 table.leaderboard .sticky { position: sticky; z-index: 1; }
 table.leaderboard td.sticky:not(.GREEN):not(.AMBER):not(.RED) { background: #fff; }
 table.leaderboard tr.baseline td.sticky:not(.GREEN):not(.AMBER):not(.RED) { background: #f7f7f7; }
@@ -336,13 +336,18 @@ def _short(text: str, n: int = REASON_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
+def _rules_part(reason: str) -> str:
+    """A gate's reason without its "Likely cause: ..." tail (which the why line keeps in its title)."""
+    return reason.split(" Likely cause: ", 1)[0].rstrip(".") or reason
+
+
 def _html_why(r: LeaderboardRow, n_cols: int) -> str:
     items = why_items(r)
     if r.kind == BASELINE or not items:
         return ""
     parts = [  # the failed rules on the line; the gate's likely cause (and all of it) in the title
         f'<b class="{html.escape(st)}">{html.escape(g)}</b> {html.escape(st)}{html.escape(where)}: '
-        f'<span title="{html.escape(reason)}">{html.escape(_short(reason.split(" Likely cause: ", 1)[0]))}</span>'
+        f'<span title="{html.escape(reason)}">{html.escape(_short(_rules_part(reason)))}</span>'
         for g, st, where, reason in items
     ]
     return f'<tr class="why"><td colspan="{n_cols}"><div>why not GREEN: ' + "; ".join(parts) + "</div></td></tr>"
