@@ -170,17 +170,24 @@ def _start_ray(workers: int | None, log) -> tuple[Any, bool, int]:
     except ImportError:
         raise ray_missing() from None
     owned = not ray.is_initialized()
-    if owned and address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    elif owned:
-        ray.init(
-            address="local",
-            num_cpus=workers or os.cpu_count() or 1,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-        )
+    try:
+        if owned and address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        elif owned:
+            ray.init(
+                address="local",
+                num_cpus=workers or os.cpu_count() or 1,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ray's own classes
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray cluster"
+        raise LvmError(
+            f"--engine ray: cannot start or reach {where} ({type(exc).__name__}: {_first_line(exc)}); "
+            "check RAY_ADDRESS, or use --engine local"
+        ) from None
     return ray, owned, max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
