@@ -685,7 +685,16 @@ def test_an_explicit_samples_file_and_none(runs, tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["not json", "wrong schema", "wrong version", "nan cosine", "infinite count", "text not a string", "list"],
+    [
+        "not json",
+        "wrong schema",
+        "wrong version",
+        "nan cosine",
+        "infinite count",
+        "huge cosine",
+        "text not a string",
+        "list",
+    ],
 )
 def test_a_damaged_samples_file_is_one_warning(runs, tmp_path, capsys, damage):
     doc = _samples_doc(fingerprint=_dataset_hashes(runs)[1])
@@ -699,6 +708,8 @@ def test_a_damaged_samples_file_is_one_warning(runs, tmp_path, capsys, damage):
             doc["version"] = 2
         elif damage == "nan cosine":
             entry["worst"][3]["cosine"] = float("nan")
+        elif damage == "huge cosine":
+            entry["worst"][0]["cosine"] = 10**400  # no float holds it
         elif damage == "infinite count":
             entry["category_counts"]["drifted"] = float("inf")
         elif damage == "text not a string":

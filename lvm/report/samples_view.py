@@ -71,9 +71,13 @@ def _num(v, where: str, optional: bool = False) -> float | None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _Bad(f"{where} is not a number")
-    if not math.isfinite(v):
+    try:
+        f = float(v)
+    except OverflowError:
+        raise _Bad(f"{where} is not a finite number (an integer of {len(str(abs(v)))} digits)") from None
+    if not math.isfinite(f):
         raise _Bad(f"{where} is not a finite number ({v})")
-    return float(v)
+    return f
 
 
 def _sample(s, where: str) -> dict:
@@ -183,6 +187,8 @@ def read_samples(path: Path) -> dict:
         raise LvmError(f"{path}: not a usable samples file: {exc}") from None
     except RecursionError:
         raise LvmError(f"{path}: not a usable samples file: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:  # never the leaderboard's end
+        raise LvmError(f"{path}: not a usable samples file ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def dataset_mismatches(docs: list[tuple[Path, dict]], identities: dict[str, str]) -> list[str]:
