@@ -435,6 +435,9 @@ def test_every_checkpoint_that_is_not_green_has_a_why_line(board, runs):
     copy_last = next(b for b in _tbodies(page, "leaderboard-group-1") if _first_row_names([b]) == ["copy_last"])
     assert '<tr class="why">' in copy_last and '<b class="RED">beats_baselines</b> RED (val' in copy_last
     assert "- why `copy_last` is RED: **beats_baselines** RED (val" in md
+    df = pd.read_csv(board["out"] / "leaderboard.csv")  # and the CSV's why column
+    cl = df[(df["checkpoint"] == "copy_last") & (df["kind"] == "model")].iloc[0]
+    assert cl["why"].startswith("beats_baselines RED (val") and df[df["kind"] == "baseline"]["why"].isna().all()
     assert "- why `ridge`" not in md  # baselines have no status
 
 

@@ -95,6 +95,7 @@ COLUMNS = (
     "best_baseline",
     *RETRIEVAL_METRICS,
     "status",
+    "why",
     "epochs",
     "checkpoint_path",
     "results_file",
@@ -136,6 +137,7 @@ class LeaderboardRow:
     eff_at_5: float | None = None
     mrr_at_50: float | None = None
     status: str | None = None  # worst gate status; None for a baseline
+    why: str | None = None  # each gate that is not GREEN: "<gate> <STATUS> (<splits>): <reason>", "; "-joined
     epochs: int | None = None  # trained epochs in training_history.json
     checkpoint_path: str | None = None
     results_file: str | None = None
@@ -177,6 +179,8 @@ class LeaderboardRow:
                 setattr(self, f.name, None if "None" in f.type else {})
         self.gates = {str(k): v for k, v in self.gates.items() if isinstance(v, str)}
         self.reasons = {str(k): v for k, v in self.reasons.items() if isinstance(v, dict)}
+        if self.why is None and self.reasons:
+            self.why = why_text(self.reasons)
         self.cell_status = {str(k): v if isinstance(v, str) else None for k, v in self.cell_status.items()}
         if self.sweep is not None:
             self.sweep = {k: finite(v) for k, v in self.sweep.items() if _int_key(k) and finite(v) is not None} or None
@@ -361,6 +365,17 @@ def _gate_statuses(results: list[ResultRow]) -> dict[str, str]:
     for r in results:
         by_gate[r.gate].append(r.status)
     return {g: (worst(s) if any(x in STATUSES for x in s) else SKIP) for g, s in by_gate.items()}
+
+
+def why_text(reasons: dict[str, dict]) -> str:
+    """The CSV's ``why``: every gate that is not GREEN (RED first) with its splits and reason."""
+    order = {RED: 0, AMBER: 1}
+    parts = []
+    for g, info in sorted(reasons.items(), key=lambda kv: (order.get(kv[1].get("status"), 2), kv[0])):
+        splits = info.get("splits") or []
+        where = f" ({', '.join(str(x) for x in splits)})" if splits else ""
+        parts.append(f"{g} {info.get('status')}{where}: {info.get('reason')}")
+    return "; ".join(parts)
 
 
 def reason_text(gate: str, message: str | None) -> str:
