@@ -371,7 +371,7 @@ def why_text(reasons: dict[str, dict]) -> str:
     """The CSV's ``why``: every gate that is not GREEN (RED first) with its splits and reason."""
     order = {RED: 0, AMBER: 1}
     parts = []
-    for g, info in sorted(reasons.items(), key=lambda kv: (order.get(kv[1].get("status"), 2), kv[0])):
+    for g, info in sorted(reasons.items(), key=lambda kv: (order.get(str(kv[1].get("status")), 2), kv[0])):
         splits = info.get("splits") or []
         where = f" ({', '.join(str(x) for x in splits)})" if splits else ""
         parts.append(f"{g} {info.get('status')}{where}: {info.get('reason')}")
