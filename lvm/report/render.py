@@ -182,6 +182,7 @@ table.leaderboard td.gate { text-align: center; font-size: 10px; padding: 3px 2p
 table.leaderboard td.gates { text-align: left; padding: 2px 4px; }
 td.gates span { display: inline-block; width: 9px; height: 14px; margin-right: 1px; vertical-align: middle; \
 border: 1px solid rgba(0, 0, 0, .15); }
+td.gates span.none { border-color: transparent; }
 tr.baseline td { background: #f7f7f7; color: #555; font-style: italic; }
 tr.why td { text-align: left; white-space: normal; background: #fffdf6; border-left: 1px solid #d0d0d0; }
 tr.why div { position: sticky; left: 6px; max-width: 1240px; font-size: 12px; }
@@ -314,7 +315,8 @@ def gate_squares(r: LeaderboardRow, gates: list[str]) -> str:
     out = []
     for g in gates:
         st = r.gates.get(g)
-        if st is None:
+        if st is None:  # a blank square keeps every row's squares in the same places
+            out.append(f'<span class="none" title="{html.escape(g)}: not run"></span>')
             continue
         reason = r.reasons.get(g, {}).get("reason")
         title = f"{g}: {st}" + (f" — {reason}" if reason else "")
@@ -362,7 +364,8 @@ def _html_row(r: LeaderboardRow, gates: list[str]) -> str:
         if fn is None:
             n_bad = sum(STATUS_ORDER.get(s, 3) < 2 for s in r.gates.values())
             sort = -(10 * sum(s == RED for s in r.gates.values()) + n_bad) if r.kind != BASELINE else None
-            cells.append(_td(gate_squares(r, gates), "gates", None, sort, raw=True))
+            squares = gate_squares(r, gates) if r.kind != BASELINE else ""
+            cells.append(_td(squares, "gates", None, sort, raw=True))
             continue
         text = fn(r)
         style = _sticky_style(sticky[h]) if h in sticky else None
