@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import re
 import shutil
@@ -355,34 +354,15 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, workers: int | None):
+        from lvm.data.ray_build import start_ray
+
+        self.ray: Any
+        self.ray, self.owned, cpus = start_ray(workers)
         address = os.environ.get("RAY_ADDRESS") or None
-        if not address:
-            # the embedded cluster listens on the loopback interface only (Ray's single-machine mode)
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        try:
-            import ray
-        except ImportError:
-            raise LvmError(
-                "--engine ray needs Ray: pip install 'lvm-gates[distributed]' (or use --engine local)"
-            ) from None
-        self.ray: Any = ray
-        self.owned = not ray.is_initialized()
-        if self.owned and address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        elif self.owned:
-            ray.init(
-                address="local",
-                num_cpus=workers or os.cpu_count() or 1,
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-            )
         self.where = address or "local"
-        cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = min(workers, cpus) if workers else cpus
-        self.ledger: Any = ray.remote(num_cpus=0)(_AttemptLedger).remote()
-        self.remote: Any = ray.remote(max_retries=RETRIES)(_ray_task)
+        self.ledger: Any = self.ray.remote(num_cpus=0)(_AttemptLedger).remote()
+        self.remote: Any = self.ray.remote(max_retries=RETRIES)(_ray_task)
 
     def _failed(self, task: Task, exc: Exception) -> dict:
         first = (str(exc).strip().splitlines() or [""])[0]

@@ -160,8 +160,10 @@ class ShardEncoder:
         }
 
 
-def _start_ray(workers: int | None, log) -> tuple[Any, bool, int]:
-    """(ray, whether this call started it, CPUs of the cluster): the conventions of ``lvm sweep``."""
+def start_ray(workers: int | None) -> tuple[Any, bool, int]:
+    """(ray, whether this call started it, CPUs of the cluster), for ``build-data --engine ray`` and
+    ``lvm sweep --engine ray``: the cluster at ``RAY_ADDRESS``, else an embedded one on the loopback
+    interface with ``workers`` CPUs (all when None); one line when Ray is missing or cannot start."""
     address = os.environ.get("RAY_ADDRESS") or None
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -358,7 +360,7 @@ def encode_with_ray(
     seconds = {} if seconds is None else seconds
     layout = shard_layout(np.asarray(table.article_id), shard_chunks)
     t = time.perf_counter()
-    ray, owned, cpus = _start_ray(workers, log)
+    ray, owned, cpus = start_ray(workers)
     try:
         with _ray_chatter_to(log):
             return _encode(ray, cpus, spec, table, partial, vectors_key, layout, batch_size, workers, shard_chunks,
