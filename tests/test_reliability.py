@@ -458,3 +458,31 @@ def test_an_article_row_whose_chunk_range_is_not_its_rows_is_refused(synth, tmp_
     for argv in (["coherence", copy, "--by-topic", "--json"], ["filter", copy, "--out", tmp_path / "f"]):
         assert "articles.jsonl:3: article 2 holds chunks" in refused(capsys, *argv)
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("literal", ["Infinity", "NaN", "-1e999", "1" + "0" * 400])
+def test_meta_json_with_a_non_finite_number_in_any_key_is_refused(synth, tmp_path, capsys, literal):
+    """meta.json's synthetic/seed = inf (a key no schema names) was accepted and copied by filter into a
+    meta.json that is not JSON (the long fuzz profile's dataset_meta class)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(synth["a"], copy)
+    doc = json.loads((copy / "meta.json").read_text())
+    doc.setdefault("synthetic", {})["seed"] = "@@"
+    (copy / "meta.json").write_text(json.dumps(doc).replace('"@@"', literal))
+    for argv in (["filter", copy, "--out", tmp_path / "f", "--min-coherence", "0.1"], ["inspect", copy]):
+        assert "synthetic.seed is not a finite number" in refused(capsys, *argv)
+    assert not (tmp_path / "f").exists()
+
+
+def test_watch_with_a_context_beyond_the_models_is_a_usage_error_that_writes_nothing(synth, tmp_path, capsys):
+    """lvm watch --ctx 4096 on a ctx-5 run: 'lvm watch: error: ...' per checkpoint and a watch log written
+    (the long fuzz profile's numeric_flags class); now one usage line, exit 2, nothing written."""
+    run = tmp_path / "run"
+    assert (
+        lvm(capsys, "train", "--model", "amn", "--dataset", synth["a"], "--epochs", "1", "--out", run, "--quiet")[0]
+        == 0
+    )
+    before = sorted(p.name for p in run.iterdir())
+    line = refused(capsys, "watch", run, "--once", "--dataset", synth["a"], "--settle", "0", "--ctx", "4096")
+    assert "--ctx 4096: the run's model was built for contexts of at most 5 chunks" in line
+    assert sorted(p.name for p in run.iterdir()) == before

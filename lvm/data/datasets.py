@@ -534,6 +534,9 @@ class Dataset:
                 f"this lvm reads {FORMAT_VERSION}; rebuild it"
             )
         checked = schemas.validate(schemas.DatasetMeta, raw, str(meta_path))
+        bad = schemas.nonfinite_path(raw)  # in any key, known or not: it is copied into every derived dataset
+        if bad:
+            raise LvmError(f"{meta_path}: {bad} is not a finite number (NaN, Infinity or beyond float range)")
         self.meta = raw
         ref = raw.get("parent")
         is_view = isinstance(ref, dict) and "rows" in ref

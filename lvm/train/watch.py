@@ -71,6 +71,11 @@ class NeedsFactory(LvmError):
     """A pickled checkpoint and no ``--factory``: every such file would fail the same way."""
 
 
+class OptionConflict(LvmError):
+    """An option the run's checkpoints cannot meet (``--ctx`` beyond the model's context): a usage
+    error, one line and exit 2, before anything is written to the watch log."""
+
+
 def append_line(path: Path, record: dict) -> None:
     """Append one JSON line with a single ``O_APPEND`` write (no torn lines between writers)."""
     data = (json.dumps(record, default=str) + "\n").encode("utf-8")
@@ -261,6 +266,11 @@ class Watcher:
         from lvm.train.epoch_gates import EpochGates
 
         if self.gates is None:
+            if self.ctx and loaded.ctx and self.ctx > loaded.ctx:
+                raise OptionConflict(
+                    f"--ctx {self.ctx}: the run's model was built for contexts of at most {loaded.ctx} chunks; "
+                    f"pass --ctx {loaded.ctx} or less"
+                )
             ds = self._dataset(loaded)
             if loaded.meta is not None:
                 from lvm.models.checkpoints import check_compatible
@@ -395,6 +405,8 @@ class Watcher:
                 continue
             try:
                 decision = self._judge(p, key, loaded)
+            except OptionConflict:
+                raise  # a usage error: one line, exit 2, nothing recorded
             except LvmError as exc:
                 self._refuse(p, key, str(exc))
                 continue
