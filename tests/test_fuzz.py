@@ -1922,8 +1922,13 @@ def json_reader_case(fz: Fuzz, base: dict, work: Path, target: str, attack: str,
             key = data.draw(st.sampled_from(sorted(g.params)))
             doc.setdefault("gates", {}).setdefault(g.id, {})[key] = g.params[key]
         raw, path, old, new, label = data.draw(fs.extreme_toml(doc))
-        broken = fs.number_broken(old, new) or (
-            fs.is_number(old) and isinstance(old, int) and old > 0 and fs.is_number(new) and new < 0
+        # a rule threshold (min_/max_green, min_/max_amber) is compared as a real number: 1.5 where 0 was is a
+        # threshold like any other (at most one non-finite output), not "a fraction where an integer was"
+        threshold = bool(path) and str(path[-1]).startswith(("min_", "max_")) and "rules" in map(str, path)
+        broken = (
+            fs.number_broken(old, new)
+            and not (threshold and fs.finite_number(new))
+            or (fs.is_number(old) and isinstance(old, int) and old > 0 and fs.is_number(new) and new < 0)
         )
         broken = broken or (isinstance(old, list) and not isinstance(new, list) and path[-1] == "ks")
     prof.write_bytes(raw)
