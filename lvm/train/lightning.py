@@ -24,16 +24,16 @@ from __future__ import annotations
 
 
 def _callback_base() -> type:
-    try:
-        from lightning.pytorch import Callback
-    except ImportError:
+    import importlib
+
+    for module in ("lightning.pytorch", "pytorch_lightning"):  # the unified package, else the older one
         try:
-            from pytorch_lightning import Callback  # type: ignore[no-redef]
+            return importlib.import_module(module).Callback
         except ImportError:
-            raise ImportError(
-                "lvm.train.lightning.EpochGatesCallback needs PyTorch Lightning: pip install 'lvm-gates[lightning]'"
-            ) from None
-    return Callback
+            continue
+    raise ImportError(
+        "lvm.train.lightning.EpochGatesCallback needs PyTorch Lightning: pip install 'lvm-gates[lightning]'"
+    )
 
 
 def _metric(metrics, key: str | None) -> float | None:
