@@ -251,18 +251,20 @@ def check_dataset_arrays(
 
 def check_split_counts(folder: Path, article_id: np.ndarray, split: np.ndarray, counts: DatasetCounts) -> None:
     """meta.json's per-split counts (when recorded) are the arrays' own: a count edited or carried over
-    from other data would misstate every n the gates report."""
-    n_articles = len(np.unique(article_id))
+    from other data would misstate every n the gates report. Runs after ``check_positions`` (each article
+    one block of rows) and the split-code check, so articles are counted by their first rows: O(N), no sort."""
+    starts = np.r_[True, article_id[1:] != article_id[:-1]] if len(article_id) else np.zeros(0, dtype=bool)
+    n_articles = int(starts.sum())
     if counts.articles != n_articles:
         raise LvmError(f"{folder}/meta.json: counts.articles is {counts.articles}, but article_id.npy has {n_articles}")
+    codes = split.astype(np.int64)
+    found = {"chunks": np.bincount(codes, minlength=3), "articles": np.bincount(codes[starts], minlength=3)}
     for code, name in enumerate(("train", "val", "ood")):
-        in_split = split == code
-        found = {"chunks": int(in_split.sum()), "articles": len(np.unique(article_id[in_split]))}
         for what, actual in found.items():
             recorded = getattr(counts, f"{name}_{what}")
-            if recorded is not None and recorded != actual:
+            if recorded is not None and recorded != int(actual[code]):
                 raise LvmError(
-                    f"{folder}/meta.json: counts.{name}_{what} is {recorded}, but the arrays hold {actual} "
+                    f"{folder}/meta.json: counts.{name}_{what} is {recorded}, but the arrays hold {int(actual[code])} "
                     f"{name} {what} (meta.json edited or copied from other data); rebuild it"
                 )
 
@@ -604,11 +606,9 @@ def check_articles(path: Path, rows: list, article_id: np.ndarray) -> list[dict]
         )
     ids = np.asarray(article_id, dtype=np.int64)
     count = np.bincount(ids, minlength=len(rows)) if len(ids) else np.zeros(len(rows), dtype=np.int64)
-    first = np.searchsorted(ids, np.arange(len(rows)), side="left") if len(ids) else count
-    if len(ids) and (np.diff(ids) < 0).any():  # blocks out of id order (an import may order them otherwise)
-        first = np.full(len(rows), -1, dtype=np.int64)
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        first[ids[starts]] = starts
+    first = np.full(len(rows), -1, dtype=np.int64)  # each article is one block of rows (check_positions)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, dtype=np.int64)
+    first[ids[starts]] = starts
     cap = 2**62  # a recorded count beyond any array's length cannot match; clipped to fit int64
     said_n = np.fromiter((min(r["n_chunks"], cap) for r in rows), dtype=np.int64, count=len(rows))
     said_f = np.fromiter((min(r["first_chunk"], cap) for r in rows), dtype=np.int64, count=len(rows))
