@@ -18,9 +18,8 @@ import math
 from pathlib import Path
 
 from lvm.errors import LvmError
+from lvm.report.samples import CATEGORIES, SCHEMA, VERSION, samples_path
 
-SCHEMA, VERSION = "lvm-samples", 1
-CATEGORIES = ("copied_last", "drifted", "near_miss", "generic")
 CATEGORY_TEXT = {  # shown when the file carries no category_rules of its own
     "copied_last": "the prediction stayed on the last context chunk instead of moving on",
     "drifted": "the bank text nearest to the prediction belongs to another article",
@@ -32,13 +31,6 @@ MD_TEXT_CHARS = 200
 MD_WORST = 10  # worst samples per checkpoint in samples.md
 MAX_SAMPLES = 10_000  # per list: more is not a samples file
 MAX_NEAREST = 20
-
-
-def samples_path_for(results: Path) -> Path:
-    """Where the gate suite writes a results file's samples: ``reports/gate_results.json`` ->
-    ``reports/gate_results.samples.json``."""
-    results = Path(results)
-    return results.with_name(f"{results.stem}.samples.json")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -205,7 +197,7 @@ def load_samples(results_paths: list[Path], explicit: Path | None = None) -> tup
     """(samples documents, warnings): ``explicit`` when given, else each results file's
     ``<stem>.samples.json`` that exists. A file that cannot be used is one warning, never an error;
     an explicit file that does not exist is one too."""
-    paths = [Path(explicit)] if explicit is not None else [samples_path_for(p) for p in results_paths]
+    paths = [Path(explicit)] if explicit is not None else [samples_path(p) for p in results_paths]
     docs, warnings = [], []
     for p in dict.fromkeys(paths):
         if explicit is None and not p.exists():
