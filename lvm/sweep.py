@@ -61,7 +61,6 @@ from lvm.errors import LvmError
 
 RETRIES = 2  # more runs of a task whose Ray worker died (a lost node, a killed process)
 DEFAULT_TIMEOUT = 3600.0  # seconds one task (one pytest process) may take
-ENV_PREFIXES = ("LVM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")  # the driver's settings every task gets
 MARKEXPR = {"data": "data", "model": "model and not latency", "latency": "latency"}
 TAIL_LINES = 30
 CHECKPOINT_SUFFIXES = (".pt2", ".safetensors", ".json")
@@ -597,8 +596,9 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> int:
     log("sweep: checkpoints are named by their folder (a model card's name is shared by every run of a model): ")
     log("  " + " ".join(f"{n}={s}" for n, s in named))
     tasks = plan(named, datasets)
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-    opts = TaskOptions(tuple(cfg.extra_args), cfg.timeout, env, os.getcwd())
+    from lvm.data.ray_build import driver_env  # the driver's LVM_/HF_/... settings (no Ray imported)
+
+    opts = TaskOptions(tuple(cfg.extra_args), cfg.timeout, driver_env(), os.getcwd())
     engine = make_engine(cfg.engine, cfg.workers)
     try:
         log(f"sweep: {len(tasks)} tasks on {engine.name} ({engine.where}), {engine.workers} worker(s); latency last")

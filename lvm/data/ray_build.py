@@ -54,7 +54,7 @@ SHARD_CHUNKS = 2048  # chunks per shard, at least (whole articles): ~6 s of Mini
 RETRIES = 2  # restarts of an actor whose process died, and runs again of the shard it held
 MANIFEST, DONE_LOG, ONE_PROCESS_DONE = "shards.json", "shards-done.jsonl", "done.json"
 MANIFEST_VERSION = 1
-# the driver's settings every actor gets (as ``lvm sweep``); not OMP_*: Ray gives a one-CPU actor one thread
+# the driver's settings every actor (and every ``lvm sweep`` task) gets; not OMP_*: Ray gives a one-CPU actor one thread
 ENV_PREFIXES = ("LVM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 # Test hook: "SHARD:TIMES:COUNTER" makes the actor encoding shard SHARD write half of its rows and die
 # (os._exit) while COUNTER (a file, one line per death) holds fewer than TIMES lines.
@@ -63,6 +63,11 @@ CRASH_ENV = "LVM_TEST_RAY_CRASH"
 
 class BuildInterrupted(LvmError):
     """The build stopped with its partial folder kept: a rerun of the same command resumes it."""
+
+
+def driver_env() -> dict[str, str]:
+    """The driver's ``ENV_PREFIXES`` settings, for every worker (actors here, tasks of ``lvm sweep``)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
 
 
 def ray_missing() -> LvmError:
@@ -378,9 +383,8 @@ def _encode(ray, cpus, spec, table, partial, vectors_key, layout, batch_size, wo
     n_workers = min(workers or cpus, cpus)
     if workers and workers > cpus:
         log(f"--workers {workers}: the Ray cluster has {cpus} CPU(s), running {cpus} workers")
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
     actor_cls: Any = ray.remote(ShardEncoder).options(
-        num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES, runtime_env={"env_vars": env}
+        num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES, runtime_env={"env_vars": driver_env()}
     )
     actors = [actor_cls.remote(spec.to_dict(), batch_size) for _ in range(min(n_workers, len(layout)))]
     try:  # the identity comes from the workers (all load at once): the driver never loads the encoder
